@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build/reuse .venv here.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+APT_PKGS := espeak-ng sox
+
+.PHONY: setup demo test clean system
+
+$(STAMP): pyproject.toml
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || $(MAKE) system
+	test -x $(PY) || python3.11 -m venv .venv || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+system:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS)
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) tools/demo.py
+
+clean:
+	rm -rf .venv runs .pytest_cache

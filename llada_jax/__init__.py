@@ -1,0 +1,1 @@
+"""llada-jax: Whisper-LLaDA (audio-conditioned diffusion LLM for ASR and deliberation) in JAX/Flax NNX."""

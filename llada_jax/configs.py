@@ -1,0 +1,337 @@
+"""Model configs: typed frozen dataclasses with named presets.
+
+Every size the model code uses comes from here; nothing downstream hard-codes a width, a head count,
+a token id or a mel-bin count. Configs round-trip through JSON (`to_dict` / `from_dict`) so a converted
+checkpoint carries the exact config it was built with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing as tp
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """A config field is unknown, has the wrong type or an impossible value."""
+
+
+def _check_dtype(owner: str, name: str, value: str) -> None:
+  if value not in DTYPES:
+    raise ConfigError(f"{owner}.{name}={value!r}: expected one of {DTYPES}")
+
+
+def _positive(owner: str, **fields: int) -> None:
+  for name, value in fields.items():
+    if not isinstance(value, int) or value <= 0:
+      raise ConfigError(f"{owner}.{name}={value!r}: expected a positive int")
+
+
+@dataclasses.dataclass(frozen=True)
+class WhisperConfig:
+  """OpenAI Whisper (encoder + decoder); field names follow transformers' WhisperConfig."""
+
+  n_mels: int = 80
+  d_model: int = 384
+  encoder_layers: int = 4
+  decoder_layers: int = 4
+  encoder_heads: int = 6
+  decoder_heads: int = 6
+  encoder_ffn_dim: int = 1536
+  decoder_ffn_dim: int = 1536
+  vocab_size: int = 51864
+  max_source_positions: int = 1500  # encoder frames after the stride-2 conv: 30 s at 50 Hz
+  max_target_positions: int = 448
+  layer_norm_eps: float = 1e-5
+  decoder_start_token_id: int = 50257
+  eos_token_id: int = 50256
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    _positive("WhisperConfig", n_mels=self.n_mels, d_model=self.d_model,
+              encoder_layers=self.encoder_layers, decoder_layers=self.decoder_layers,
+              encoder_heads=self.encoder_heads, decoder_heads=self.decoder_heads,
+              vocab_size=self.vocab_size, max_source_positions=self.max_source_positions,
+              max_target_positions=self.max_target_positions)
+    for heads in (self.encoder_heads, self.decoder_heads):
+      if self.d_model % heads:
+        raise ConfigError(f"WhisperConfig: d_model {self.d_model} not divisible by heads {heads}")
+    _check_dtype("WhisperConfig", "dtype", self.dtype)
+    _check_dtype("WhisperConfig", "param_dtype", self.param_dtype)
+
+  @property
+  def max_mel_frames(self) -> int:
+    return 2 * self.max_source_positions  # conv2 has stride 2
+
+  @classmethod
+  def whisper_tiny_en(cls, **kw) -> WhisperConfig:
+    return cls(**kw)
+
+  @classmethod
+  def whisper_large_v3(cls, **kw) -> WhisperConfig:
+    base = dict(n_mels=128, d_model=1280, encoder_layers=32, decoder_layers=32, encoder_heads=20,
+                decoder_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120, vocab_size=51866,
+                decoder_start_token_id=50258, eos_token_id=50257)
+    return cls(**{**base, **kw})
+
+  @classmethod
+  def tiny_test(cls, **kw) -> WhisperConfig:
+    base = dict(n_mels=80, d_model=64, encoder_layers=2, decoder_layers=2, encoder_heads=4,
+                decoder_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=300,
+                max_source_positions=1500, max_target_positions=64, decoder_start_token_id=1,
+                eos_token_id=2)
+    return cls(**{**base, **kw})
+
+
+@dataclasses.dataclass(frozen=True)
+class QFormerConfig:
+  """Window-level Q-Former (SALMONN / Diffusion-ASR): BERT layers with cross-attention per window."""
+
+  encoder_width: int = 1280  # = Whisper d_model
+  out_dim: int = 4096  # = LM d_model
+  hidden_size: int = 768
+  num_layers: int = 2
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  num_queries: int = 4
+  window_seconds: float = 0.333333
+  # Encoder frames per 30 s; windows are cut in frames: round(1500 * window_seconds / 30) = 17.
+  frames_per_30s: int = 1500
+  layer_norm_eps: float = 1e-12  # BERT's
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    _positive("QFormerConfig", encoder_width=self.encoder_width, out_dim=self.out_dim,
+              hidden_size=self.hidden_size, num_layers=self.num_layers, num_heads=self.num_heads,
+              intermediate_size=self.intermediate_size, num_queries=self.num_queries)
+    if self.hidden_size % self.num_heads:
+      raise ConfigError(f"QFormerConfig: hidden_size {self.hidden_size} not divisible by "
+                        f"num_heads {self.num_heads}")
+    if self.window_frames <= 0:
+      raise ConfigError(f"QFormerConfig.window_seconds={self.window_seconds}: window of 0 frames")
+    _check_dtype("QFormerConfig", "dtype", self.dtype)
+    _check_dtype("QFormerConfig", "param_dtype", self.param_dtype)
+
+  @property
+  def window_frames(self) -> int:
+    return int(round(self.frames_per_30s * self.window_seconds / 30.0))
+
+  def num_windows(self, frames: int) -> int:
+    """Windows that fit in `frames` encoder frames; the remainder is dropped as torch unfold does."""
+    return frames // self.window_frames
+
+  @classmethod
+  def paper(cls, encoder_width: int = 1280, out_dim: int = 4096, **kw) -> QFormerConfig:
+    return cls(encoder_width=encoder_width, out_dim=out_dim, **kw)
+
+  @classmethod
+  def tiny_test(cls, encoder_width: int = 64, out_dim: int = 48, **kw) -> QFormerConfig:
+    base = dict(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+    return cls(encoder_width=encoder_width, out_dim=out_dim, **{**base, **kw})
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+  rank: int = 8
+  alpha: float = 32.0
+  dropout: float = 0.1
+  targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+
+  def __post_init__(self):
+    _positive("LoRAConfig", rank=self.rank)
+    if not 0.0 <= self.dropout < 1.0:
+      raise ConfigError(f"LoRAConfig.dropout={self.dropout}: expected 0 <= dropout < 1")
+    allowed = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    bad = set(self.targets) - allowed
+    if bad:
+      raise ConfigError(f"LoRAConfig.targets: unknown {sorted(bad)}; allowed {sorted(allowed)}")
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Llama-3.1 'llama3' RoPE frequency scaling."""
+
+  factor: float = 8.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+  """LLaMA-shaped transformer: LLaDA when `causal=False`, LLaMA (the AR baseline) when True.
+
+  Projection names follow HF LLaMA (`q_proj`… `gate_proj`, `up_proj`, `down_proj`); LLaDA's own names
+  (`ff_proj` = gate, `up_proj`, `ff_out` = down, `attn_out` = o) are mapped by the converter.
+  """
+
+  vocab_size: int = 126464
+  d_model: int = 4096
+  n_layers: int = 32
+  n_heads: int = 32
+  n_kv_heads: int = 32
+  mlp_hidden: int = 12288
+  head_dim: int | None = None  # default d_model // n_heads
+  rope_theta: float = 500000.0
+  rope_scaling: RopeScaling | None = None
+  rms_norm_eps: float = 1e-5
+  tie_embeddings: bool = False
+  causal: bool = False
+  max_seq_len: int = 4096
+  mask_id: int = 126336
+  eos_id: int = 126081
+  pad_id: int = 126081  # LLaDA pads with EOS
+  eot_id: int = 126348
+  lora: LoRAConfig | None = None
+  remat: bool = False
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    _positive("LMConfig", vocab_size=self.vocab_size, d_model=self.d_model, n_layers=self.n_layers,
+              n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, mlp_hidden=self.mlp_hidden,
+              max_seq_len=self.max_seq_len)
+    if self.head_dim is None and self.d_model % self.n_heads:
+      raise ConfigError(f"LMConfig: d_model {self.d_model} not divisible by n_heads {self.n_heads}")
+    if self.n_heads % self.n_kv_heads:
+      raise ConfigError(f"LMConfig: n_heads {self.n_heads} not a multiple of n_kv_heads "
+                        f"{self.n_kv_heads}")
+    if self.dim_per_head % 2:
+      raise ConfigError(f"LMConfig: head_dim {self.dim_per_head} must be even for RoPE")
+    _check_dtype("LMConfig", "dtype", self.dtype)
+    _check_dtype("LMConfig", "param_dtype", self.param_dtype)
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+  @classmethod
+  def llada_8b_instruct(cls, **kw) -> LMConfig:
+    return cls(**kw)
+
+  @classmethod
+  def llama3_8b(cls, **kw) -> LMConfig:
+    """Llama-3.1-8B(-Instruct), the Whisper-LLaMA baseline's LM."""
+    base = dict(vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                mlp_hidden=14336, rope_theta=500000.0, rope_scaling=RopeScaling(),
+                tie_embeddings=False, causal=True, max_seq_len=8192, mask_id=-1,
+                eos_id=128009, pad_id=128009, eot_id=128009)
+    return cls(**{**base, **kw})
+
+  @classmethod
+  def smollm2_135m(cls, **kw) -> LMConfig:
+    """SmolLM2-135M-Instruct; causal as released. `causal=False` + a mask id makes it a LLaDA."""
+    base = dict(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
+                mlp_hidden=1536, rope_theta=100000.0, tie_embeddings=True, causal=True,
+                max_seq_len=8192, mask_id=-1, eos_id=2, pad_id=2, eot_id=2)
+    return cls(**{**base, **kw})
+
+  @classmethod
+  def tiny_test(cls, **kw) -> LMConfig:
+    base = dict(vocab_size=128, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=96,
+                rope_theta=10000.0, max_seq_len=256, mask_id=127, eos_id=1, pad_id=1, eot_id=2)
+    return cls(**{**base, **kw})
+
+
+@dataclasses.dataclass(frozen=True)
+class WhisperLLaDAConfig:
+  """Whisper encoder → window Q-Former → LM. With `lm.causal=True` this is Whisper-LLaMA."""
+
+  whisper: WhisperConfig
+  qformer: QFormerConfig
+  lm: LMConfig
+  prompt: str = "Transcribe the audio:"
+
+  def __post_init__(self):
+    if self.qformer.encoder_width != self.whisper.d_model:
+      raise ConfigError(f"qformer.encoder_width {self.qformer.encoder_width} != whisper.d_model "
+                        f"{self.whisper.d_model}")
+    if self.qformer.out_dim != self.lm.d_model:
+      raise ConfigError(f"qformer.out_dim {self.qformer.out_dim} != lm.d_model {self.lm.d_model}")
+
+  @classmethod
+  def paper(cls, **lm_kw) -> WhisperLLaDAConfig:
+    """Whisper-large-v3 + Q-Former + LLaDA-8B-Instruct + LoRA (q/k/v, r 8, α 32): the paper's model."""
+    return cls(whisper=WhisperConfig.whisper_large_v3(), qformer=QFormerConfig.paper(),
+               lm=LMConfig.llada_8b_instruct(lora=LoRAConfig(), **lm_kw))
+
+  @classmethod
+  def baseline(cls, **lm_kw) -> WhisperLLaDAConfig:
+    """Whisper-large-v3 + Q-Former + Llama-3.1-8B + LoRA: the paper's Whisper-LLaMA baseline."""
+    return cls(whisper=WhisperConfig.whisper_large_v3(), qformer=QFormerConfig.paper(),
+               lm=LMConfig.llama3_8b(lora=LoRAConfig(), **lm_kw))
+
+  @classmethod
+  def tiny_test(cls, causal: bool = False, **lm_kw) -> WhisperLLaDAConfig:
+    whisper = WhisperConfig.tiny_test()
+    lm = LMConfig.tiny_test(causal=causal, lora=LoRAConfig(rank=4, alpha=8.0), **lm_kw)
+    return cls(whisper=whisper,
+               qformer=QFormerConfig.tiny_test(encoder_width=whisper.d_model, out_dim=lm.d_model),
+               lm=lm)
+
+
+PRESETS: dict[str, tp.Callable[[], tp.Any]] = {
+    "whisper_tiny_en": WhisperConfig.whisper_tiny_en,
+    "whisper_large_v3": WhisperConfig.whisper_large_v3,
+    "llada_8b_instruct": LMConfig.llada_8b_instruct,
+    "llama3_8b": LMConfig.llama3_8b,
+    "smollm2_135m": LMConfig.smollm2_135m,
+    "whisper_llada_paper": WhisperLLaDAConfig.paper,
+    "whisper_llama_baseline": WhisperLLaDAConfig.baseline,
+    "whisper_tiny_test": WhisperConfig.tiny_test,
+    "lm_tiny_test": LMConfig.tiny_test,
+    "whisper_llada_tiny_test": WhisperLLaDAConfig.tiny_test,
+}
+
+_NESTED = {"lora": LoRAConfig, "rope_scaling": RopeScaling, "whisper": WhisperConfig,
+           "qformer": QFormerConfig, "lm": LMConfig}
+_KINDS = {"whisper": WhisperConfig, "qformer": QFormerConfig, "lm": LMConfig,
+          "whisper_llada": WhisperLLaDAConfig}
+
+
+def to_dict(cfg) -> dict:
+  """Config → plain JSON-able dict, tagged with its kind."""
+  kind = next(k for k, c in _KINDS.items() if isinstance(cfg, c))
+  return {"kind": kind, **dataclasses.asdict(cfg)}
+
+
+def _build(cls, data: dict, where: str):
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(data) - names
+  if unknown:
+    raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)} for {cls.__name__}")
+  kw = {}
+  for key, value in data.items():
+    if key in _NESTED and isinstance(value, dict):
+      value = _build(_NESTED[key], value, f"{where}.{key}")
+    elif isinstance(value, list):
+      value = tuple(value)
+    kw[key] = value
+  return cls(**kw)
+
+
+def from_dict(data: dict, where: str = "config"):
+  """Inverse of `to_dict`; unknown fields are an error naming the field."""
+  data = dict(data)
+  kind = data.pop("kind", None)
+  if kind not in _KINDS:
+    raise ConfigError(f"{where}: 'kind' must be one of {sorted(_KINDS)}, got {kind!r}")
+  return _build(_KINDS[kind], data, where)
+
+
+def save_json(cfg, path) -> None:
+  with open(path, "w") as f:
+    json.dump(to_dict(cfg), f, indent=2)
+
+
+def load_json(path):
+  with open(path) as f:
+    return from_dict(json.load(f), where=str(path))

@@ -1,0 +1,169 @@
+"""Building blocks shared by Whisper, the Q-Former and the LM.
+
+Weights are created with their logical axis names (`logical_axes` metadata, see `sharding.py`).
+Parameters live in `param_dtype`; matmuls run in the config's compute `dtype`; normalisation
+statistics are always taken in float32.
+"""
+
+from __future__ import annotations
+
+import math
+import typing as tp
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llada_jax.configs import LoRAConfig
+
+Axes = tuple[str | None, ...]
+default_kernel_init = nnx.initializers.normal(0.02)
+
+
+def dtype_of(name: str) -> jnp.dtype:
+  return jnp.dtype(name)
+
+
+def param(rngs: nnx.Rngs | None, init, shape, dtype, axes: Axes, kind=nnx.Param) -> nnx.Variable:
+  key = rngs.params() if rngs is not None else jax.random.key(0)
+  return kind(init(key, shape, dtype), logical_axes=axes)
+
+
+class LoRA(nnx.Module):
+  """Low-rank update `dropout(x) @ a @ b * alpha/r` (PEFT's layout, transposed to [in, out])."""
+
+  def __init__(self, in_features: int, out_features: int, config: LoRAConfig, *, axes: Axes,
+               dtype: str, param_dtype: str, rngs: nnx.Rngs):
+    bound = 1.0 / math.sqrt(in_features)  # PEFT: kaiming_uniform(a=√5) on A ⇒ U(±1/√fan_in)
+    self.a = param(rngs, nnx.initializers.uniform(2 * bound), (in_features, config.rank),
+                   dtype_of(param_dtype), (axes[0], "lora_rank"), kind=nnx.LoRAParam)
+    self.a[...] = self.a[...] - bound
+    # B = 0, so a fresh adapter leaves the base model's outputs unchanged.
+    self.b = param(rngs, nnx.initializers.zeros, (config.rank, out_features),
+                   dtype_of(param_dtype), ("lora_rank", axes[1]), kind=nnx.LoRAParam)
+    self.scale = config.scale
+    self.dropout = nnx.Dropout(config.dropout, deterministic=True, rngs=rngs)
+    self.dtype = dtype_of(dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = self.dropout(x.astype(self.dtype))
+    return (h @ self.a[...].astype(self.dtype)) @ self.b[...].astype(self.dtype) * self.scale
+
+  def delta(self) -> jax.Array:
+    return (self.a[...].astype(jnp.float32) @ self.b[...].astype(jnp.float32)) * self.scale
+
+
+class Linear(nnx.Module):
+  """y = x @ kernel (+ bias) (+ LoRA). kernel is [in, out] with logical `axes`."""
+
+  def __init__(self, in_features: int, out_features: int, *, axes: Axes, use_bias: bool = False,
+               dtype: str = "float32", param_dtype: str = "float32", rngs: nnx.Rngs,
+               kernel_init=default_kernel_init):
+    self.in_features, self.out_features = in_features, out_features
+    self.axes = axes
+    self.dtype, self.param_dtype = dtype, param_dtype
+    self.kernel = param(rngs, kernel_init, (in_features, out_features), dtype_of(param_dtype), axes)
+    self.bias = (param(rngs, nnx.initializers.zeros, (out_features,), dtype_of(param_dtype),
+                       (axes[1],)) if use_bias else None)
+    self.lora: LoRA | None = nnx.data(None)
+
+  def add_lora(self, config: LoRAConfig, rngs: nnx.Rngs) -> None:
+    self.lora = nnx.data(LoRA(self.in_features, self.out_features, config, axes=self.axes,
+                     dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs))
+
+  def merge_lora(self) -> None:
+    """Fold the adapter into the kernel (for export and fast inference) and drop it."""
+    if self.lora is None:
+      return
+    kernel = self.kernel[...]
+    self.kernel[...] = (kernel.astype(jnp.float32) + self.lora.delta()).astype(kernel.dtype)
+    self.lora = nnx.data(None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = dtype_of(self.dtype)
+    y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(dtype)
+    if self.lora is not None:
+      y = y + self.lora(x)
+    return y
+
+
+class Embed(nnx.Module):
+  """Token (or position) table [num, features]; `attend` is the tied output projection."""
+
+  def __init__(self, num: int, features: int, *, axes: Axes = ("vocab", "embed"),
+               dtype: str = "float32", param_dtype: str = "float32", rngs: nnx.Rngs,
+               init=default_kernel_init):
+    self.embedding = param(rngs, init, (num, features), dtype_of(param_dtype), axes)
+    self.dtype = dtype
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], ids, axis=0).astype(dtype_of(self.dtype))
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    dtype = dtype_of(self.dtype)
+    return jnp.dot(x.astype(dtype), self.embedding[...].astype(dtype).T)
+
+
+class LayerNorm(nnx.Module):
+  def __init__(self, features: int, *, eps: float, param_dtype: str = "float32",
+               use_bias: bool = True, rngs: nnx.Rngs | None = None):
+    self.eps = eps
+    self.scale = param(None, nnx.initializers.ones, (features,), dtype_of(param_dtype), ("norm",))
+    self.bias = (param(None, nnx.initializers.zeros, (features,), dtype_of(param_dtype), ("norm",))
+                 if use_bias else None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+  def __init__(self, features: int, *, eps: float, param_dtype: str = "float32",
+               rngs: nnx.Rngs | None = None):
+    self.eps = eps
+    self.scale = param(None, nnx.initializers.ones, (features,), dtype_of(param_dtype), ("norm",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
+    # LLaMA casts back to the input dtype before the gain (HF LlamaRMSNorm); kept for bf16 parity.
+    return self.scale[...].astype(x.dtype) * y.astype(x.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Scaled dot-product attention, grouped-query aware.
+
+  q [B, T, H, D]; k, v [B, S, K, D] with H % K == 0; mask bool broadcastable to [B, H, T, S]
+  (True = attend). Softmax in float32 whatever the compute dtype.
+  """
+  b, t, h, d = q.shape
+  kv = k.shape[2]
+  q = q.reshape(b, t, kv, h // kv, d)
+  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  logits = logits / math.sqrt(d)
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (b, h, t, k.shape[1])).reshape(b, kv, h // kv, t, k.shape[1])
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, h, d)
+
+
+def check_array(name: str, x: tp.Any, *, ndim: int, dtypes: tuple[str, ...] = ("floating",),
+                last: int | None = None) -> None:
+  """Raise a ValueError naming `name` and its shape when `x` is not of the expected rank/dtype."""
+  shape = getattr(x, "shape", None)
+  if shape is None or len(shape) != ndim:
+    raise ValueError(f"{name}: expected a rank-{ndim} array, got shape {shape}")
+  kinds = {"floating": jnp.floating, "integer": jnp.integer, "bool": jnp.bool_}
+  if not any(jnp.issubdtype(x.dtype, kinds[d]) for d in dtypes):
+    raise ValueError(f"{name}: expected dtype {'/'.join(dtypes)}, got {x.dtype} (shape {shape})")
+  if last is not None and shape[-1] != last:
+    raise ValueError(f"{name}: expected last dim {last}, got shape {tuple(shape)}")
