@@ -1,0 +1,96 @@
+"""Window-level Q-Former projector (SALMONN, as used by Diffusion-ASR).
+
+Whisper frames are cut into non-overlapping windows of `QFormerConfig.window_frames` (17 for 0.333 s);
+each window is summarised by `num_queries` learned queries through BERT layers (self-attention over
+the queries, cross-attention to the window's frames, FFN, all post-LN), then a Linear maps the queries
+to the LM width. 30 s of audio → 88 windows × 4 queries = 352 LM embeddings.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llada_jax import sharding
+from llada_jax.configs import QFormerConfig
+from llada_jax.layers import LayerNorm, Linear, attention, check_array, dtype_of, param
+
+
+def cut_windows(frames: jax.Array, window: int) -> jax.Array:
+  """[B, T, C] → [B * (T // window), window, C]; the remainder is dropped, as torch `unfold` does."""
+  b, t, c = frames.shape
+  n = t // window
+  if n == 0:
+    raise ValueError(f"encoder output of shape {tuple(frames.shape)} is shorter than one window "
+                     f"({window} frames)")
+  return frames[:, : n * window].reshape(b * n, window, c)
+
+
+class BertAttention(nnx.Module):
+  """BERT attention + output (dense, dropout, residual, LayerNorm)."""
+
+  def __init__(self, c: QFormerConfig, kv_width: int, *, rngs: nnx.Rngs):
+    kw = dict(use_bias=True, dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
+    self.num_heads = c.num_heads
+    self.query = Linear(c.hidden_size, c.hidden_size, axes=("qformer_embed", "qformer_heads"), **kw)
+    self.key = Linear(kv_width, c.hidden_size, axes=("embed", "qformer_heads"), **kw)
+    self.value = Linear(kv_width, c.hidden_size, axes=("embed", "qformer_heads"), **kw)
+    self.dense = Linear(c.hidden_size, c.hidden_size, axes=("qformer_heads", "qformer_embed"), **kw)
+    self.norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
+
+  def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+    b, t, d = x.shape
+    s = context.shape[1]
+    h = self.num_heads
+    q = self.query(x).reshape(b, t, h, d // h)
+    k = self.key(context).reshape(b, s, h, d // h)
+    v = self.value(context).reshape(b, s, h, d // h)
+    out = attention(q, k, v, None).reshape(b, t, d)  # every frame of a window is real: no mask
+    return self.norm(self.dense(out) + x)
+
+
+class QFormerLayer(nnx.Module):
+  def __init__(self, c: QFormerConfig, *, rngs: nnx.Rngs):
+    kw = dict(use_bias=True, dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
+    self.self_attn = BertAttention(c, c.hidden_size, rngs=rngs)
+    self.cross_attn = BertAttention(c, c.encoder_width, rngs=rngs)
+    # The query FFN (BLIP-2's `intermediate_query`/`output_query`): the one applied to query tokens.
+    self.fc1 = Linear(c.hidden_size, c.intermediate_size, axes=("qformer_embed", "qformer_mlp"), **kw)
+    self.fc2 = Linear(c.intermediate_size, c.hidden_size, axes=("qformer_mlp", "qformer_embed"), **kw)
+    self.ffn_norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
+
+  def __call__(self, x: jax.Array, frames: jax.Array) -> jax.Array:
+    x = self.self_attn(x, x)
+    x = self.cross_attn(x, frames)
+    return self.ffn_norm(self.fc2(jax.nn.gelu(self.fc1(x), approximate=False)) + x)
+
+
+class WindowQFormer(nnx.Module):
+  """Encoder frames [B, T, encoder_width] → LM embeddings [B, (T // window) * num_queries, out_dim]."""
+
+  def __init__(self, config: QFormerConfig, *, rngs: nnx.Rngs):
+    c = self.config = config
+    # BLIP-2 / SALMONN initialise the queries with std = initializer_range (0.02).
+    self.query_tokens = param(rngs, nnx.initializers.normal(0.02), (1, c.num_queries, c.hidden_size),
+                              dtype_of(c.param_dtype), (None, "queries", "qformer_embed"))
+    self.input_norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
+    self.layers = nnx.List([QFormerLayer(c, rngs=rngs) for _ in range(c.num_layers)])
+    self.proj = Linear(c.hidden_size, c.out_dim, axes=("qformer_embed", "embed"), use_bias=True,
+                       dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
+
+  def num_embeddings(self, encoder_frames: int) -> int:
+    return self.config.num_windows(encoder_frames) * self.config.num_queries
+
+  def __call__(self, frames: jax.Array) -> jax.Array:
+    c = self.config
+    check_array("encoder frames", frames, ndim=3, last=c.encoder_width)
+    b = frames.shape[0]
+    windows = cut_windows(frames.astype(dtype_of(c.dtype)), c.window_frames)  # [B*N, W, C]
+    x = jnp.broadcast_to(self.query_tokens[...].astype(windows.dtype),
+                         (windows.shape[0], c.num_queries, c.hidden_size))
+    x = self.input_norm(x)
+    for layer in self.layers:
+      x = layer(x, windows)
+    out = self.proj(x).reshape(b, -1, c.out_dim)
+    return sharding.constrain(out, ("batch", "length", "act_embed"))

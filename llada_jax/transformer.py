@@ -1,0 +1,235 @@
+"""LLaMA-shaped transformer: LLaDA (bidirectional) or LLaMA (causal, the Whisper-LLaMA baseline).
+
+Attribute names follow HF LLaMA (`embed_tokens`, `layers[i].self_attn.q_proj`, `mlp.gate_proj`, `norm`,
+`lm_head`); the converter maps LLaDA's own names onto them.
+
+A `KVCache` serves both decoders: AR decoding writes each new token's K/V (`update_cache=True`);
+diffusion decoding with a prefix cache (Fast-dLLM) computes the prompt + audio K/V once and then runs
+every denoising step over the response only, attending to the cached prefix without writing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llada_jax import sharding
+from llada_jax.configs import LMConfig, RopeScaling
+from llada_jax.layers import Embed, Linear, RMSNorm, attention, check_array, dtype_of
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Per-layer K/V buffers [B, S, K, D] and which of the S key slots hold real tokens."""
+
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  key_mask: jax.Array  # [B, S] bool; False for padding and for slots not yet written
+
+  @property
+  def max_len(self) -> int:
+    return self.key_mask.shape[1]
+
+
+def init_cache(config: LMConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+  if max_len > config.max_seq_len:
+    raise ValueError(f"cache max_len {max_len} exceeds LMConfig.max_seq_len {config.max_seq_len}")
+  dtype = dtype or dtype_of(config.dtype)
+  shape = (batch, max_len, config.n_kv_heads, config.dim_per_head)
+  zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers))
+  return KVCache(k=zeros, v=zeros, key_mask=jnp.zeros((batch, max_len), bool))
+
+
+def rope_frequencies(config: LMConfig) -> jax.Array:
+  dim = config.dim_per_head
+  inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  if config.rope_scaling is not None:
+    inv_freq = _llama3_scaling(inv_freq, config.rope_scaling)
+  return inv_freq
+
+
+def _llama3_scaling(inv_freq: jax.Array, s: RopeScaling) -> jax.Array:
+  # Llama-3.1: long wavelengths are slowed by `factor`, short ones kept, a smooth ramp in between.
+  low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+  high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+  smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+      s.high_freq_factor - s.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotate-half RoPE. x [B, T, H, D], positions [B, T]."""
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+  def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
+    c = config
+    kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
+    self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.dim_per_head
+    self.causal = c.causal
+    self.q_proj = Linear(c.d_model, c.n_heads * c.dim_per_head, axes=("embed", "q_heads"), **kw)
+    self.k_proj = Linear(c.d_model, c.n_kv_heads * c.dim_per_head, axes=("embed", "kv_heads"), **kw)
+    self.v_proj = Linear(c.d_model, c.n_kv_heads * c.dim_per_head, axes=("embed", "kv_heads"), **kw)
+    self.o_proj = Linear(c.n_heads * c.dim_per_head, c.d_model, axes=("q_heads", "embed"), **kw)
+
+  def __call__(self, x, positions, inv_freq, key_mask, layer_cache, cache_index):
+    b, t, _ = x.shape
+    q = self.q_proj(x).reshape(b, t, self.n_heads, self.head_dim)
+    k = self.k_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
+    v = self.v_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
+    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    q = sharding.constrain(q, ("batch", "length", "act_heads", None))
+
+    if layer_cache is None:
+      keys, values, q_index, k_index = k, v, jnp.arange(t), jnp.arange(t)
+    else:
+      cache_k, cache_v = layer_cache
+      keys = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
+      values = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
+      q_index, k_index = cache_index + jnp.arange(t), jnp.arange(keys.shape[1])
+    mask = key_mask[:, None, None, :]  # [B, 1, 1, S]
+    if self.causal:
+      mask = mask & (k_index[None, :] <= q_index[:, None])[None, None]
+    out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
+    return self.o_proj(out.reshape(b, t, -1)), (keys, values)
+
+
+class MLP(nnx.Module):
+  def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
+    c = config
+    kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
+    self.gate_proj = Linear(c.d_model, c.mlp_hidden, axes=("embed", "mlp"), **kw)
+    self.up_proj = Linear(c.d_model, c.mlp_hidden, axes=("embed", "mlp"), **kw)
+    self.down_proj = Linear(c.mlp_hidden, c.d_model, axes=("mlp", "embed"), **kw)
+
+  def __call__(self, x):
+    h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+    h = sharding.constrain(h, ("batch", "length", "act_mlp"))
+    return self.down_proj(h)
+
+
+class Block(nnx.Module):
+  def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
+    c = config
+    self.input_layernorm = RMSNorm(c.d_model, eps=c.rms_norm_eps, param_dtype=c.param_dtype)
+    self.self_attn = Attention(c, rngs=rngs)
+    self.post_attention_layernorm = RMSNorm(c.d_model, eps=c.rms_norm_eps,
+                                            param_dtype=c.param_dtype)
+    self.mlp = MLP(c, rngs=rngs)
+
+  def __call__(self, x, positions, inv_freq, key_mask, layer_cache, cache_index):
+    h, kv = self.self_attn(self.input_layernorm(x), positions, inv_freq, key_mask, layer_cache,
+                           cache_index)
+    x = x + h
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return sharding.constrain(x, ("batch", "length", "act_embed")), kv
+
+
+class Transformer(nnx.Module):
+  """Token ids or input embeddings → float32 logits [B, T, vocab]."""
+
+  def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
+    c = self.config = config
+    self.embed_tokens = Embed(c.vocab_size, c.d_model, dtype=c.dtype, param_dtype=c.param_dtype,
+                              rngs=rngs)
+    self.layers = nnx.List([Block(c, rngs=rngs) for _ in range(c.n_layers)])
+    self.norm = RMSNorm(c.d_model, eps=c.rms_norm_eps, param_dtype=c.param_dtype)
+    self.lm_head = nnx.data(None if c.tie_embeddings else Linear(
+        c.d_model, c.vocab_size, axes=("embed", "vocab"), dtype=c.dtype,
+        param_dtype=c.param_dtype, rngs=rngs))
+    if c.lora is not None:
+      add_lora(self, rngs)
+
+  def embed(self, tokens: jax.Array) -> jax.Array:
+    check_array("tokens", tokens, ndim=2, dtypes=("integer",))
+    return self.embed_tokens(tokens)
+
+  def __call__(self, tokens: jax.Array | None = None, *, embeds: jax.Array | None = None,
+               positions: jax.Array | None = None, key_mask: jax.Array | None = None,
+               cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+               update_cache: bool = True, return_hidden: bool = False):
+    """Run the stack.
+
+    tokens [B, T] int or embeds [B, T, D]; positions [B, T] (default: cache_index + arange(T));
+    key_mask [B, T] bool, True for real tokens (default all True). With `cache`, the new tokens sit at
+    slots [cache_index, cache_index + T) and attend to every valid cached slot; the updated cache is
+    returned as `(logits, cache)` (unchanged when `update_cache=False`).
+    """
+    c = self.config
+    if (tokens is None) == (embeds is None):
+      raise ValueError("Transformer: pass exactly one of tokens [B, T] or embeds [B, T, D]")
+    if embeds is None:
+      embeds = self.embed(tokens)
+    else:
+      check_array("embeds", embeds, ndim=3, last=c.d_model)
+    b, t, _ = embeds.shape
+    limit = cache.max_len if cache is not None else c.max_seq_len
+    if t > limit:
+      raise ValueError(f"sequence of shape {tuple(embeds.shape[:2])} is longer than the "
+                       f"{'cache' if cache is not None else 'LMConfig.max_seq_len'} {limit}")
+    if positions is None:
+      positions = jnp.broadcast_to(cache_index + jnp.arange(t, dtype=jnp.int32), (b, t))
+    if key_mask is None:
+      key_mask = jnp.ones((b, t), bool)
+    if cache is not None:
+      full_mask = jax.lax.dynamic_update_slice(cache.key_mask, key_mask, (0, cache_index))
+    else:
+      full_mask = key_mask
+
+    x = sharding.constrain(embeds.astype(dtype_of(c.dtype)), ("batch", "length", "act_embed"))
+    inv_freq = rope_frequencies(c)
+    new_k, new_v = [], []
+    for i, block in enumerate(self.layers):
+      layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+      if c.remat:
+        x, (k, v) = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions, inv_freq, full_mask,
+                                                        layer_cache, cache_index)
+      else:
+        x, (k, v) = block(x, positions, inv_freq, full_mask, layer_cache, cache_index)
+      new_k.append(k)
+      new_v.append(v)
+    h = self.norm(x)
+    if return_hidden:
+      return h
+    logits = self.lm_head(h) if self.lm_head is not None else self.embed_tokens.attend(h)
+    logits = sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+    if cache is None:
+      return logits
+    if not update_cache:
+      return logits, cache
+    return logits, KVCache(k=tuple(new_k), v=tuple(new_v), key_mask=full_mask)
+
+
+def add_lora(model: nnx.Module, rngs: nnx.Rngs, config=None) -> nnx.Module:
+  """Attach LoRA adapters to the LM's target projections (config defaults to `model.config.lora`)."""
+  lm = model if isinstance(model, Transformer) else model.lm
+  config = config or lm.config.lora
+  if config is None:
+    raise ValueError("add_lora: no LoRAConfig given and LMConfig.lora is None")
+  for block in lm.layers:
+    for name in config.targets:
+      owner = block.self_attn if name in ("q_proj", "k_proj", "v_proj", "o_proj") else block.mlp
+      getattr(owner, name).add_lora(config, rngs)
+  return model
+
+
+def merge_lora(model: nnx.Module) -> nnx.Module:
+  """Fold every LoRA adapter into its base kernel (in place)."""
+  for _, module in nnx.iter_graph(model):
+    if isinstance(module, Linear):
+      module.merge_lora()
+  return model
