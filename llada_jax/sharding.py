@@ -63,7 +63,7 @@ class ShardingConfig:
     return cls(rules=(
         ("vocab", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("q_heads", "tensor"),
         ("kv_heads", "tensor"), ("norm", None), ("conv_in", None), ("lora_rank", None),
-        ("positions", None), ("queries", None), ("qformer_embed", "fsdp"),
+        ("positions", None), ("queries", None), ("qformer_embed", None),
         ("qformer_mlp", "tensor"), ("qformer_heads", "tensor"),
         ("batch", ("data", "fsdp")), ("length", None), ("act_embed", None),
         ("act_mlp", "tensor"), ("act_heads", "tensor"), ("act_vocab", "tensor"),
@@ -103,8 +103,9 @@ def make_mesh(shape: tp.Sequence[int], axes: tp.Sequence[str] = MESH_AXES,
 
 
 def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, what: str) -> PartitionSpec:
-  """Drop mesh axes that do not divide a dimension (small test models, odd vocab sizes)."""
-  out = []
+  """Make a spec placeable: drop mesh axes that do not divide a dimension (small test models, odd
+  vocab sizes) or that an earlier dimension already uses (e.g. ('embed', 'embed') → fsdp twice)."""
+  out, used = [], set()
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
     names = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
     size = math.prod(mesh.shape[a] for a in names) if names else 1
@@ -112,6 +113,11 @@ def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, what: str) -> 
       log.info("%s: dim %d not divisible by mesh axes %s (size %d); replicated", what, dim, names,
                size)
       axes = None
+    elif used & set(names):
+      log.info("%s: mesh axes %s already used by an earlier dim; replicated", what, names)
+      axes = None
+    else:
+      used |= set(names)
     out.append(axes)
   return PartitionSpec(*out)
 
@@ -168,6 +174,12 @@ def constrain(x: jax.Array, names: tp.Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def batch_sharding(mesh: Mesh, config: ShardingConfig, ndim: int) -> NamedSharding:
-  """Sharding for a host batch: leading dim over the batch axes, the rest replicated."""
-  return NamedSharding(mesh, config.mesh_axes(("batch",) + (None,) * (ndim - 1)))
+def batch_sharding(mesh: Mesh, config: ShardingConfig, shape: tp.Sequence[int]) -> NamedSharding:
+  """Sharding for a global batch: leading dim over the batch axes, the rest replicated."""
+  spec = config.mesh_axes(("batch",) + (None,) * (len(shape) - 1))
+  axes = spec[0] if isinstance(spec[0], tuple) else ((spec[0],) if spec[0] else ())
+  ways = math.prod(mesh.shape[a] for a in axes)
+  if shape[0] % ways:
+    raise ValueError(f"batch of shape {tuple(shape)}: batch size {shape[0]} is not divisible by the "
+                     f"{ways} data-parallel shards of mesh axes {axes}")
+  return NamedSharding(mesh, spec)
