@@ -1,0 +1,1 @@
+"""Checkpoint conversion: read foreign checkpoints (`sources`) and map them into our models."""

@@ -1,0 +1,1 @@
+"""Data sources (LibriSpeech-layout folders, tensorflow-datasets ArrayRecord) and the grain pipeline."""

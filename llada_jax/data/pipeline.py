@@ -1,0 +1,253 @@
+"""grain pipeline: a speech source → shuffled, host-sharded, length-bucketed batches of 16 kHz audio.
+
+Batches have a static batch size and one of a few fixed sample counts (the buckets), so a jitted step
+compiles once per bucket and never again: the last batch of a bucket is padded with `valid=False` rows.
+
+Bucketing is planned from per-utterance lengths (file headers, or the lengths stored by the tfds
+builder) for the *global* batch, and each host takes its own rows of every global batch. Slicing the
+examples per host first and bucketing locally would hand hosts different bucket shapes at the same step,
+which a multi-host jit cannot run. The plan is a pure function of (seed, epoch), so a grain
+`MapDataset` over batch numbers is random-access and its iterator state (`get_state`/`set_state`) is just
+the next batch number: resuming replays exactly the same batches.
+
+Batches are dicts of numpy arrays and lists:
+  audio [B, S] float32, audio_len [B] int32, valid [B] bool, index [B] int64 (source index, -1 = pad),
+  ids / text / speaker: lists of B str ("" for padding),
+  errors: ErrorRecords of the rows that failed to decode, epoch and step: ints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing as tp
+
+import grain
+import numpy as np
+import soundfile as sf
+
+from llada_jax.audio import SAMPLE_RATE, AudioError, load_audio
+from llada_jax.data import librispeech, tfds_librispeech
+from llada_jax.data.librispeech import ErrorRecord
+
+TOO_LONG = ("trim", "drop")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  batch_size: int = 8  # per host
+  # Samples per bucket: 5 / 10 / 20 / 30 s at 16 kHz; the last is Whisper's 30 s window.
+  buckets: tuple[int, ...] = (80000, 160000, 320000, 480000)
+  seed: int = 0
+  shuffle: bool = True
+  num_epochs: int | None = 1  # None: repeat forever, reshuffled every epoch
+  # Longer than the last bucket: "trim" as Whisper's feature extractor does, or "drop" (an error record).
+  too_long: str = "trim"
+  num_threads: int = 2  # grain read threads, each decoding whole batches
+  prefetch: int = 4
+
+  def __post_init__(self):
+    if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+      raise ValueError(f"PipelineConfig.batch_size={self.batch_size!r}: expected a positive int")
+    if not self.buckets or list(self.buckets) != sorted(set(self.buckets)) or self.buckets[0] <= 0:
+      raise ValueError(f"PipelineConfig.buckets={self.buckets!r}: expected increasing positive "
+                       f"sample counts")
+    if self.too_long not in TOO_LONG:
+      raise ValueError(f"PipelineConfig.too_long={self.too_long!r}: expected one of {TOO_LONG}")
+    if self.num_epochs is not None and self.num_epochs <= 0:
+      raise ValueError(f"PipelineConfig.num_epochs={self.num_epochs!r}: expected None or > 0")
+
+  @classmethod
+  def seconds(cls, buckets_s: tp.Sequence[float] = (5, 10, 20, 30), **kw) -> PipelineConfig:
+    return cls(buckets=tuple(int(round(s * SAMPLE_RATE)) for s in buckets_s), **kw)
+
+
+class Source(tp.Protocol):
+  """What the pipeline reads: random access to utterances plus their lengths, known up front."""
+
+  errors: list[ErrorRecord]
+
+  def __len__(self) -> int: ...
+
+  def lengths(self) -> np.ndarray:
+    """Samples at 16 kHz per utterance; -1 where unknown because the file is unusable."""
+
+  def __getitem__(self, i: int) -> dict:
+    """{id, audio float32 [n] at 16 kHz, text, speaker}; raises AudioError for a bad utterance."""
+
+
+class FolderSource:
+  """A scanned LibriSpeech-layout folder; audio decoded on access."""
+
+  def __init__(self, scan: librispeech.Scan):
+    self.utterances = scan.utterances
+    self.errors = list(scan.errors)
+    self._lengths: np.ndarray | None = None
+
+  def __len__(self) -> int:
+    return len(self.utterances)
+
+  def lengths(self) -> np.ndarray:
+    if self._lengths is None:
+      self._lengths = np.asarray([self._length(u) for u in self.utterances], np.int64)
+    return self._lengths
+
+  def _length(self, utt: librispeech.Utterance) -> int:
+    try:
+      info = sf.info(utt.path)
+      # FLAC may leave the total unknown (0, read back as 2**63 - 1): then decode once to learn it.
+      if 0 < info.frames < 2**40:
+        return -(-info.frames * SAMPLE_RATE // info.samplerate)
+      return int(load_audio(utt.path).shape[0])
+    except AudioError as e:
+      self.errors.append(ErrorRecord(utt.id, utt.path, str(e)))
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+      self.errors.append(ErrorRecord(utt.id, utt.path, f"{utt.path}: not readable as audio: {e}"))
+    return -1
+
+  def __getitem__(self, i: int) -> dict:
+    u = self.utterances[int(i)]
+    return {"id": u.id, "audio": load_audio(u.path), "text": u.text, "speaker": u.speaker}
+
+
+def open_source(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                strict: bool = False) -> Source:
+  """A folder path (LibriSpeech layout) or "tfds:NAME/SPLIT" (prepared under `data_dir`)."""
+  spec_str = os.fspath(spec)
+  if spec_str.startswith("tfds:"):
+    return tfds_librispeech.open_tfds(spec_str, data_dir)
+  return FolderSource(librispeech.scan_librispeech(spec_str, strict=strict))
+
+
+def plan_epoch(bucket_of: np.ndarray, num_buckets: int, global_batch: int, seed: int, epoch: int,
+               shuffle: bool) -> tuple[np.ndarray, np.ndarray]:
+  """One epoch's batches → (bucket per batch [nb], source indices [nb, global_batch], -1 = padding).
+
+  `bucket_of[i]` is utterance i's bucket, -1 to leave it out. The batch count depends only on the
+  bucket sizes, never on the seed, so every epoch has the same length."""
+  rng = np.random.default_rng([seed, epoch])
+  usable = np.flatnonzero(bucket_of >= 0)
+  order = usable[rng.permutation(usable.shape[0])] if shuffle else usable
+  buckets, rows = [], []
+  for b in range(num_buckets):
+    members = order[bucket_of[order] == b]
+    for start in range(0, members.shape[0], global_batch):
+      chunk = np.full((global_batch,), -1, np.int64)
+      part = members[start:start + global_batch]
+      chunk[:part.shape[0]] = part
+      buckets.append(b)
+      rows.append(chunk)
+  if not rows:
+    return np.zeros((0,), np.int64), np.zeros((0, global_batch), np.int64)
+  buckets, rows = np.asarray(buckets, np.int64), np.stack(rows)
+  if shuffle:  # interleave buckets so training does not see all short utterances first
+    perm = rng.permutation(buckets.shape[0])
+    buckets, rows = buckets[perm], rows[perm]
+  return buckets, rows
+
+
+class AudioBatches:
+  """This host's batches of a source: iterate for numpy dicts; `iterator()` for a checkpointable one."""
+
+  def __init__(self, source: Source, config: PipelineConfig = PipelineConfig(),
+               process_index: int | None = None, process_count: int | None = None):
+    if process_index is None or process_count is None:
+      import jax  # only to ask which host this is
+      process_index = jax.process_index() if process_index is None else process_index
+      process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    self.source, self.config = source, config
+    self.process_index, self.process_count = process_index, process_count
+    self.global_batch = config.batch_size * process_count
+    lengths = np.asarray(source.lengths(), np.int64)
+    buckets = np.asarray(config.buckets, np.int64)
+    bucket_of = np.minimum(np.searchsorted(buckets, lengths, side="left"), buckets.shape[0] - 1)
+    bucket_of[lengths < 0] = -1
+    self.errors: list[ErrorRecord] = list(source.errors)
+    too_long = np.flatnonzero(lengths > buckets[-1])
+    if config.too_long == "drop" and too_long.shape[0]:
+      bucket_of[too_long] = -1
+      for i in too_long:
+        self.errors.append(ErrorRecord(_id_of(source, int(i)), _path_of(source, int(i)),
+                                       f"{lengths[i]} samples > last bucket {buckets[-1]}: dropped"))
+    self._bucket_of = bucket_of
+    self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    self.num_usable = int((bucket_of >= 0).sum())
+    if not self.num_usable:
+      shown = "; ".join(f"{e.path}: {e.reason}" for e in self.errors[:3])
+      raise ValueError(f"no usable utterances among {len(source)} ({len(self.errors)} error "
+                       f"record(s){': ' + shown if shown else ''})")
+    self.batches_per_epoch = plan_epoch(bucket_of, buckets.shape[0], self.global_batch,
+                                        config.seed, 0, False)[0].shape[0]
+    self.dataset = (grain.MapDataset.range(self.batches_per_epoch)
+                    .repeat(config.num_epochs)
+                    .map_with_index(lambda step, _: self._load(step)))
+
+  def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    # Read threads may both compute an epoch's plan; it is deterministic, so either copy is right.
+    plan = self._plans.get(epoch)
+    if plan is None:
+      plan = plan_epoch(self._bucket_of, len(self.config.buckets), self.global_batch,
+                        self.config.seed, epoch, self.config.shuffle)
+      self._plans = {k: v for k, v in self._plans.items() if k >= epoch - 1}
+      self._plans[epoch] = plan
+    return plan
+
+  def __len__(self) -> int:
+    return len(self.dataset)
+
+  def _load(self, step: int) -> dict:
+    epoch, k = divmod(int(step), self.batches_per_epoch)
+    bucket_ids, rows = self._plan(epoch)
+    width = int(self.config.buckets[bucket_ids[k]])
+    b = self.config.batch_size
+    mine = rows[k, self.process_index * b:(self.process_index + 1) * b]
+    batch = {"audio": np.zeros((b, width), np.float32), "audio_len": np.zeros((b,), np.int32),
+             "valid": np.zeros((b,), bool), "index": mine.copy(), "ids": [""] * b, "text": [""] * b,
+             "speaker": [""] * b, "errors": [], "epoch": epoch, "step": int(step)}
+    for r, idx in enumerate(mine):
+      if idx < 0:
+        continue
+      try:
+        item = self.source[int(idx)]
+        audio = np.asarray(item["audio"], np.float32)
+        if audio.ndim != 1 or audio.shape[0] == 0:
+          raise AudioError(f"{item['id']}: audio of shape {audio.shape}")
+      except AudioError as e:
+        batch["errors"].append(ErrorRecord(_id_of(self.source, int(idx)), _path_of(self.source,
+                                                                                   int(idx)), str(e)))
+        continue
+      # Header lengths can be off by a sample after resampling; the bucket width is the contract.
+      n = min(audio.shape[0], width)
+      batch["audio"][r, :n] = audio[:n]
+      batch["audio_len"][r] = n
+      batch["valid"][r] = True
+      batch["ids"][r], batch["text"][r] = item["id"], item["text"]
+      batch["speaker"][r] = str(item.get("speaker", ""))
+    return batch
+
+  def iterator(self) -> grain.DatasetIterator:
+    """A grain iterator whose `get_state()` / `set_state(state)` resume at the exact next batch."""
+    options = grain.ReadOptions(num_threads=self.config.num_threads,
+                                prefetch_buffer_size=self.config.prefetch)
+    return iter(self.dataset.to_iter_dataset(options))
+
+  def __iter__(self) -> tp.Iterator[dict]:
+    return self.iterator()
+
+
+def _id_of(source, i: int) -> str | None:
+  utts = getattr(source, "utterances", None)
+  return utts[i].id if utts is not None else f"#{i}"
+
+
+def _path_of(source, i: int) -> str:
+  utts = getattr(source, "utterances", None)
+  return utts[i].path if utts is not None else f"{getattr(source, 'name', '?')}[{i}]"
+
+
+def make_batches(spec: str | os.PathLike, config: PipelineConfig = PipelineConfig(),
+                 data_dir: str | os.PathLike | None = None, process_index: int | None = None,
+                 process_count: int | None = None) -> AudioBatches:
+  return AudioBatches(open_source(spec, data_dir), config, process_index, process_count)
