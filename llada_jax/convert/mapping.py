@@ -15,6 +15,8 @@ import typing as tp
 import numpy as np
 from flax import nnx
 
+from llada_jax.whisper import Buffer
+
 
 class MappingError(ValueError):
   """Source tensors do not fit the target model; the message lists every problem."""
@@ -113,14 +115,15 @@ class TensorSource(tp.Protocol):
   def get(self, name: str) -> np.ndarray: ...
 
 
-def convert(source: TensorSource, mapping: Mapping, targets: dict[str, tuple[tuple[int, ...], tp.Any]],
-            sink: tp.Callable[[str, np.ndarray], None], *, what: str = "checkpoint",
-            dtype=None) -> None:
-  """Stream every source tensor through `mapping` into `sink(target_name, array)`.
+Targets = dict[str, tuple[tuple[int, ...], tp.Any]]
 
-  `targets` maps each expected target name to (shape, dtype). Shapes are checked from the converted
-  tensor; all problems are gathered first (a dry pass over names), so a bad checkpoint fails before
-  anything is written.
+
+def check(source: TensorSource, mapping: Mapping, targets: Targets, *, what: str = "checkpoint"
+          ) -> list[tuple[str, str, Rule]]:
+  """Match every source tensor to a target; raise one MappingError listing every problem.
+
+  `targets` maps each expected target name to (shape, dtype). Returns the (source, target, rule)
+  plan. Shapes are checked from the source's header when it can tell them without loading.
   """
   plan, errors, seen = [], [], set()
   for name in source.keys():
@@ -152,16 +155,24 @@ def convert(source: TensorSource, mapping: Mapping, targets: dict[str, tuple[tup
                       f"{expected} (as {target!r} {tuple(targets[target][0])})")
   if errors:
     raise MappingError(f"{what}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
-  for name, target, rule in plan:
+  return plan
+
+
+def convert(source: TensorSource, mapping: Mapping, targets: Targets,
+            sink: tp.Callable[[str, np.ndarray], None], *, what: str = "checkpoint") -> None:
+  """Stream every source tensor through `mapping` into `sink(target_name, array)`, one at a time,
+  cast to the target dtype. Nothing reaches the sink unless `check` passes for the whole source."""
+  for name, target, rule in check(source, mapping, targets, what=what):
     array = TRANSFORMS[rule.transform][0](np.asarray(source.get(name)))
     if tuple(array.shape) != tuple(targets[target][0]):
       raise MappingError(f"{what}: shape mismatch for {name!r}: converted {array.shape}, model "
                          f"expects {tuple(targets[target][0])} ({target!r})")
-    out_dtype = dtype or targets[target][1]
-    sink(target, array.astype(out_dtype, copy=False))
+    sink(target, array.astype(targets[target][1], copy=False))
 
 
-BASE_WEIGHTS = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+# Everything a checkpoint holds except LoRA adapters: parameters plus buffers (Whisper's sinusoidal
+# position table), which load from checkpoints but are never trained.
+BASE_WEIGHTS = nnx.Any(nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)), Buffer)
 
 
 def model_targets(model: nnx.Module, kinds=BASE_WEIGHTS) -> dict[str, tuple[tuple[int, ...], tp.Any]]:
@@ -263,6 +274,58 @@ LLADA = Mapping(
         Rule("model.transformer.ff_out.weight", "lm_head.kernel", "transpose"),
     ),
 )
+
+
+def _whisper_attention(src: str, dst: str) -> list[Rule]:
+  rules = [Rule(f"{src}.k_proj.weight", f"{dst}.k_proj.kernel", "transpose")]  # k has no bias
+  for name in ("q_proj", "v_proj", "out_proj"):
+    rules += [Rule(f"{src}.{name}.weight", f"{dst}.{name}.kernel", "transpose"),
+              Rule(f"{src}.{name}.bias", f"{dst}.{name}.bias")]
+  return rules
+
+
+def _whisper_layer_norm_and_ffn(src: str, dst: str, norms: tuple[str, ...]) -> list[Rule]:
+  rules = []
+  for name in norms:
+    rules += [Rule(f"{src}.{name}.weight", f"{dst}.{name}.scale"),
+              Rule(f"{src}.{name}.bias", f"{dst}.{name}.bias")]
+  for name in ("fc1", "fc2"):
+    rules += [Rule(f"{src}.{name}.weight", f"{dst}.{name}.kernel", "transpose"),
+              Rule(f"{src}.{name}.bias", f"{dst}.{name}.bias")]
+  return rules
+
+
+_ENC, _DEC = "model.encoder", "model.decoder"
+WHISPER_ENCODER = Mapping(rules=(
+    *(r for conv in ("conv1", "conv2") for r in (
+        Rule(f"{_ENC}.{conv}.weight", f"encoder.{conv}.kernel", "conv"),
+        Rule(f"{_ENC}.{conv}.bias", f"encoder.{conv}.bias"))),
+    Rule(f"{_ENC}.embed_positions.weight", "encoder.embed_positions.embedding"),
+    *_whisper_attention(f"{_ENC}.layers.{{i}}.self_attn", "encoder.layers.{i}.self_attn"),
+    *_whisper_layer_norm_and_ffn(f"{_ENC}.layers.{{i}}", "encoder.layers.{i}",
+                                 ("self_attn_layer_norm", "final_layer_norm")),
+    Rule(f"{_ENC}.layer_norm.weight", "encoder.layer_norm.scale"),
+    Rule(f"{_ENC}.layer_norm.bias", "encoder.layer_norm.bias"),
+))
+
+# transformers' WhisperForConditionalGeneration names; `proj_out` is tied to the token embedding.
+HF_WHISPER = WHISPER_ENCODER + Mapping(
+    rules=(
+        Rule(f"{_DEC}.embed_tokens.weight", "decoder.embed_tokens.embedding"),
+        Rule(f"{_DEC}.embed_positions.weight", "decoder.embed_positions.embedding"),
+        *_whisper_attention(f"{_DEC}.layers.{{i}}.self_attn", "decoder.layers.{i}.self_attn"),
+        *_whisper_attention(f"{_DEC}.layers.{{i}}.encoder_attn", "decoder.layers.{i}.encoder_attn"),
+        *_whisper_layer_norm_and_ffn(
+            f"{_DEC}.layers.{{i}}", "decoder.layers.{i}",
+            ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm")),
+        Rule(f"{_DEC}.layer_norm.weight", "decoder.layer_norm.scale"),
+        Rule(f"{_DEC}.layer_norm.bias", "decoder.layer_norm.bias"),
+    ),
+    skip=(r"^proj_out\.weight$",),
+)
+
+# Whisper-LLaDA keeps only the encoder; a full Whisper checkpoint's decoder is skipped on purpose.
+WHISPER_ENCODER_ONLY = WHISPER_ENCODER + Mapping(rules=(), skip=(r"^model\.decoder\.", r"^proj_out\."))
 
 
 def _bert_attention(src: str, dst: str, self_name: str) -> list[Rule]:

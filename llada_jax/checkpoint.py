@@ -1,0 +1,205 @@
+"""Converted-model checkpoints: a folder with our config, orbax weight parts and the tokenizer.
+
+    OUT/config.json      the model config (`configs.to_dict`), tagged with its kind
+    OUT/source.json      where the weights came from (format, source config) — used by export
+    OUT/params/part-NNNNN  orbax checkpoints of {parameter path: array}, each at most `part_bytes`
+    OUT/tokenizer*.json …  the tokenizer files
+
+Weights are written in parts so that converting an 8B model never holds more than one part (plus one
+source shard) in memory. Everything is written to a temp folder beside OUT and renamed into place only
+when complete, so a crash or a bad checkpoint never leaves a half-written OUT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import typing as tp
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from llada_jax import configs, sharding
+
+log = logging.getLogger(__name__)
+
+PART_BYTES = 2 << 30
+# Variables that are never in a checkpoint: dropout RNG streams are created fresh on load.
+RNG_STATE = nnx.Any(nnx.RngKey, nnx.RngCount)
+
+
+class CheckpointError(ValueError):
+  """A converted checkpoint folder is missing, incomplete or does not fit its config."""
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, *, overwrite: bool = False):
+  """Yield a temp folder beside `out`; on success it replaces `out`, on failure it is removed."""
+  out = Path(out).expanduser().absolute()
+  if out.exists() and not overwrite:
+    raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir()
+  try:
+    yield tmp
+    if out.exists():
+      old = out.parent / f".{out.name}.old-{os.getpid()}"
+      out.rename(old)
+      tmp.rename(out)
+      shutil.rmtree(old)
+    else:
+      tmp.rename(out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+class PartWriter:
+  """Collects (name, array) pairs and flushes them as orbax parts of at most `part_bytes`."""
+
+  def __init__(self, folder: Path, part_bytes: int = PART_BYTES):
+    self.folder, self.part_bytes = folder, part_bytes
+    self.folder.mkdir(parents=True, exist_ok=True)
+    self.pending: dict[str, np.ndarray] = {}
+    self.pending_bytes = 0
+    self.parts = 0
+    self.index: dict[str, dict] = {}
+    self.checkpointer = ocp.StandardCheckpointer()
+
+  def add(self, name: str, array: np.ndarray) -> None:
+    if name in self.index:
+      raise CheckpointError(f"parameter {name!r} written twice")
+    self.pending[name] = array
+    self.pending_bytes += array.nbytes
+    self.index[name] = {"part": self.parts, "shape": list(array.shape), "dtype": str(array.dtype)}
+    if self.pending_bytes >= self.part_bytes:
+      self.flush()
+
+  def flush(self) -> None:
+    if not self.pending:
+      return
+    self.checkpointer.save(self.folder / f"part-{self.parts:05d}", self.pending)
+    self.checkpointer.wait_until_finished()
+    self.pending, self.pending_bytes = {}, 0
+    self.parts += 1
+
+  def close(self) -> None:
+    self.flush()
+    with open(self.folder / "index.json", "w") as f:
+      json.dump({"parts": self.parts, "params": self.index}, f)
+
+
+def save(out: str | Path, config, items: tp.Iterable[tuple[str, np.ndarray]], *,
+         source_info: dict | None = None, tokenizer: tp.Callable[[Path], tp.Any] | None = None,
+         part_bytes: int = PART_BYTES, overwrite: bool = False) -> Path:
+  """Write a converted checkpoint atomically. `items` may be a generator (streamed)."""
+  with atomic_dir(out, overwrite=overwrite) as tmp:
+    configs.save_json(config, tmp / "config.json")
+    with open(tmp / "source.json", "w") as f:
+      json.dump(source_info or {}, f, indent=2)
+    writer = PartWriter(tmp / "params", part_bytes)
+    for name, array in items:
+      writer.add(name, array)
+    writer.close()
+    if tokenizer is not None:
+      tokenizer(tmp)
+  return Path(out)
+
+
+def read_index(path: str | Path) -> dict:
+  index = Path(path) / "params" / "index.json"
+  if not index.is_file():
+    raise CheckpointError(f"{path}: not a converted llada-jax checkpoint (no params/index.json)")
+  with open(index) as f:
+    return json.load(f)
+
+
+def read_config(path: str | Path):
+  file = Path(path) / "config.json"
+  if not file.is_file():
+    raise CheckpointError(f"{path}: no config.json")
+  return configs.load_json(file)
+
+
+def read_source_info(path: str | Path) -> dict:
+  file = Path(path) / "source.json"
+  return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def iter_params(path: str | Path, targets: dict[str, tp.Any] | None = None
+                ) -> tp.Iterator[tuple[str, tp.Any]]:
+  """(name, array) for every stored parameter, one part in memory at a time.
+
+  With `targets` ({name: ShapeDtypeStruct with sharding}), arrays are restored straight into their
+  shardings (each host reads only its shards).
+  """
+  index = read_index(path)
+  checkpointer = ocp.StandardCheckpointer()
+  for part in range(index["parts"]):
+    folder = Path(path).absolute() / "params" / f"part-{part:05d}"
+    names = [n for n, meta in index["params"].items() if meta["part"] == part]
+    if targets is None:
+      restored = checkpointer.restore(folder)
+    else:
+      restored = checkpointer.restore(folder, {n: targets[n] for n in names if n in targets})
+    yield from restored.items()
+
+
+def model_class(config):
+  from llada_jax.transformer import Transformer
+  from llada_jax.whisper import Whisper
+  from llada_jax.whisper_llada import WhisperLLaDA
+
+  return {configs.WhisperConfig: Whisper, configs.LMConfig: Transformer,
+          configs.WhisperLLaDAConfig: WhisperLLaDA}[type(config)]
+
+
+def abstract_model(config) -> nnx.Module:
+  cls = model_class(config)
+  return nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+
+
+def load(path: str | Path, *, mesh: jax.sharding.Mesh | None = None,
+         rules: sharding.ShardingConfig | None = None) -> nnx.Module:
+  """The NNX model of a converted checkpoint, optionally placed on `mesh` by `rules`."""
+  path = Path(path)
+  config = read_config(path)
+  graphdef, state = nnx.split(abstract_model(config))
+  flat = dict(nnx.to_flat_state(state))
+  names = {".".join(str(p) for p in k): k for k, v in flat.items() if not RNG_STATE(k, v)}
+  targets = None
+  if mesh is not None:
+    shardings = dict(nnx.to_flat_state(sharding.state_shardings(
+        state, mesh, rules or sharding.ShardingConfig.fsdp_tp())))
+    targets = {n: jax.ShapeDtypeStruct(flat[k].shape, flat[k].dtype, sharding=shardings[k][...])
+               for n, k in names.items()}
+  stored = read_index(path)["params"]
+  missing = sorted(set(names) - set(stored))
+  unexpected = sorted(set(stored) - set(names))
+  wrong = [f"{n}: stored {tuple(stored[n]['shape'])}, model {flat[names[n]].shape}"
+           for n in names if n in stored and tuple(stored[n]["shape"]) != flat[names[n]].shape]
+  if missing or unexpected or wrong:
+    raise CheckpointError(f"{path}: checkpoint does not fit its config: missing {missing}, "
+                          f"unexpected {unexpected}, shape mismatches {wrong}")
+  for name, array in iter_params(path, targets):
+    flat[names[name]].set_value(jnp.asarray(array, dtype=flat[names[name]].dtype))
+  for key, variable in flat.items():
+    if RNG_STATE(key, variable):  # fresh dropout streams, as after `Module(rngs=nnx.Rngs(0))`
+      variable.set_value(jax.random.key(0) if isinstance(variable, nnx.RngKey)
+                         else jnp.zeros(variable.shape, variable.dtype))
+  return nnx.merge(graphdef, state)
+
+
+def param_names(model: nnx.Module) -> list[str]:
+  return [".".join(str(p) for p in k) for k, v in nnx.to_flat_state(nnx.state(model))
+          if not RNG_STATE(k, v)]
+

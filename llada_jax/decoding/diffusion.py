@@ -1,0 +1,531 @@
+"""Masked-diffusion decoding: LLaDA's `generate`, Whisper-LLaDA transcription and deliberation.
+
+Every call is one jitted `lax.while_loop`; each iteration is one forward over
+`[prefix embeds, response embeds]` (prefix = prompt, + audio for speech) and commits some of the
+masked response tokens. The rules follow the published code exactly:
+
+- LLaDA `generate.py`: per block, `n // steps` tokens per step with the remainder `n % steps` one each
+  to the earliest steps; confidence −∞ beyond the current block and on committed positions; the
+  committed tokens are the top-k by confidence (ties: lower position first, as `lax.top_k`).
+- Diffusion-ASR `models/WhisperLLaDA.py::transcribe`: once an EOS is committed at position j,
+  positions j.. are all EOS; a row with no mask left is done.
+- Diffusion-ASR `transcribe_correction` (deliberation): see `deliberate`.
+- Fast-dLLM (options, off by default): confidence-threshold commits and a prefix KV cache.
+
+Blocks advance in lockstep over the batch (a row that finished its block waits, committing
+nothing), because a prefix cache is shared by the batch. Waiting never changes a row's tokens, and
+each row's noise is indexed by its own count of forwards, so a row's output does not depend on the
+other rows of the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import typing as tp
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llada_jax.layers import check_array
+from llada_jax.transformer import KVCache, Transformer, init_cache
+
+log = logging.getLogger(__name__)
+
+REMASKING = ("low_confidence", "random")
+STRATEGIES = ("semi_ar", "diffusion")
+MASKING = ("random", "low_confidence")
+
+
+def _check_common(owner: str, remasking: str, temperature: float, threshold: float | None):
+  if remasking not in REMASKING:
+    raise ValueError(f"{owner}.remasking={remasking!r}: expected one of {REMASKING}")
+  if temperature < 0:
+    raise ValueError(f"{owner}.temperature={temperature}: expected ≥ 0")
+  if threshold is not None and not 0.0 <= threshold <= 1.0:
+    raise ValueError(f"{owner}.threshold={threshold}: expected None or a probability in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionSettings:
+  """Standalone Whisper-LLaDA decoding. Paper: gen 128, steps 128, block 128 (diffusion) or 64/32
+  (semi-AR), low-confidence remasking, temperature 0, EOS rule on, no cache, no threshold."""
+
+  gen_length: int = 128
+  steps: int = 128
+  block_length: int = 128
+  remasking: str = "low_confidence"
+  temperature: float = 0.0
+  eos_rule: bool = True  # Diffusion-ASR: everything after a committed EOS becomes EOS
+  threshold: float | None = None  # Fast-dLLM parallel decoding (not in the paper)
+  cache: bool = False  # Fast-dLLM prefix KV cache, refreshed per block (not in the paper)
+
+  def __post_init__(self):
+    _check_common("DiffusionSettings", self.remasking, self.temperature, self.threshold)
+    _check_blocks("DiffusionSettings", self.steps, self.gen_length, self.block_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliberationSettings:
+  """Second-pass correction of a first-pass hypothesis. Paper defaults: semi-AR, 128 steps,
+  4 chunks, mask ratio 0.3, random masking (the ratio and masking apply to `diffusion` only)."""
+
+  strategy: str = "semi_ar"
+  masking: str = "random"
+  mask_ratio: float = 0.3
+  steps: int = 128
+  num_chunks: int = 4
+  remasking: str = "low_confidence"
+  temperature: float = 0.0
+  threshold: float | None = None
+  cache: bool = False  # prompt + audio K/V cached, refreshed per sub-block (not in the paper)
+
+  def __post_init__(self):
+    _check_common("DeliberationSettings", self.remasking, self.temperature, self.threshold)
+    if self.strategy not in STRATEGIES:
+      raise ValueError(f"DeliberationSettings.strategy={self.strategy!r}: expected {STRATEGIES}")
+    if self.masking not in MASKING:
+      raise ValueError(f"DeliberationSettings.masking={self.masking!r}: expected {MASKING}")
+    if not 0.0 <= self.mask_ratio <= 1.0:
+      raise ValueError(f"DeliberationSettings.mask_ratio={self.mask_ratio}: expected in [0, 1]")
+    if self.steps < 1 or self.num_chunks < 1:
+      raise ValueError(f"DeliberationSettings: steps {self.steps} and num_chunks "
+                       f"{self.num_chunks} must be ≥ 1")
+    if self.strategy == "semi_ar" and self.steps < self.num_chunks:
+      # Diffusion-ASR would divide by steps // num_chunks = 0.
+      raise ValueError(f"DeliberationSettings: semi_ar needs steps {self.steps} ≥ num_chunks "
+                       f"{self.num_chunks}")
+
+
+def _check_blocks(owner: str, steps: int, gen_length: int, block_length: int) -> None:
+  if min(steps, gen_length, block_length) < 1:
+    raise ValueError(f"{owner}: steps {steps}, gen_length {gen_length} and block_length "
+                     f"{block_length} must be ≥ 1")
+  if gen_length % block_length:
+    raise ValueError(f"{owner}: gen_length {gen_length} is not a multiple of block_length "
+                     f"{block_length}")
+  if steps % (gen_length // block_length):
+    raise ValueError(f"{owner}: steps {steps} is not a multiple of the "
+                     f"{gen_length // block_length} blocks")
+
+
+def adaptive_gen_length(seconds, tokens_per_second: float = 5.0,
+                        buckets: tp.Sequence[int] = (32, 64, 96, 128), multiple_of: int = 1) -> int:
+  """Response length for a batch from its longest utterance: the smallest bucket that holds
+  `seconds * tokens_per_second` tokens (the largest bucket if none does).
+
+  Fewer masked positions mean shorter forwards and fewer steps; LibriSpeech runs ≈ 3.5 LLaDA tokens
+  per second, so the 5/s default leaves headroom (a truncated response is a deletion error).
+  `multiple_of` keeps only buckets that a semi-AR block length divides.
+  """
+  fit = sorted(b for b in buckets if b % multiple_of == 0)
+  if not fit:
+    raise ValueError(f"adaptive_gen_length: no bucket of {tuple(buckets)} is a multiple of "
+                     f"{multiple_of}")
+  need = math.ceil(float(np.max(np.asarray(seconds))) * tokens_per_second)
+  return next((b for b in fit if b >= need), fit[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Static description of one denoising run (a jit static argument).
+
+  layout: "blocks" (LLaDA's fixed blocks of `block_length`), "chunks" (deliberation sub-blocks:
+  each row's length split in `num_blocks`, each masked on entry) or "masked" (one block over the
+  row's length, pre-masked; steps = min(steps, masked count) per row).
+  """
+
+  layout: str
+  num_blocks: int
+  block_length: int
+  steps: int  # per block ("blocks", "chunks"); a cap ("masked")
+  remasking: str
+  temperature: float
+  threshold: float | None
+  cache: bool
+  mask_id: int
+  eos_id: int | None = None
+  cfg_scale: float = 0.0
+
+  @property
+  def max_offset(self) -> int:
+    """Furthest cache window start after the prefix: the last block's (blocks layout only)."""
+    return (self.num_blocks - 1) * self.block_length if self.layout == "blocks" else 0
+
+
+@flax.struct.dataclass
+class _State:
+  tokens: jax.Array  # [B, R] int32 response
+  block: jax.Array  # [] int32 current block (lockstep over the batch)
+  step: jax.Array  # [] int32 step within the block
+  base: jax.Array  # [B] int32 tokens per step in this block …
+  rem: jax.Array  # [B] int32 … plus one for the first `rem` steps
+  count: jax.Array  # [B] int32 forwards in which the row had masks to fill: indexes its noise
+  done: jax.Array  # [B] bool: no mask left and none to come
+  keys: jax.Array  # [B] per-row PRNG keys
+  cache: KVCache | None
+
+
+# --- noise -------------------------------------------------------------------------------------
+# Noise is a pure function of (row key, row's forward count, stream, response position), so a row
+# gets the same noise alone or in any batch, and a plain reference loop can ask for the same arrays.
+GUMBEL, CONFIDENCE, MASKING_SCORES = 0, 1, 2
+
+
+def row_uniform(key: jax.Array, count, stream: int, positions: jax.Array,
+                tail: tuple[int, ...] = ()) -> jax.Array:
+  """Uniform [0, 1) float32 noise [len(positions), *tail] for one row."""
+  k = jax.random.fold_in(jax.random.fold_in(key, count), stream)
+  return jax.vmap(lambda p: jax.random.uniform(jax.random.fold_in(k, p), tail))(positions)
+
+
+def _batch_uniform(keys, counts, stream, positions, tail=()):
+  one = lambda key, count: row_uniform(key, count, stream, positions, tail)
+  return jax.vmap(one)(keys, counts)
+
+
+def row_keys(key: jax.Array | None, batch: int) -> jax.Array:
+  """One key per row: `key` may be a single key (split per row) or already [B] keys."""
+  if key is None:
+    key = jax.random.key(0)
+  key = jnp.asarray(key)
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)
+  if key.shape == ():
+    return jax.random.split(key, batch)
+  if key.shape != (batch,):
+    raise ValueError(f"key: expected a single key or {batch} row keys, got shape {key.shape}")
+  return key
+
+
+def gumbel_argmax(logits: jax.Array, u: jax.Array, temperature: float) -> jax.Array:
+  """LLaDA's Gumbel-max, `argmax(exp(l) / (-log u) ** T)`, taken in log space.
+
+  LLaDA computes it in float64 (low-precision Gumbel-max hurts masked diffusion, arXiv 2409.02908).
+  JAX has no float64 without the global `jax_enable_x64` switch, so we use the monotone equivalent
+  `argmax(l - T * log(-log u))`: it never overflows (exp(l) does above l ≈ 709) and picks the same
+  token as the float64 formula up to float32 rounding of the scores.
+  """
+  if temperature == 0:
+    return jnp.argmax(logits, -1).astype(jnp.int32)
+  return jnp.argmax(logits - temperature * jnp.log(-jnp.log(u)), -1).astype(jnp.int32)
+
+
+def _rank(scores: jax.Array, descending: bool) -> jax.Array:
+  """Rank of each entry along the last axis; ties rank the lower index first (torch.topk's usual
+  and lax.top_k's documented order)."""
+  order = jnp.argsort(-scores if descending else scores, axis=-1, stable=True)
+  return jnp.argsort(order, axis=-1).astype(jnp.int32)
+
+
+# --- the engine -------------------------------------------------------------------------------
+def _bounds(plan: _Plan, block, length):
+  """Per-row [start, end) of `block` in response coordinates."""
+  if plan.layout == "blocks":
+    start = jnp.broadcast_to(block * plan.block_length, length.shape)
+    return start, start + plan.block_length
+  if plan.layout == "chunks":
+    # Diffusion-ASR: chunk_size = L // num_chunks; the last chunk takes the remainder.
+    size = length // plan.num_blocks
+    start = block * size
+    return start, jnp.where(block == plan.num_blocks - 1, length, start + size)
+  return jnp.zeros_like(length), length
+
+
+def _in_block(plan, block, length, valid):
+  start, end = _bounds(plan, block, length)
+  pos = jnp.arange(valid.shape[1])
+  return valid & (pos >= start[:, None]) & (pos < end[:, None])
+
+
+def _enter(plan: _Plan, tokens, block, length, valid):
+  """Start `block`: mask it (deliberation sub-blocks) and schedule its commits."""
+  inside = _in_block(plan, block, length, valid)
+  if plan.layout == "chunks":
+    tokens = jnp.where(inside & (block < plan.num_blocks), plan.mask_id, tokens)
+  masked = jnp.sum(inside & (tokens == plan.mask_id), axis=1).astype(jnp.int32)
+  steps = plan.steps
+  if plan.layout == "masked":  # Diffusion-ASR: steps = min(steps, number of masked tokens)
+    steps = jnp.maximum(jnp.minimum(plan.steps, masked), 1)
+  return tokens, masked // steps, masked % steps
+
+
+def _done(plan, tokens, block, valid):
+  left = jnp.any(valid & (tokens == plan.mask_id), axis=1)
+  final = block >= (plan.num_blocks - 1 if plan.layout == "chunks" else 0)
+  return ~left & final | (block >= plan.num_blocks)
+
+
+def _settle(plan: _Plan, st: _State, length, valid) -> _State:
+  """Move on while the current block has nothing to fill in any row."""
+
+  def idle(s):
+    work = _in_block(plan, s.block, length, valid) & (s.tokens == plan.mask_id)
+    return (s.block < plan.num_blocks) & ~jnp.any(work)
+
+  def next_block(s):
+    block = s.block + 1
+    tokens, base, rem = _enter(plan, s.tokens, block, length, valid)
+    return s.replace(block=block, step=jnp.int32(0), tokens=tokens, base=base, rem=rem)
+
+  st = jax.lax.while_loop(idle, next_block, st)
+  return st.replace(done=_done(plan, st.tokens, st.block, valid))
+
+
+def _fill_after_eos(tokens, eos_id):
+  return jnp.where(jnp.cumsum(tokens == eos_id, axis=1) > 0, eos_id, tokens)
+
+
+def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.Array,
+             length: jax.Array, keys: jax.Array, plan: _Plan) -> jax.Array:
+  """Fill the masks of `tokens` [B, R]. prefix [B or 2B (CFG), P, D]; valid [B, R] marks real
+  response positions (others are key-masked and never change); length [B] = valid.sum(1)."""
+  b, r = tokens.shape
+  p = prefix.shape[1]
+  cfg = plan.cfg_scale > 0
+  both = (lambda x: jnp.concatenate([x, x], 0)) if cfg else (lambda x: x)
+  prefix_mask = jnp.ones(prefix.shape[:2], bool)
+  max_off = plan.max_offset
+
+  def pick(logits, positions, st):
+    """Logits [B(·2), T, V] at response `positions` [T] → proposals and confidences [B, T]."""
+    if cfg:  # LLaDA: un + (cfg + 1) * (cond − un), the unconditional half has the prompt masked
+      cond, un = jnp.split(logits, 2, axis=0)
+      logits = un + (plan.cfg_scale + 1) * (cond - un)
+    u = None
+    if plan.temperature > 0:
+      u = _batch_uniform(st.keys, st.count, GUMBEL, positions, (logits.shape[-1],))
+    x0 = gumbel_argmax(logits, u, plan.temperature)
+    if plan.remasking == "low_confidence":
+      probs = jax.nn.softmax(logits, axis=-1)
+      conf = jnp.take_along_axis(probs, x0[..., None], -1)[..., 0]
+    else:
+      conf = _batch_uniform(st.keys, st.count, CONFIDENCE, positions)
+    return x0, conf
+
+  def full_forward(st, cache=None):
+    embeds = jnp.concatenate([prefix, lm.embed(both(st.tokens))], axis=1)
+    key_mask = jnp.concatenate([prefix_mask, both(valid)], axis=1)
+    if cache is None:
+      return lm(embeds=embeds, key_mask=key_mask)[:, p:], None
+    logits, cache = lm(embeds=embeds, key_mask=key_mask, cache=cache, cache_index=0)
+    return logits[:, p:], cache
+
+  def propose(st):
+    if not plan.cache:
+      logits, _ = full_forward(st)
+      return *pick(logits, jnp.arange(r), st), None
+
+    def refresh(st):  # Fast-dLLM: a block's first step is a full forward that (re)writes the cache
+      fresh = init_cache(lm.config, prefix.shape[0], p + r + max_off)
+      logits, cache = full_forward(st, fresh)
+      return *pick(logits, jnp.arange(r), st), cache
+
+    def suffix(st):
+      # Only [block start, end) runs, over the cached prefix. The window is R wide for every block
+      # (static shapes): past the response it holds key-masked filler whose outputs are dropped.
+      off = jnp.minimum(st.block, plan.num_blocks - 1) * plan.block_length if max_off else 0
+      pad = lambda x, v: jnp.concatenate([x, jnp.full((x.shape[0], max_off), v, x.dtype)], 1)
+      window = jax.lax.dynamic_slice_in_dim(pad(st.tokens, plan.mask_id), off, r, axis=1)
+      window_valid = jax.lax.dynamic_slice_in_dim(pad(valid, False), off, r, axis=1)
+      logits, _ = lm(embeds=lm.embed(both(window)), key_mask=both(window_valid), cache=st.cache,
+                     cache_index=p + off, update_cache=False)
+      x0, conf = pick(logits, off + jnp.arange(r), st)
+      # back to response coordinates; positions before the block are committed and ignored
+      back = lambda x: jax.lax.dynamic_slice_in_dim(
+          jnp.concatenate([jnp.zeros((b, max_off), x.dtype), x], 1), max_off - off, r, axis=1)
+      return back(x0), back(conf), st.cache
+
+    return jax.lax.cond(st.step == 0, refresh, suffix, st)
+
+  def body(st: _State) -> _State:
+    x0, conf, cache = propose(st)
+    candidates = _in_block(plan, st.block, length, valid) & (st.tokens == plan.mask_id)
+    conf = jnp.where(candidates, conf, -jnp.inf)
+    rank = _rank(conf, descending=True)
+    if plan.threshold is None:
+      k = st.base + (st.step < st.rem)
+      commit = candidates & (rank < k[:, None])
+    else:  # Fast-dLLM: the most confident token, plus every one at or above the threshold
+      commit = candidates & ((rank == 0) | (conf >= plan.threshold))
+    tokens = jnp.where(commit, x0, st.tokens)
+    if plan.eos_id is not None:
+      tokens = _fill_after_eos(tokens, plan.eos_id)
+    st = st.replace(tokens=tokens, step=st.step + 1, cache=cache,
+                    count=st.count + jnp.any(candidates, axis=1))
+    return _settle(plan, st, length, valid)
+
+  tokens, base, rem = _enter(plan, tokens, jnp.int32(0), length, valid)
+  cache = None
+  if plan.cache:
+    cache = init_cache(lm.config, prefix.shape[0], p + r + max_off)
+  st = _State(tokens=tokens, block=jnp.int32(0), step=jnp.int32(0), base=base, rem=rem,
+              count=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool), keys=keys, cache=cache)
+  st = _settle(plan, st, length, valid)
+  st = jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, st)
+  return st.tokens
+
+
+# --- entry points -----------------------------------------------------------------------------
+def _needs_key(plan: _Plan, key, what: str):
+  if key is None and (plan.temperature > 0 or plan.remasking == "random"):
+    raise ValueError(f"{what}: temperature > 0 or random remasking needs a PRNG `key`")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "plan", "gen_length"))
+def _generate(graphdef, state, prompt_ids, keys, plan: _Plan, gen_length: int):
+  lm = nnx.merge(graphdef, state)
+  b, p = prompt_ids.shape
+  log.info("compiling LLaDA generate: batch %d, prompt %d, gen_length %d, %s", b, p, gen_length,
+           plan)
+  prefix = lm.embed(prompt_ids)
+  if plan.cfg_scale > 0:
+    prefix = jnp.concatenate([prefix, lm.embed(jnp.full_like(prompt_ids, plan.mask_id))], 0)
+  tokens = jnp.full((b, gen_length), plan.mask_id, jnp.int32)
+  valid = jnp.ones((b, gen_length), bool)
+  out = _denoise(lm, prefix, tokens, valid, jnp.full((b,), gen_length, jnp.int32), keys, plan)
+  return jnp.concatenate([prompt_ids, out], axis=1)
+
+
+def generate(model: Transformer, prompt_ids: jax.Array, *, steps: int = 128, gen_length: int = 128,
+             block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
+             remasking: str = "low_confidence", mask_id: int = 126336, key=None,
+             threshold: float | None = None, cache: bool = False) -> jax.Array:
+  """LLaDA's reference `generate`, batched: prompt_ids [B, P] → int32 [B, P + gen_length].
+
+  `key`: one PRNG key or [B] row keys (needed for temperature > 0 or random remasking).
+  `threshold` / `cache`: Fast-dLLM options, off by default.
+  """
+  check_array("prompt_ids", prompt_ids, ndim=2, dtypes=("integer",))
+  _check_common("generate", remasking, temperature, threshold)
+  _check_blocks("generate", steps, gen_length, block_length)
+  num_blocks = gen_length // block_length
+  plan = _Plan(layout="blocks", num_blocks=num_blocks, block_length=block_length,
+               steps=steps // num_blocks, remasking=remasking, temperature=float(temperature),
+               threshold=threshold, cache=cache, mask_id=mask_id, cfg_scale=float(cfg_scale))
+  _needs_key(plan, key, "generate")
+  prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+  graphdef, state = nnx.split(model)
+  return _generate(graphdef, state, prompt_ids, row_keys(key, prompt_ids.shape[0]), plan=plan,
+                   gen_length=gen_length)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "plan", "gen_length"))
+def _decode(graphdef, state, mel, prompt_ids, keys, plan: _Plan, gen_length: int):
+  model = nnx.merge(graphdef, state)
+  prefix = model.prefix_embeds(prompt_ids, mel)  # once: prompt + audio never change
+  b, p, _ = prefix.shape
+  log.info("compiling Whisper-LLaDA decode: batch %d, prefix %d, gen_length %d, %s", b, p,
+           gen_length, plan)
+  tokens = jnp.full((b, gen_length), plan.mask_id, jnp.int32)
+  valid = jnp.ones((b, gen_length), bool)
+  return _denoise(model.lm, prefix, tokens, valid, jnp.full((b,), gen_length, jnp.int32), keys,
+                  plan)
+
+
+def decode(model, mel: jax.Array, prompt_ids: jax.Array, *,
+           settings: DiffusionSettings = DiffusionSettings(), key=None) -> jax.Array:
+  """Standalone Whisper-LLaDA transcription → response tokens int32 [B, gen_length].
+
+  The sequence is [prompt, audio, gen_length masks]; with `eos_rule` a row is EOS from its first
+  committed EOS on.
+  """
+  check_array("prompt_ids", prompt_ids, ndim=2, dtypes=("integer",))
+  check_array("mel", mel, ndim=3)
+  s, lm_cfg = settings, model.config.lm
+  num_blocks = s.gen_length // s.block_length
+  plan = _Plan(layout="blocks", num_blocks=num_blocks, block_length=s.block_length,
+               steps=s.steps // num_blocks, remasking=s.remasking, temperature=float(s.temperature),
+               threshold=s.threshold, cache=s.cache, mask_id=lm_cfg.mask_id,
+               eos_id=lm_cfg.eos_id if s.eos_rule else None)
+  _needs_key(plan, key, "decode")
+  prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+  graphdef, state = nnx.split(model)
+  return _decode(graphdef, state, jnp.asarray(mel), prompt_ids,
+                 row_keys(key, prompt_ids.shape[0]), plan=plan, gen_length=s.gen_length)
+
+
+def mask_hypothesis(scores: jax.Array, hyp_len: jax.Array, counts: jax.Array) -> jax.Array:
+  """[B, R] bool: each row's `counts` lowest-scoring positions among its first `hyp_len`
+  (Diffusion-ASR: topk(largest=False) of the confidences, or randperm[:k] ≡ lowest uniform scores)."""
+  valid = jnp.arange(scores.shape[1]) < hyp_len[:, None]
+  rank = _rank(jnp.where(valid, scores, jnp.inf), descending=False)
+  return valid & (rank < counts[:, None])
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "plan", "masking", "mask_counts"))
+def _deliberate(graphdef, state, mel, prompt_ids, hyp_ids, hyp_len, keys, plan: _Plan,
+                masking: str, mask_counts: tuple[int, ...]):
+  model = nnx.merge(graphdef, state)
+  lm = model.lm
+  prefix = model.prefix_embeds(prompt_ids, mel)
+  b, p, _ = prefix.shape
+  r = hyp_ids.shape[1]
+  log.info("compiling Whisper-LLaDA deliberation: batch %d, prefix %d, hypothesis bucket %d, "
+           "masking %s, %s", b, p, r, masking, plan)
+  # Padding past a row's hypothesis is key-masked: batch 1 in the paper has no padding at all.
+  valid = jnp.arange(r) < hyp_len[:, None]
+  tokens = hyp_ids
+  if plan.layout == "masked":
+    counts = jnp.asarray(mask_counts, jnp.int32)[hyp_len]  # Python's int(L * ratio), exactly
+    if masking == "low_confidence":
+      # One forward with the response filled with pad tokens (the model must not see the answer);
+      # a hypothesis token's score is its probability there.
+      pads = jnp.full_like(hyp_ids, lm.config.pad_id)
+      embeds = jnp.concatenate([prefix, lm.embed(pads)], axis=1)
+      key_mask = jnp.concatenate([jnp.ones((b, p), bool), valid], axis=1)
+      probs = jax.nn.softmax(lm(embeds=embeds, key_mask=key_mask)[:, p:], axis=-1)
+      scores = jnp.take_along_axis(probs, hyp_ids[..., None], -1)[..., 0]
+    else:
+      scores = _batch_uniform(keys, jnp.zeros((b,), jnp.int32), MASKING_SCORES, jnp.arange(r))
+    tokens = jnp.where(mask_hypothesis(scores, hyp_len, counts), plan.mask_id, tokens)
+  return _denoise(lm, prefix, tokens, valid, hyp_len, keys, plan)
+
+
+def deliberate(model, mel: jax.Array | None, prompt_ids: jax.Array, hyp_ids: jax.Array,
+               hyp_len: jax.Array, *, settings: DeliberationSettings = DeliberationSettings(),
+               key=None) -> jax.Array:
+  """Correct first-pass hypotheses (Diffusion-ASR `transcribe_correction`) → int32 [B, R].
+
+  hyp_ids [B, R] right-padded to a bucket R, hyp_len [B] real lengths; positions ≥ hyp_len are
+  key-masked and returned unchanged. `mel=None`: text-only deliberation (no audio embeddings).
+
+  - diffusion: k = int(L · mask_ratio) tokens masked (random, or the k least probable under one
+    forward with the response filled with pad tokens), then `min(steps, k)` denoising steps.
+  - semi_ar: as Diffusion-ASR's code, each of `num_chunks` sub-blocks (size L // num_chunks, the
+    last takes the remainder) is fully masked in turn, left to right, with the corrected earlier
+    sub-blocks and the original later ones visible, and denoised for `steps // num_chunks` steps;
+    `mask_ratio` and `masking` are not used (as in their code).
+  """
+  check_array("prompt_ids", prompt_ids, ndim=2, dtypes=("integer",))
+  check_array("hyp_ids", hyp_ids, ndim=2, dtypes=("integer",))
+  if mel is not None:
+    check_array("mel", mel, ndim=3)
+  b, r = hyp_ids.shape
+  hyp_len = jnp.asarray(hyp_len, jnp.int32)
+  if hyp_len.shape != (b,):
+    raise ValueError(f"hyp_len: expected shape ({b},), got {hyp_len.shape}")
+  if not isinstance(hyp_len, jax.core.Tracer):
+    lens = np.asarray(hyp_len)
+    if b and (lens.min() < 0 or lens.max() > r):
+      raise ValueError(f"hyp_len {lens.tolist()}: expected 0 ≤ length ≤ bucket {r}")
+  s, lm_cfg = settings, model.config.lm
+  semi = s.strategy == "semi_ar"
+  plan = _Plan(layout="chunks" if semi else "masked", num_blocks=s.num_chunks if semi else 1,
+               block_length=0, steps=s.steps // s.num_chunks if semi else s.steps,
+               remasking=s.remasking, temperature=float(s.temperature), threshold=s.threshold,
+               cache=s.cache, mask_id=lm_cfg.mask_id)
+  masking = "none" if semi else s.masking
+  if key is None and masking == "random":
+    raise ValueError("deliberate: random masking needs a PRNG `key`")
+  _needs_key(plan, key, "deliberate")
+  counts = tuple(int(n * s.mask_ratio) for n in range(r + 1))
+  graphdef, state = nnx.split(model)
+  return _deliberate(graphdef, state, None if mel is None else jnp.asarray(mel),
+                     jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(hyp_ids, jnp.int32), hyp_len,
+                     row_keys(key, b), plan=plan, masking=masking, mask_counts=counts)
