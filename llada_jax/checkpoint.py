@@ -30,7 +30,7 @@ from llada_jax import configs, sharding
 
 log = logging.getLogger(__name__)
 
-PART_BYTES = 2 << 30
+PART_BYTES = 512 << 20
 # Variables that are never in a checkpoint: dropout RNG streams are created fresh on load.
 RNG_STATE = nnx.Any(nnx.RngKey, nnx.RngCount)
 
