@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +13,7 @@ from flax import nnx
 
 from llada_jax import sharding, whisper
 from llada_jax.configs import WhisperConfig
+from llada_jax.convert.mapping import HF_WHISPER, DictSource, load_into
 
 TOL = 1e-4
 SOURCE = 100  # encoder positions of the test models: 200 mel frames keep HF's fixed-length check cheap
@@ -50,39 +50,10 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
   return t.detach().cpu().float().numpy()
 
 
-def load_torch(model: whisper.Whisper, state_dict: dict[str, torch.Tensor]) -> None:
-  """Copy a transformers Whisper state_dict into `model` by name (stand-in for the converter)."""
-  ours = {".".join(map(str, path)): var for path, var in nnx.iter_graph(model)
-          if isinstance(var, nnx.Variable)}
-  seen = set()
-  for name, tensor in state_dict.items():
-    if name.startswith("proj_out."):
-      continue  # tied to decoder.embed_tokens
-    path, leaf = name.removeprefix("model.").rsplit(".", 1)
-    value = to_numpy(tensor)
-    if leaf == "weight":
-      owner = functools.reduce(lambda m, p: m[int(p)] if p.isdigit() else getattr(m, p),
-                               path.split("."), model)
-      if isinstance(owner, whisper.Conv1d):
-        leaf, value = "kernel", value.transpose(2, 1, 0)  # [out, in, k] → [k, in, out]
-      elif hasattr(owner, "kernel"):
-        leaf, value = "kernel", value.T
-      elif hasattr(owner, "scale"):
-        leaf = "scale"
-      else:
-        leaf = "embedding"
-    key = f"{path}.{leaf}"
-    assert key in ours, f"{name} → {key}: no such variable"
-    assert ours[key].shape == value.shape, f"{key}: {ours[key].shape} vs {value.shape}"
-    ours[key][...] = jnp.asarray(value)
-    seen.add(key)
-  assert seen == set(ours), f"not loaded: {sorted(set(ours) - seen)}"
-
-
 def pair(cfg: WhisperConfig, seed: int = 0):
   ref = hf_model(cfg, seed)
   ours = whisper.Whisper(cfg, rngs=nnx.Rngs(0))
-  load_torch(ours, ref.state_dict())
+  load_into(ours, DictSource(ref.state_dict()), HF_WHISPER, what="torch whisper")
   return ours, ref
 
 
