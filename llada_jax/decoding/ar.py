@@ -1,7 +1,8 @@
 """Greedy autoregressive decoding for the causal Whisper-LLaMA baseline, with a KV cache.
 
 The prefix (prompt + audio embeddings) is prefilled into the cache once; each later step feeds one
-token. One jitted `lax.while_loop`, compiled once per (model structure, shapes, max_new_tokens).
+token. One jitted `lax.while_loop`, compiled once per (model structure, shapes, max_new_tokens);
+the EOS id is a traced value.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ class _State:
   cache: KVCache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id"))
-def _greedy(graphdef, state, mel, prompt_ids, max_new_tokens: int, eos_id: int):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
+def _greedy(graphdef, state, mel, prompt_ids, eos_id, max_new_tokens: int):
   model = nnx.merge(graphdef, state)
   lm = model.lm
   prefix = model.prefix_embeds(prompt_ids, mel)
@@ -69,5 +70,6 @@ def greedy(model, mel: jax.Array | None, prompt_ids: jax.Array, *, max_new_token
     raise ValueError(f"greedy: max_new_tokens must be ≥ 1, got {max_new_tokens}")
   graphdef, state = nnx.split(model)
   return _greedy(graphdef, state, None if mel is None else jnp.asarray(mel),
-                 jnp.asarray(prompt_ids, jnp.int32), max_new_tokens=max_new_tokens,
-                 eos_id=lm_cfg.eos_id if eos_id is None else eos_id)
+                 jnp.asarray(prompt_ids, jnp.int32),
+                 jnp.int32(lm_cfg.eos_id if eos_id is None else eos_id),
+                 max_new_tokens=max_new_tokens)

@@ -4,7 +4,7 @@ Every call is one jitted `lax.while_loop`; each iteration is one forward over
 `[prefix embeds, response embeds]` (prefix = prompt, + audio for speech) and commits some of the
 masked response tokens. The rules follow the published code exactly:
 
-- LLaDA `generate.py`: per block, `n // steps` tokens per step with the remainder `n % steps` one each
+- LLaDA `generate.py`: per block, `n // steps` tokens per step, the remainder `n % steps` one each
   to the earliest steps; confidence −∞ beyond the current block and on committed positions; the
   committed tokens are the top-k by confidence (ties: lower position first, as `lax.top_k`).
 - Diffusion-ASR `models/WhisperLLaDA.py::transcribe`: once an EOS is committed at position j,
@@ -119,8 +119,9 @@ def adaptive_gen_length(seconds, tokens_per_second: float = 5.0,
   """Response length for a batch from its longest utterance: the smallest bucket that holds
   `seconds * tokens_per_second` tokens (the largest bucket if none does).
 
-  Fewer masked positions mean shorter forwards and fewer steps; LibriSpeech runs ≈ 3.5 LLaDA tokens
-  per second, so the 5/s default leaves headroom (a truncated response is a deletion error).
+  Fewer masked positions mean shorter forwards and fewer steps. Read speech runs at roughly 2.5–3
+  words (an estimated 3.5–4 tokens) per second; the 5/s default leaves headroom because a
+  truncated response is all deletions.
   `multiple_of` keeps only buckets that a semi-AR block length divides.
   """
   fit = sorted(b for b in buckets if b % multiple_of == 0)
@@ -164,9 +165,11 @@ class _State:
   block: jax.Array  # [] int32 current block (lockstep over the batch)
   step: jax.Array  # [] int32 step within the block
   base: jax.Array  # [B] int32 tokens per step in this block …
-  rem: jax.Array  # [B] int32 … plus one for the first `rem` steps
+  rem: jax.Array  # [B] int32 … plus one for the first `rem` steps …
+  limit: jax.Array  # [B] int32 … for at most `limit` steps
   count: jax.Array  # [B] int32 forwards in which the row had masks to fill: indexes its noise
-  done: jax.Array  # [B] bool: no mask left and none to come
+  done: jax.Array  # [B] bool: will not change again
+  anchor: jax.Array  # [B, R] tokens when the current sub-block was entered ("chunks" layout)
   keys: jax.Array  # [B] per-row PRNG keys
   cache: KVCache | None
 
@@ -216,6 +219,12 @@ def gumbel_argmax(logits: jax.Array, u: jax.Array, temperature: float) -> jax.Ar
   return jnp.argmax(logits - temperature * jnp.log(-jnp.log(u)), -1).astype(jnp.int32)
 
 
+def _probability(logits: jax.Array, ids: jax.Array) -> jax.Array:
+  """softmax(logits)[ids] without materialising the [B, T, V] probabilities."""
+  picked = jnp.take_along_axis(logits, ids[..., None], -1)[..., 0]
+  return jnp.exp(picked - jax.nn.logsumexp(logits, axis=-1))
+
+
 def _rank(scores: jax.Array, descending: bool) -> jax.Array:
   """Rank of each entry along the last axis; ties rank the lower index first (torch.topk's usual
   and lax.top_k's documented order)."""
@@ -244,37 +253,89 @@ def _in_block(plan, block, length, valid):
 
 
 def _enter(plan: _Plan, tokens, block, length, valid):
-  """Start `block`: mask it (deliberation sub-blocks) and schedule its commits."""
+  """Start `block`: mask it (deliberation sub-blocks) and schedule its commits.
+
+  Returns tokens and per-row (base, rem, limit): step i commits base + (i < rem) tokens, for at
+  most `limit` steps. The references count the masks to schedule over the block (LLaDA) or the
+  whole response (Diffusion-ASR deliberation, where only the sub-block is masked anyway).
+  """
   inside = _in_block(plan, block, length, valid)
   if plan.layout == "chunks":
     tokens = jnp.where(inside & (block < plan.num_blocks), plan.mask_id, tokens)
-  masked = jnp.sum(inside & (tokens == plan.mask_id), axis=1).astype(jnp.int32)
-  steps = plan.steps
-  if plan.layout == "masked":  # Diffusion-ASR: steps = min(steps, number of masked tokens)
-    steps = jnp.maximum(jnp.minimum(plan.steps, masked), 1)
-  return tokens, masked // steps, masked % steps
+  masks = valid & (tokens == plan.mask_id)
+  masked = jnp.sum(masks & inside if plan.layout == "blocks" else masks, axis=1).astype(jnp.int32)
+  if plan.threshold is not None:
+    # Fast-dLLM loops until the block is filled; every step commits ≥ 1 token, so the response
+    # length bounds it (and stops a model that keeps proposing the mask token itself).
+    limit = jnp.full_like(masked, tokens.shape[1])
+  elif plan.layout == "masked":  # Diffusion-ASR: steps = min(steps, number of masked tokens)
+    limit = jnp.minimum(plan.steps, masked)
+  else:
+    limit = jnp.full_like(masked, plan.steps)
+  if plan.eos_id is not None:  # Diffusion-ASR: after the block that committed an EOS, stop
+    limit = jnp.where(jnp.any(valid & (tokens == plan.eos_id), axis=1), 0, limit)
+  per = jnp.maximum(limit, 1)
+  return tokens, masked // per, masked % per, limit
 
 
-def _done(plan, tokens, block, valid):
-  left = jnp.any(valid & (tokens == plan.mask_id), axis=1)
-  final = block >= (plan.num_blocks - 1 if plan.layout == "chunks" else 0)
-  return ~left & final | (block >= plan.num_blocks)
+def _candidates(plan: _Plan, tokens, block, step, length, valid):
+  """Masked positions that may be committed this step.
+
+  LLaDA gives confidence −∞ only *beyond* the block, so a mask left over from an earlier block
+  (the model proposed the mask token itself) competes again; Fast-dLLM's cached steps see only the
+  window from the block start. Deliberation has no block restriction.
+  """
+  masks = valid & (tokens == plan.mask_id)
+  if plan.layout != "blocks":
+    return masks
+  start, end = _bounds(plan, block, length)
+  pos = jnp.arange(tokens.shape[1])
+  cand = masks & (pos < end[:, None])
+  if plan.cache:
+    cand &= (pos >= start[:, None]) | (step == 0)
+  return cand
 
 
-def _settle(plan: _Plan, st: _State, length, valid) -> _State:
-  """Move on while the current block has nothing to fill in any row."""
+def _active(plan: _Plan, st, length, valid):
+  """[B] rows that take this step: work left in their block and steps left in its schedule."""
+  if plan.layout == "blocks" and plan.threshold is not None:
+    work = _in_block(plan, st.block, length, valid) & (st.tokens == plan.mask_id)
+  else:
+    work = _candidates(plan, st.tokens, st.block, st.step, length, valid)
+  return jnp.any(work, axis=1) & (st.step < st.limit)
+
+
+def _done(plan: _Plan, st, length, valid):
+  """[B] rows that will not change again."""
+  left = jnp.any(valid & (st.tokens == plan.mask_id), axis=1)
+  final = st.block >= (plan.num_blocks - 1 if plan.layout == "chunks" else 0)
+  done = (~left & final) | (st.block >= plan.num_blocks)
+  if plan.eos_id is not None:
+    stopped = jnp.any(valid & (st.tokens == plan.eos_id), axis=1)
+    done |= stopped & ~_active(plan, st, length, valid)
+  return done
+
+
+def _settle(plan: _Plan, st, length, valid):
+  """Move on while no row has work in the current block (rows advance in lockstep)."""
 
   def idle(s):
-    work = _in_block(plan, s.block, length, valid) & (s.tokens == plan.mask_id)
-    return (s.block < plan.num_blocks) & ~jnp.any(work)
+    return (s.block < plan.num_blocks) & ~jnp.any(_active(plan, s, length, valid))
 
   def next_block(s):
+    tokens = s.tokens
+    if plan.layout == "chunks":
+      # Diffusion-ASR copies back only the sub-block (`supervision_ids[:, start:end] = x[...]`):
+      # a left-over mask elsewhere that this sub-block's steps filled reverts to the mask.
+      tokens = jnp.where(_in_block(plan, s.block, length, valid), tokens, s.anchor)
     block = s.block + 1
-    tokens, base, rem = _enter(plan, s.tokens, block, length, valid)
-    return s.replace(block=block, step=jnp.int32(0), tokens=tokens, base=base, rem=rem)
+    anchor = tokens
+    tokens, base, rem, limit = _enter(plan, tokens, block, length, valid)
+    return s.replace(block=block, step=jnp.int32(0), tokens=tokens, base=base, rem=rem,
+                     limit=limit, anchor=anchor)
 
   st = jax.lax.while_loop(idle, next_block, st)
-  return st.replace(done=_done(plan, st.tokens, st.block, valid))
+  return st.replace(done=_done(plan, st, length, valid))
 
 
 def _fill_after_eos(tokens, eos_id):
@@ -302,8 +363,7 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
       u = _batch_uniform(st.keys, st.count, GUMBEL, positions, (logits.shape[-1],))
     x0 = gumbel_argmax(logits, u, plan.temperature)
     if plan.remasking == "low_confidence":
-      probs = jax.nn.softmax(logits, axis=-1)
-      conf = jnp.take_along_axis(probs, x0[..., None], -1)[..., 0]
+      conf = _probability(logits, x0)
     else:
       conf = _batch_uniform(st.keys, st.count, CONFIDENCE, positions)
     return x0, conf
@@ -345,7 +405,8 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
 
   def body(st: _State) -> _State:
     x0, conf, cache = propose(st)
-    candidates = _in_block(plan, st.block, length, valid) & (st.tokens == plan.mask_id)
+    active = _active(plan, st, length, valid)
+    candidates = _candidates(plan, st.tokens, st.block, st.step, length, valid) & active[:, None]
     conf = jnp.where(candidates, conf, -jnp.inf)
     rank = _rank(conf, descending=True)
     if plan.threshold is None:
@@ -357,15 +418,17 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
     if plan.eos_id is not None:
       tokens = _fill_after_eos(tokens, plan.eos_id)
     st = st.replace(tokens=tokens, step=st.step + 1, cache=cache,
-                    count=st.count + jnp.any(candidates, axis=1))
+                    count=st.count + active)
     return _settle(plan, st, length, valid)
 
-  tokens, base, rem = _enter(plan, tokens, jnp.int32(0), length, valid)
+  anchor = tokens
+  tokens, base, rem, limit = _enter(plan, tokens, jnp.int32(0), length, valid)
   cache = None
   if plan.cache:
     cache = init_cache(lm.config, prefix.shape[0], p + r + max_off)
   st = _State(tokens=tokens, block=jnp.int32(0), step=jnp.int32(0), base=base, rem=rem,
-              count=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool), keys=keys, cache=cache)
+              limit=limit, count=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
+              anchor=anchor, keys=keys, cache=cache)
   st = _settle(plan, st, length, valid)
   st = jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, st)
   return st.tokens
@@ -451,8 +514,11 @@ def decode(model, mel: jax.Array, prompt_ids: jax.Array, *,
 
 
 def mask_hypothesis(scores: jax.Array, hyp_len: jax.Array, counts: jax.Array) -> jax.Array:
-  """[B, R] bool: each row's `counts` lowest-scoring positions among its first `hyp_len`
-  (Diffusion-ASR: topk(largest=False) of the confidences, or randperm[:k] ≡ lowest uniform scores)."""
+  """[B, R] bool: each row's `counts` lowest-scoring positions among its first `hyp_len`.
+
+  Diffusion-ASR: topk(largest=False) of the confidences, or randperm(L)[:k], which is the k lowest
+  of L uniform scores.
+  """
   valid = jnp.arange(scores.shape[1]) < hyp_len[:, None]
   rank = _rank(jnp.where(valid, scores, jnp.inf), descending=False)
   return valid & (rank < counts[:, None])
@@ -479,8 +545,7 @@ def _deliberate(graphdef, state, mel, prompt_ids, hyp_ids, hyp_len, keys, plan: 
       pads = jnp.full_like(hyp_ids, lm.config.pad_id)
       embeds = jnp.concatenate([prefix, lm.embed(pads)], axis=1)
       key_mask = jnp.concatenate([jnp.ones((b, p), bool), valid], axis=1)
-      probs = jax.nn.softmax(lm(embeds=embeds, key_mask=key_mask)[:, p:], axis=-1)
-      scores = jnp.take_along_axis(probs, hyp_ids[..., None], -1)[..., 0]
+      scores = _probability(lm(embeds=embeds, key_mask=key_mask)[:, p:], hyp_ids)
     else:
       scores = _batch_uniform(keys, jnp.zeros((b,), jnp.int32), MASKING_SCORES, jnp.arange(r))
     tokens = jnp.where(mask_hypothesis(scores, hyp_len, counts), plan.mask_id, tokens)
