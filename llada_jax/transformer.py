@@ -154,6 +154,11 @@ class Transformer(nnx.Module):
     if c.lora is not None:
       add_lora(self, rngs)
 
+  def logits(self, h: jax.Array) -> jax.Array:
+    """Final-norm hidden states [B, T, D] → float32 logits [B, T, vocab] (tied or untied head)."""
+    logits = self.lm_head(h) if self.lm_head is not None else self.embed_tokens.attend(h)
+    return sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+
   def embed(self, tokens: jax.Array) -> jax.Array:
     check_array("tokens", tokens, ndim=2, dtypes=("integer",))
     return self.embed_tokens(tokens)
@@ -161,13 +166,17 @@ class Transformer(nnx.Module):
   def __call__(self, tokens: jax.Array | None = None, *, embeds: jax.Array | None = None,
                positions: jax.Array | None = None, key_mask: jax.Array | None = None,
                cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-               update_cache: bool = True, return_hidden: bool = False):
+               update_cache: bool = True, return_hidden: bool = False, logits_from: int = 0):
     """Run the stack.
 
     tokens [B, T] int or embeds [B, T, D]; positions [B, T] (default: cache_index + arange(T));
     key_mask [B, T] bool, True for real tokens (default all True). With `cache`, the new tokens sit at
     slots [cache_index, cache_index + T) and attend to every valid cached slot; the updated cache is
     returned as `(logits, cache)` (unchanged when `update_cache=False`).
+
+    `logits_from` (static) projects only positions [logits_from, T) onto the vocabulary: decoding and
+    the losses only read the response's logits, and on small-LM / large-vocab models (SmolLM2:
+    49k × 576) the head over the prompt + audio prefix would cost more than the transformer.
     """
     c = self.config
     if (tokens is None) == (embeds is None):
@@ -205,8 +214,7 @@ class Transformer(nnx.Module):
     h = self.norm(x)
     if return_hidden:
       return h
-    logits = self.lm_head(h) if self.lm_head is not None else self.embed_tokens.attend(h)
-    logits = sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+    logits = self.logits(h[:, logits_from:])
     if cache is None:
       return logits
     if not update_cache:

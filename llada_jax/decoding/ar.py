@@ -39,7 +39,7 @@ def _greedy(graphdef, state, mel, prompt_ids, eos_id, max_new_tokens: int):
            max_new_tokens)
   # The last new token is never fed back, so the cache needs one slot less than the output.
   cache = init_cache(lm.config, b, p + max_new_tokens - 1)
-  logits, cache = lm(embeds=prefix, cache=cache, cache_index=0)
+  logits, cache = lm(embeds=prefix, cache=cache, cache_index=0, logits_from=p - 1)
   first = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
   tokens = jnp.full((b, max_new_tokens), eos_id, jnp.int32).at[:, 0].set(first)
 

@@ -372,9 +372,8 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
     embeds = jnp.concatenate([prefix, lm.embed(both(st.tokens))], axis=1)
     key_mask = jnp.concatenate([prefix_mask, both(valid)], axis=1)
     if cache is None:
-      return lm(embeds=embeds, key_mask=key_mask)[:, p:], None
-    logits, cache = lm(embeds=embeds, key_mask=key_mask, cache=cache, cache_index=0)
-    return logits[:, p:], cache
+      return lm(embeds=embeds, key_mask=key_mask, logits_from=p), None
+    return lm(embeds=embeds, key_mask=key_mask, cache=cache, cache_index=0, logits_from=p)
 
   def propose(st):
     if not plan.cache:
@@ -545,7 +544,7 @@ def _deliberate(graphdef, state, mel, prompt_ids, hyp_ids, hyp_len, keys, plan: 
       pads = jnp.full_like(hyp_ids, lm.config.pad_id)
       embeds = jnp.concatenate([prefix, lm.embed(pads)], axis=1)
       key_mask = jnp.concatenate([jnp.ones((b, p), bool), valid], axis=1)
-      scores = _probability(lm(embeds=embeds, key_mask=key_mask)[:, p:], hyp_ids)
+      scores = _probability(lm(embeds=embeds, key_mask=key_mask, logits_from=p), hyp_ids)
     else:
       scores = _batch_uniform(keys, jnp.zeros((b,), jnp.int32), MASKING_SCORES, jnp.arange(r))
     tokens = jnp.where(mask_hypothesis(scores, hyp_len, counts), plan.mask_id, tokens)
