@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && test -d /usr/share/games/fortunes || $(MAKE) system
 	test -x $(PY) || python3.11 -m venv .venv || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,demo]"
 	touch $(STAMP)
 
 system:
