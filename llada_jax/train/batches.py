@@ -1,0 +1,130 @@
+"""Pipeline batches (16 kHz audio + transcripts) → fixed-shape model inputs, and the encoder cache.
+
+Every batch has the same shapes: audio padded/cut to `data.mel_frames * 160` samples (the log-mel is
+taken inside the jitted step), the prompt ids repeated per row, the response padded with EOS to the
+bucket length. An optional cache keeps the frozen encoder's output per utterance id on disk, so a
+CPU run computes Whisper once per utterance instead of once per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import typing as tp
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llada_jax import features, sharding, text
+from llada_jax.data.pipeline import PipelineConfig
+from llada_jax.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def pipeline_config(cfg: TrainConfig, *, train: bool, process_count: int = 1) -> PipelineConfig:
+  """One bucket of exactly the samples the step takes: every batch has one shape."""
+  return PipelineConfig(batch_size=cfg.batch_size // process_count, buckets=(cfg.data.samples,),
+                        seed=cfg.seed, shuffle=cfg.data.shuffle and train,
+                        num_epochs=None if train else 1, too_long="trim",
+                        num_threads=max(cfg.data.num_threads, 1), prefetch=cfg.data.prefetch)
+
+
+class BatchMaker:
+  def __init__(self, cfg: TrainConfig, tokenizer, prompt: tp.Sequence[int]):
+    self.cfg, self.tokenizer = cfg, tokenizer
+    self.prompt = np.asarray(prompt, np.int32)
+    self.eos = cfg.model.lm.eos_id
+    self.truncated = 0
+
+  def __call__(self, raw: dict) -> dict[str, tp.Any]:
+    """A pipeline batch → {audio, prompt, response, response_len, valid} plus ids/text lists."""
+    c = self.cfg.data
+    audio = np.asarray(raw["audio"], np.float32)
+    b = audio.shape[0]
+    if audio.shape[1] != c.samples:  # the pipeline's single bucket is this width already
+      audio = features.pad_or_trim(list(audio), c.samples)[0]
+    response = np.full((b, c.response_len), self.eos, np.int32)
+    lengths = np.zeros((b,), np.int32)
+    valid = np.asarray(raw["valid"], bool)
+    for i in np.flatnonzero(valid):
+      ids, n = text.encode_response(self.tokenizer, raw["text"][i], c.response_len, self.eos)
+      response[i], lengths[i] = ids, n
+      if n == c.response_len and ids[-1] != self.eos:
+        self.truncated += 1
+    prompt = np.broadcast_to(self.prompt, (b, self.prompt.shape[0])).copy()
+    return {"audio": audio, "prompt": prompt,
+            "response": response, "response_len": lengths, "valid": valid,
+            "ids": list(raw["ids"]), "text": list(raw["text"])}
+
+
+def cache_fingerprint(cfg: TrainConfig) -> str:
+  """What the encoder output depends on: its config, weights source, frames and precision."""
+  key = {"whisper": dataclasses.asdict(cfg.resolved_model().whisper),
+         "weights": cfg.init_model or cfg.init_whisper or f"random-seed-{cfg.seed}",
+         "mel_frames": cfg.data.mel_frames}
+  return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class EncoderCache:
+  """Encoder outputs [frames/2, d] per utterance id, as float32 .npy under `root/<fingerprint>/`."""
+
+  def __init__(self, root: str | os.PathLike, fingerprint: str,
+               encode: tp.Callable[[np.ndarray], np.ndarray]):
+    self.folder = Path(root) / fingerprint
+    self.folder.mkdir(parents=True, exist_ok=True)
+    self.encode = encode
+    self.hits = self.misses = 0
+
+  def _path(self, utt_id: str) -> Path:
+    return self.folder / f"{utt_id.replace(os.sep, '_')}.npy"
+
+  def __call__(self, batch: dict) -> dict:
+    valid = batch["valid"]
+    paths = [self._path(u) if v else None for u, v in zip(batch["ids"], valid)]
+    if all(p is None or p.is_file() for p in paths):
+      rows = [np.load(p) if p is not None else None for p in paths]
+      shape = next((r.shape for r in rows if r is not None), None)
+      if shape is None:  # an all-padding batch: shape from a fresh encode
+        enc = self.encode(batch["audio"])
+      else:
+        enc = np.stack([r if r is not None else np.zeros(shape, np.float32) for r in rows])
+      self.hits += int(valid.sum())
+    else:
+      enc = self.encode(batch["audio"])
+      for p, row in zip(paths, enc):
+        if p is not None and not p.is_file():
+          tmp = p.with_suffix(f".tmp{os.getpid()}.npy")
+          np.save(tmp, row)
+          os.replace(tmp, p)  # a reader never sees half a file
+      self.misses += int(valid.sum())
+    out = {k: v for k, v in batch.items() if k != "audio"}
+    out["enc"] = enc.astype(np.float32)
+    return out
+
+
+def encoder_fn(trainer) -> tp.Callable[[np.ndarray], np.ndarray]:
+  """audio [B, samples] → frozen encoder output [B, frames/2, d] as numpy, on the trainer's mesh."""
+  cfg, mcfg = trainer.cfg, trainer.model_cfg
+  shape = (cfg.batch_size, cfg.data.samples)
+  audio_sh = sharding.batch_sharding(trainer.mesh, trainer.rules, shape)
+
+  def encode(frozen, audio):
+    model = nnx.merge(trainer.eval_def, trainer.to_state(trainer.template_params()), frozen)
+    mel = features.log_mel(audio, n_mels=mcfg.whisper.n_mels, frames=cfg.data.mel_frames)
+    return model.encoder(mel).astype(jnp.float32)
+
+  jitted = jax.jit(encode, in_shardings=(trainer.frozen_sh, audio_sh))
+
+  def run(audio: np.ndarray) -> np.ndarray:
+    with sharding.use(trainer.mesh, trainer.rules):
+      x = jax.make_array_from_process_local_data(audio_sh, np.asarray(audio, np.float32), shape)
+      return np.asarray(jitted(trainer.frozen, x))
+
+  return run

@@ -1,0 +1,319 @@
+"""The training loop behind train.py: data → sharded steps → logs, validation, checkpoints.
+
+Outputs under the work dir:
+  metrics.jsonl   one JSON object per logged step: step, loss, grad_norm, lr, tokens, tokens_per_s,
+                  step_s, and val_loss / dev_wer on validation steps
+  tb/             TensorBoard scalars (tensorboardX)
+  checkpoints/    orbax: last `keep_last` + the best by validation loss
+  config.json     the resolved TrainConfig
+  train.log       the log
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import typing as tp
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from llada_jax import sharding, text
+from llada_jax.configs import ConfigError
+from llada_jax.data.pipeline import make_batches
+from llada_jax.train import batches as batches_lib
+from llada_jax.train import config as config_lib
+from llada_jax.train.checkpoints import Checkpoints
+from llada_jax.train.config import TrainConfig
+from llada_jax.train.state import create_model
+from llada_jax.train.step import Trainer, rules_for
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+  """A step's loss or gradient norm was NaN/inf under nan_policy='stop'."""
+
+
+def _prepare(cfg: TrainConfig, tokenizer) -> tuple[list[int], int]:
+  prompt = text.prompt_ids(tokenizer, cfg.model.prompt)
+  lm = cfg.model.lm
+  seq = len(prompt) + cfg.audio_len + cfg.data.response_len
+  if seq > lm.max_seq_len:
+    raise ConfigError(f"sequence of {len(prompt)} prompt + {cfg.audio_len} audio + "
+                      f"{cfg.data.response_len} response tokens exceeds model.lm.max_seq_len "
+                      f"{lm.max_seq_len}")
+  vocab = len(tokenizer)
+  if vocab > lm.vocab_size:
+    raise ConfigError(f"the tokenizer has {vocab} tokens, model.lm.vocab_size is {lm.vocab_size}")
+  return prompt, seq
+
+
+def evaluate(trainer: Trainer, state: dict, dev, prepare: tp.Callable[[dict], dict],
+             max_batches: int) -> float:
+  """Validation loss over the dev set (or its first `max_batches`), with fixed masks."""
+  total = count = 0.0
+  for i, raw in enumerate(dev):
+    if max_batches and i >= max_batches:
+      break
+    batch = prepare(raw)
+    out = jax.device_get(trainer.eval_step(state["params"], trainer.put_batch(batch), i))
+    total += float(out["total"])
+    count += float(out["count"])
+  return total / max(count, 1.0)
+
+
+_WER_NOTE: list[str] = []
+
+
+def _decoder(cfg: TrainConfig) -> tp.Callable | None:
+  """ids [B, R] from (model, mel, prompt): llada_jax.decoding's diffusion decode (one token per
+  step, as the paper) or greedy for the causal baseline; None (noted once) if unavailable."""
+  try:
+    from llada_jax import decoding  # optional here: training works without it
+  except ImportError as e:
+    if not _WER_NOTE:
+      _WER_NOTE.append(str(e))
+      log.info("dev WER skipped: llada_jax.decoding is not importable (%s)", e)
+    return None
+  r = cfg.data.response_len
+  if cfg.objective == "ar":
+    return lambda model, mel, prompt: decoding.greedy(model, mel, prompt, max_new_tokens=r)
+  settings = decoding.DiffusionSettings(gen_length=r, steps=r, block_length=r)
+  return lambda model, mel, prompt: decoding.decode(model, mel, prompt, settings=settings)
+
+
+def dev_wer(trainer: Trainer, state: dict, dev, maker: batches_lib.BatchMaker, tokenizer,
+            examples: int) -> float | None:
+  """WER of the first `examples` dev utterances, decoded with the current weights."""
+  cfg = trainer.cfg
+  decode = _decoder(cfg)
+  if decode is None:
+    return None
+  from llada_jax import features
+
+  model = trainer.model(state)
+  refs, hyps = [], []
+  try:
+    for raw in dev:
+      batch = maker(raw)
+      mel = features.log_mel(batch["audio"], n_mels=cfg.model.whisper.n_mels,
+                             frames=cfg.data.mel_frames)
+      ids = np.asarray(decode(model, mel, batch["prompt"]))
+      for i in np.flatnonzero(batch["valid"]):
+        refs.append(batch["text"][i])
+        hyps.append(text.decode_response(tokenizer, ids[i], cfg.model.lm.eos_id))
+      if len(refs) >= examples:
+        break
+  except Exception as e:  # a decoder bug must not end a training run
+    log.warning("dev WER skipped: decoding failed: %r", e)
+    return None
+  return text.wer(refs[:examples], hyps[:examples])
+
+
+class _Outputs:
+  """metrics.jsonl + TensorBoard, written by process 0 only."""
+
+  def __init__(self, workdir: Path, start: int, enabled: bool):
+    self.enabled = enabled
+    self.path = workdir / "metrics.jsonl"
+    self.tb = None
+    if not enabled:
+      return
+    # After a crash the log may run past the checkpoint we resume from: drop those lines so the
+    # file reads as one run.
+    if self.path.is_file():
+      keep = [ln for ln in self.path.read_text().splitlines()
+              if ln.strip() and json.loads(ln).get("step", 0) <= start]
+      self.path.write_text("".join(ln + "\n" for ln in keep))
+    self.file = open(self.path, "a")
+    from tensorboardX import SummaryWriter
+
+    self.tb = SummaryWriter(str(workdir / "tb"), purge_step=start + 1 if start else None)
+
+  def write(self, record: dict) -> None:
+    if not self.enabled:
+      return
+    self.file.write(json.dumps(record) + "\n")
+    self.file.flush()
+    for k, v in record.items():
+      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        self.tb.add_scalar(f"train/{k}" if not k.startswith(("val", "dev")) else f"eval/{k}", v,
+                           record["step"])
+
+  def close(self) -> None:
+    if self.enabled:
+      self.file.close()
+      self.tb.close()
+
+
+def _log_file(workdir: Path) -> logging.Handler:
+  handler = logging.FileHandler(workdir / "train.log")
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+  logger = logging.getLogger("llada_jax")
+  logger.addHandler(handler)
+  if logger.level == logging.NOTSET:  # the run's INFO lines belong in train.log whoever calls run()
+    logger.setLevel(logging.INFO)
+  return handler
+
+
+def run(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False,
+        stop_after: int | None = None, progress: bool = True) -> dict:
+  """Train per `cfg` into `workdir`. `stop_after` ends the run after that step (tests of resume).
+
+  Returns a summary: last step, loss, val_loss, compile_s, best_step, skipped.
+  """
+  workdir = Path(workdir)
+  shape = config_lib.check_runtime(cfg, jax.device_count(), jax.process_count())
+  workdir.mkdir(parents=True, exist_ok=True)
+  main = jax.process_index() == 0
+  handler = _log_file(workdir) if main else None
+  try:
+    return _run(cfg, workdir, shape, resume, stop_after, progress and main, main)
+  finally:
+    if handler is not None:
+      logging.getLogger("llada_jax").removeHandler(handler)
+      handler.close()
+
+
+def _run(cfg, workdir, shape, resume, stop_after, progress, main) -> dict:
+  mesh = sharding.make_mesh(shape)
+  rules = rules_for(cfg)
+  tokenizer = text.load_tokenizer(config_lib.tokenizer_path(cfg))
+  prompt, seq = _prepare(cfg, tokenizer)
+  ckpts = Checkpoints(workdir / "checkpoints", keep_last=cfg.keep_last, async_save=cfg.async_save)
+  try:
+    return _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, tokenizer, prompt,
+                 seq, ckpts)
+  finally:
+    ckpts.wait()
+    ckpts.close()
+
+
+def _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, tokenizer, prompt, seq,
+          ckpts) -> dict:
+  latest = ckpts.latest_step()
+  if latest is not None and not resume:
+    raise ConfigError(f"{workdir} already holds checkpoints (latest step {latest}): pass --resume "
+                      f"to continue that run, or give a fresh --workdir")
+  if main:
+    config_lib.save_json(cfg, workdir / "config.json")
+  log.info("mesh %s over %d devices (%d hosts); batch %d (%d per host, %d micro-batches); sequence "
+           "%d = %d prompt + %d audio + %d response", dict(mesh.shape),
+           jax.device_count(), jax.process_count(), cfg.batch_size,
+           cfg.batch_size // jax.process_count(), cfg.grad_accum, seq, len(prompt), cfg.audio_len,
+           cfg.data.response_len)
+
+  procs = jax.process_count()
+  train_data = make_batches(cfg.data.train, batches_lib.pipeline_config(cfg, train=True,
+                                                                        process_count=procs),
+                            data_dir=cfg.data.data_dir)
+  want_dev = cfg.eval_every > 0 or cfg.data.wer_examples > 0
+  dev_data = (make_batches(cfg.data.dev, batches_lib.pipeline_config(cfg, train=False,
+                                                                    process_count=procs),
+                           data_dir=cfg.data.data_dir) if want_dev else None)
+  for name, data in (("train", train_data), ("dev", dev_data)):
+    if data is not None and data.errors:
+      log.warning("%s data: %d unusable utterance(s), e.g. %s", name, len(data.errors),
+                  data.errors[0])
+
+  t0 = time.perf_counter()
+  model = create_model(cfg, mesh, rules)
+  trainer = Trainer(cfg, model, mesh, prompt_len=len(prompt), rules=rules,
+                    from_encoder=cfg.data.encoder_cache is not None)
+  del model
+  log.info("model ready in %.1f s: %s trained weights", time.perf_counter() - t0,
+           f"{sum(x.size for x in jax.tree.leaves(trainer.abstract_state()['params'])):,}")
+  maker = batches_lib.BatchMaker(cfg, tokenizer, prompt)
+  prepare: tp.Callable[[dict], dict] = maker
+  if cfg.data.encoder_cache is not None:
+    cache = batches_lib.EncoderCache(cfg.data.encoder_cache, batches_lib.cache_fingerprint(cfg),
+                                     batches_lib.encoder_fn(trainer))
+    prepare = lambda raw: cache(maker(raw))  # noqa: E731
+
+  iterator = train_data.iterator()
+  start = 0
+  if resume and latest is not None:
+    state, data_state = ckpts.restore(latest, trainer.abstract_state())
+    iterator.set_state(data_state["iterator"])
+    start = int(latest)
+    log.info("resumed from step %d (%s)", start, ckpts.directory / str(latest))
+  else:
+    if resume:
+      log.info("--resume: no checkpoint in %s yet; starting from step 0", ckpts.directory)
+    state = trainer.init_state()
+  trainer.release_init()
+
+  compile_s = trainer.compile()
+  log.info("compiled the train step in %.1f s", compile_s)
+  out = _Outputs(workdir, start, main)
+  bar = None
+  if progress:
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=start, dynamic_ncols=True, desc="train")
+
+  summary = {"step": start, "loss": None, "val_loss": None, "compile_s": compile_s, "skipped": 0}
+  # Throughput counts data + step time only: validation and checkpoint saves are logged apart.
+  window_tokens, window_s = 0.0, 0.0
+  try:
+    for n in range(start + 1, cfg.steps + 1):
+      t_step = time.perf_counter()
+      batch = trainer.put_batch(prepare(next(iterator)))
+      state, metrics = trainer.train_step(state, batch)
+      metrics = {k: v.item() for k, v in jax.device_get(metrics).items()}
+      step_s = time.perf_counter() - t_step
+      window_tokens += metrics["tokens"]
+      window_s += step_s
+      if not metrics["finite"]:
+        if cfg.nan_policy == "stop":
+          ckpts.wait()
+          raise NonFiniteError(
+              f"step {n}: loss {metrics['loss']}, grad norm {metrics['grad_norm']} (nan_policy="
+              f"'stop'; the update was not applied and nothing was saved; last checkpoint: "
+              f"{ckpts.latest_step()})")
+        summary["skipped"] += 1
+        log.warning("step %d: non-finite loss %s / grad norm %s: update skipped", n,
+                    metrics["loss"], metrics["grad_norm"])
+      validate = bool(cfg.eval_every) and (n % cfg.eval_every == 0 or n == cfg.steps)
+      record = None
+      if validate or n % cfg.log_every == 0 or n == cfg.steps:
+        record = {"step": n, "loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
+                  "lr": metrics["lr"], "tokens": metrics["tokens"],
+                  "tokens_per_s": window_tokens / max(window_s, 1e-9), "step_s": step_s,
+                  "targets": metrics["targets"], "skipped": summary["skipped"]}
+      val_loss = None
+      if validate:
+        t_eval = time.perf_counter()
+        val_loss = evaluate(trainer, state, dev_data, prepare, cfg.data.dev_batches)
+        record["val_loss"] = val_loss
+        if cfg.data.wer_examples:
+          wer = dev_wer(trainer, state, dev_data, maker, tokenizer, cfg.data.wer_examples)
+          if wer is not None:
+            record["dev_wer"] = wer
+        record["val_s"] = time.perf_counter() - t_eval
+        summary["val_loss"] = val_loss
+        log.info("step %d: val_loss %.4f%s", n, val_loss,
+                 f", dev WER {record['dev_wer']:.2%}" if "dev_wer" in record else "")
+      if record is not None:
+        out.write(record)
+        window_tokens, window_s = 0.0, 0.0
+        if bar is not None:
+          bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                          tok_s=f"{record['tokens_per_s']:.0f}")
+      if bar is not None:
+        bar.update(1)
+      summary.update(step=n, loss=metrics["loss"])
+      if n % cfg.save_every == 0 or n == cfg.steps:
+        ckpts.save(n, state, {"iterator": iterator.get_state(), "step": n}, val_loss)
+      if stop_after is not None and n >= stop_after:
+        break
+    ckpts.wait()
+    summary["best_step"] = ckpts.best_step()
+    return summary
+  finally:
+    if bar is not None:
+      bar.close()
+    out.close()

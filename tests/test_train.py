@@ -1,0 +1,425 @@
+"""Training: config errors, sharded step = single-device step, NaN guard, exact resume, a SIGKILL
+during a checkpoint save, and train.py end to end on a tiny espeak-ng corpus.
+
+Compiled executables go to a persistent cache shared by this module's runs and subprocesses, so the
+tiny train step compiles once here rather than once per run.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from llada_jax import sharding, text
+from llada_jax.configs import ConfigError
+from llada_jax.train import config as config_lib
+from llada_jax.train import loop
+from llada_jax.train.checkpoints import Checkpoints
+from llada_jax.train.state import create_model
+from llada_jax.train.step import Trainer, trainable_filter
+from llada_jax.whisper_llada import WhisperLLaDA
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT_LEN = 7
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures.
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+  """A persistent compilation cache for this module (subprocesses get it through the env)."""
+  try:  # private: the cache is set up once per process, so it must be reset to take a new folder
+    from jax._src.compilation_cache import reset_cache
+  except ImportError:
+    reset_cache = lambda: None  # noqa: E731  (only slower without it)
+  folder = str(tmp_path_factory.mktemp("jax_cache"))
+  old = (jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  reset_cache()
+  yield folder
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+  reset_cache()
+
+
+def make_tokenizer(texts, out: Path) -> Path:
+  """A tiny BPE over the corpus text: ids 0-3 are <s>, </s> (= tiny LM's EOS 1), <eot> (2), <unk>;
+  119 tokens leave the tiny LM's mask id 127 outside the vocabulary."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  from transformers import PreTrainedTokenizerFast
+
+  tok = Tokenizer(models.BPE(unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Metaspace()
+  tok.decoder = decoders.Metaspace()
+  tok.train_from_iterator(list(texts), trainers.BpeTrainer(
+      vocab_size=119, special_tokens=["<s>", "</s>", "<eot>", "<unk>"]))
+  PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                          unk_token="<unk>").save_pretrained(str(out))
+  return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  if shutil.which("espeak-ng") is None:
+    pytest.skip("espeak-ng not installed (make system)")
+  root = tmp_path_factory.mktemp("corpus")
+  subprocess.run([sys.executable, str(ROOT / "tools" / "make_corpus.py"), "--out",
+                  str(root / "c"), "--num-train", "8", "--num-dev", "4", "--num-test", "0",
+                  "--jobs", "2"], check=True, capture_output=True)
+  texts = [text.PROMPT]
+  for f in (root / "c").rglob("*.trans.txt"):
+    texts += [text.normalize(ln.split(" ", 1)[1]) for ln in f.read_text().splitlines()]
+  tok = make_tokenizer(texts, root / "tok")
+  return {"train": str(root / "c" / "train-clean"), "dev": str(root / "c" / "dev-clean"),
+          "tokenizer": str(tok)}
+
+
+def data_overrides(corpus) -> list[str]:
+  return [f"data.train={corpus['train']}", f"data.dev={corpus['dev']}",
+          f"data.tokenizer={corpus['tokenizer']}"]
+
+
+def run_train_py(workdir, corpus, *extra, cache, popen=False):
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  cmd = [sys.executable, str(ROOT / "train.py"), "--config", "tiny", "--workdir", str(workdir),
+         "--no-progress", "--set", *data_overrides(corpus), *extra]
+  if popen:
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=open(str(workdir) + ".stderr", "w"))
+  return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def read_metrics(workdir) -> list[dict]:
+  return [json.loads(ln) for ln in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight_run(corpus, compile_cache, tmp_path_factory):
+  """train.py, tiny preset, 4 steps without interruption (validation at 2 and 4, saves at 2, 4)."""
+  workdir = tmp_path_factory.mktemp("straight") / "run"
+  t0 = time.perf_counter()
+  proc = run_train_py(workdir, corpus, cache=compile_cache)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return {"workdir": workdir, "seconds": time.perf_counter() - t0, "stderr": proc.stderr}
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  # Built as train.py builds it (jitted, sharded init): the loop tests above leave its executable
+  # in the compile cache.
+  cfg = config_lib.tiny()
+  model = create_model(cfg, sharding.make_mesh((8, 1, 1)), sharding.ShardingConfig.fsdp_tp())
+  # LoRA B starts at 0; make it non-zero so gradients reach A as well.
+  for path, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
+    if path[-1] == "b":
+      v.set_value(jax.random.normal(jax.random.key(len(path)), v.shape) * 0.05)
+  return cfg, model
+
+
+def random_batch(cfg, from_encoder: bool, seed: int = 0) -> dict:
+  rng = np.random.default_rng(seed)
+  b, r = cfg.batch_size, cfg.data.response_len
+  batch = {"prompt": rng.integers(3, 120, (b, PROMPT_LEN)).astype(np.int32),
+           "response": rng.integers(3, 120, (b, r)).astype(np.int32),
+           "response_len": rng.integers(2, r + 1, (b,)).astype(np.int32),
+           "valid": np.array([True] * (b - 1) + [False])}
+  if from_encoder:
+    batch["enc"] = rng.normal(size=(b, cfg.data.mel_frames // 2, 64)).astype(np.float32)
+  else:
+    batch["audio"] = (rng.normal(size=(b, cfg.data.samples)) * 0.1).astype(np.float32)
+  return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Config.
+
+@pytest.mark.parametrize("overrides, field", [
+    (["optimizer.peak_lrr=1e-4"], "optimizer.peak_lrr"),
+    (["stepz=3"], "stepz"),
+    (["steps=abc"], "steps"),
+    (["batch_size=2.5"], "batch_size"),
+    (["async_save=1"], "async_save"),
+    (["model.lm.n_layers=two"], "model.lm.n_layers"),
+    (["objective=ar"], "objective"),
+    (["weighting=uniform"], "weighting"),
+    (["data.mel_frames=201"], "data.mel_frames"),
+    (["mesh=2,2"], "mesh"),
+    (["batch_size=8", "grad_accum=3"], "grad_accum"),
+    (["steps"], "steps"),
+])
+def test_bad_overrides_name_the_field(overrides, field):
+  with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    config_lib.load("tiny", overrides)
+
+
+def test_overrides_are_typed():
+  cfg = config_lib.load("tiny", ["mesh=2,2,2", "data.dev=none", "optimizer.peak_lr=1e-4",
+                                 "model.lm.lora.rank=2", "full_finetune=true", "steps=7",
+                                 "data.train=123"])
+  assert cfg.mesh == (2, 2, 2) and cfg.data.dev is None and cfg.optimizer.peak_lr == 1e-4
+  assert cfg.model.lm.lora.rank == 2 and cfg.full_finetune is True and cfg.steps == 7
+  assert cfg.data.train == "123"  # a string field keeps the text as written
+  assert config_lib.load("tiny", ["mesh=[1,-1,1]"]).mesh == (1, -1, 1)
+
+
+def test_config_files_and_presets_round_trip(tmp_path):
+  for name in config_lib.PRESETS:
+    cfg = config_lib.preset(name)
+    assert config_lib.from_dict(json.loads(json.dumps(config_lib.to_dict(cfg)))) == cfg
+  path = tmp_path / "c.json"
+  path.write_text(json.dumps({"base": "tiny", "optimizer": {"peak_lr": 0.5}, "steps": 9}))
+  cfg = config_lib.load(str(path), ["seed=3"])
+  assert (cfg.optimizer.peak_lr, cfg.steps, cfg.seed, cfg.batch_size) == (0.5, 9, 3, 8)
+  path.write_text(json.dumps({"base": "tiny", "optimizer": {"peak": 0.5}}))
+  with pytest.raises(ConfigError, match=r"optimizer\.peak"):
+    config_lib.load(str(path))
+  py = tmp_path / "c.py"
+  py.write_text("from llada_jax.train.config import tiny\ndef config():\n  return tiny(steps=11)\n")
+  assert config_lib.load(str(py)).steps == 11
+  with pytest.raises(ConfigError, match="preset"):
+    config_lib.load("nope")
+  assert config_lib.preset("paper").audio_len == 352
+  assert config_lib.preset("baseline").objective == "ar"
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["mesh=3,-1,1"], "mesh"),
+    (["mesh=4,1,1"], "mesh"),
+    (["batch_size=4"], "batch_size"),
+    (["data.train=none"], "data.train"),
+    (["data.train=/nonexistent/folder"], "data.train"),
+    (["data.dev=none"], "data.dev"),
+    (["init_lm=/nonexistent/ckpt"], "init_lm"),
+    (["data.tokenizer=/nonexistent/tok"], "tokenizer"),
+])
+def test_runtime_errors_come_before_compilation(overrides, field, tmp_path, monkeypatch):
+  d = str(tmp_path)
+  cfg = config_lib.load("tiny", [f"data.train={d}", f"data.dev={d}", f"data.tokenizer={d}",
+                                 *overrides])
+  (tmp_path / "tokenizer.json").write_text("{}")
+
+  def no_model(*a, **k):
+    raise AssertionError("a model was built before the config was checked")
+
+  monkeypatch.setattr(loop, "create_model", no_model)
+  with pytest.raises(ConfigError, match=field):
+    loop.run(cfg, tmp_path / "w")
+
+
+def test_full_finetune_trains_everything_but_the_encoder():
+  cfg = config_lib.tiny()
+  model = nnx.eval_shape(lambda: WhisperLLaDA(cfg.resolved_model(), rngs=nnx.Rngs(0)))
+  for full, expect in ((False, {"projector", "lm"}), (True, {"projector", "lm"})):
+    c = dataclasses.replace(cfg, full_finetune=full)
+    _, params, _ = nnx.split(model, trainable_filter(c), ...)
+    paths = [p for p, _ in nnx.to_flat_state(params)]
+    assert {p[0] for p in paths} == expect
+    lm = [p for p in paths if p[0] == "lm"]
+    assert all("lora" in p for p in lm) != full
+    assert any(p[:2] == ("lm", "embed_tokens") for p in paths) == full
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop: train.py, exact resume, NaN policy, SIGKILL during a save.
+
+def test_train_py_end_to_end(straight_run, corpus, compile_cache):
+  workdir = straight_run["workdir"]
+  records = read_metrics(workdir)
+  assert [r["step"] for r in records] == [1, 2, 3, 4]
+  for r in records:
+    assert {"step", "loss", "lr", "tokens_per_s", "grad_norm"} <= set(r)
+    assert np.isfinite(r["loss"]) and r["tokens_per_s"] > 0
+  assert "val_loss" in records[1] and "val_loss" in records[3]
+  steps = sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == ["2", "4"]
+  assert list((workdir / "tb").glob("events.out.tfevents.*"))
+  assert (workdir / "config.json").is_file()
+  log = (workdir / "train.log").read_text()
+  assert "compiled the train step in" in log
+  # a second run into the same folder must be told to --resume
+  again = run_train_py(workdir, corpus, cache=compile_cache)
+  assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_resume_is_bit_identical(straight_run, corpus, tmp_path):
+  cfg = config_lib.load("tiny", data_overrides(corpus))
+  loop.run(cfg, tmp_path, stop_after=2, progress=False)
+  assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+  summary = loop.run(cfg, tmp_path, resume=True, progress=False)
+  assert summary["step"] == 4 and summary["best_step"] in (2, 4)
+  assert read_metrics(tmp_path) and "resumed from step 2" in (tmp_path / "train.log").read_text()
+  keys = ("step", "loss", "grad_norm", "lr", "val_loss")
+  want = [{k: r.get(k) for k in keys} for r in read_metrics(straight_run["workdir"])]
+  got = [{k: r.get(k) for k in keys} for r in read_metrics(tmp_path)]
+  assert got == want
+
+
+def test_nan_policy_stop_names_the_step_and_saves_nothing(corpus, tmp_path, monkeypatch):
+  real = Trainer.train_step
+
+  def poisoned(self, state, batch):
+    state, metrics = real(self, state, batch)
+    if int(state["step"]) == 2:
+      metrics = dict(metrics, finite=jnp.asarray(False), loss=jnp.asarray(np.nan))
+    return state, metrics
+
+  monkeypatch.setattr(Trainer, "train_step", poisoned)
+  cfg = config_lib.load("tiny", [*data_overrides(corpus), "save_every=1", "eval_every=0"])
+  with pytest.raises(loop.NonFiniteError, match="step 2"):
+    loop.run(cfg, tmp_path / "stop", progress=False)
+  assert Checkpoints(tmp_path / "stop" / "checkpoints", keep_last=3).all_steps() == [1]
+  skip = dataclasses.replace(cfg, nan_policy="skip")
+  summary = loop.run(skip, tmp_path / "skip", stop_after=3, progress=False)
+  assert summary["skipped"] == 1 and summary["step"] == 3
+
+
+def test_sigkill_during_a_save_resumes_from_the_newest_complete_checkpoint(
+    straight_run, corpus, compile_cache, tmp_path):
+  workdir = tmp_path / "run"
+  ckpt = workdir / "checkpoints"
+  # Same steps as the straight run (the LR schedule spans them), a save after every step.
+  extra = ["save_every=1", "eval_every=0", "keep_last=10"]
+  proc = run_train_py(workdir, corpus, *extra, cache=compile_cache, popen=True)
+  caught = None
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline and proc.poll() is None:
+      if ckpt.is_dir():
+        names = os.listdir(ckpt)
+        if any("tmp" in n for n in names) and any(n.isdigit() for n in names):
+          os.kill(proc.pid, signal.SIGKILL)
+          caught = names
+          break
+      time.sleep(0.001)
+  finally:
+    if proc.poll() is None and caught is None:
+      proc.kill()
+    proc.wait()
+  assert caught is not None, "train.py ended before a save could be interrupted"
+  names = os.listdir(ckpt)
+  partial = [n for n in names if "tmp" in n]
+  complete = sorted(int(n) for n in names if n.isdigit())
+  assert partial and complete, names
+  for n in complete:  # every listed step is committed
+    assert (ckpt / str(n) / "commit_success.txt").is_file() or (ckpt / str(n) / "state").is_dir()
+
+  manager = Checkpoints(ckpt, keep_last=10)
+  assert manager.latest_step() == complete[-1]  # the half-written step is never picked up
+  manager.close()
+
+  done = run_train_py(workdir, corpus, *extra, "--resume", cache=compile_cache)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert f"resumed from step {complete[-1]}" in (workdir / "train.log").read_text()
+  # orbax removes the partial folder in the background once a manager opens, before its first save
+  assert not any("tmp" in n for n in os.listdir(ckpt))
+  keys = ("step", "loss", "grad_norm", "lr")
+  got = [{k: r[k] for k in keys} for r in read_metrics(workdir)]
+  assert got == [{k: r[k] for k in keys} for r in read_metrics(straight_run["workdir"])]
+
+
+# ---------------------------------------------------------------------------------------------
+# The step on meshes.
+
+@pytest.fixture(scope="module")
+def reference(tiny_model):
+  cfg, model = tiny_model
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  trainer = Trainer(cfg, model, mesh, prompt_len=PROMPT_LEN, from_encoder=True)
+  state = trainer.init_state()
+  loss, grads = trainer.loss_and_grads(state, trainer.put_batch(random_batch(cfg, True)))
+  return trainer, state, float(loss), jax.device_get(grads)
+
+
+def assert_trees_close(got, want, atol=1e-5):
+  flat_got = jax.tree_util.tree_leaves_with_path(got)
+  flat_want = dict(jax.tree_util.tree_leaves_with_path(want))
+  assert len(flat_got) == len(flat_want)
+  for path, g in flat_got:
+    np.testing.assert_allclose(np.asarray(g), np.asarray(flat_want[path]), atol=atol, rtol=1e-5,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1)])
+def test_sharded_loss_and_grads_equal_single_device(tiny_model, reference, shape):
+  cfg, model = tiny_model
+  _, _, want_loss, want_grads = reference
+  assert {k for k in want_grads} == {"projector", "lm"}
+  trainer = Trainer(cfg, model, sharding.make_mesh(shape), prompt_len=PROMPT_LEN, from_encoder=True)
+  state = trainer.init_state()
+  loss, grads = trainer.loss_and_grads(state, trainer.put_batch(random_batch(cfg, True)))
+  np.testing.assert_allclose(float(loss), want_loss, atol=1e-5)
+  assert_trees_close(jax.device_get(grads), want_grads)
+  assert any(float(np.abs(g).max()) > 0 for g in jax.tree.leaves(want_grads))
+
+
+def test_2x2x2_mesh_with_grad_accumulation_equals_one_device(tiny_model):
+  """data × fsdp × tensor, 2 micro-batches, vs one batch on one device. Dropout is off here: its
+  masks are drawn per micro-batch (the diffusion masks are drawn for the whole batch first)."""
+  cfg, model = tiny_model
+  out = []
+  model.set_attributes(rate=0.0)  # the Trainer keeps this in its graphdef; restored below
+  try:
+    for shape, accum in (((1, 1, 1), 1), ((2, 2, 2), 2)):
+      devices = jax.devices()[:int(np.prod(shape))]
+      trainer = Trainer(dataclasses.replace(cfg, grad_accum=accum), model,
+                        sharding.make_mesh(shape, devices=devices), prompt_len=PROMPT_LEN,
+                        from_encoder=True)
+      state = trainer.init_state()
+      loss, grads = trainer.loss_and_grads(state, trainer.put_batch(random_batch(cfg, True)))
+      out.append((float(loss), jax.device_get(grads)))
+  finally:
+    model.set_attributes(rate=cfg.model.lm.lora.dropout)
+  np.testing.assert_allclose(out[1][0], out[0][0], atol=1e-5)
+  assert_trees_close(out[1][1], out[0][1])
+
+
+def test_non_finite_step_is_not_applied(reference):
+  trainer = reference[0]
+  cfg = trainer.cfg
+  state = trainer.init_state()
+  state, m = trainer.train_step(state, trainer.put_batch(random_batch(cfg, True)))
+  assert bool(m["finite"]) and int(state["updates"]) == 1 and float(m["tokens"]) > 0
+  before = jax.device_get(state["params"])
+  bad = random_batch(cfg, True, seed=1)
+  bad["enc"][0, 0, 0] = np.inf
+  state, m = trainer.train_step(state, trainer.put_batch(bad))
+  assert not bool(m["finite"])
+  assert int(state["step"]) == 2 and int(state["updates"]) == 1
+  assert_trees_close(jax.device_get(state["params"]), before, atol=0)
+
+
+def test_encoder_cache_computes_once_per_utterance(tmp_path):
+  from llada_jax.train.batches import EncoderCache
+
+  calls = []
+
+  def encode(audio):
+    calls.append(audio.shape)
+    return np.repeat(audio[:, :3, None], 2, axis=2) + 1.0  # [B, 3, 2], row-dependent
+
+  cache = EncoderCache(tmp_path, "fp", encode)
+  audio = np.arange(12, dtype=np.float32).reshape(3, 4)
+  batch = {"audio": audio, "ids": ["a", "b", ""], "valid": np.array([True, True, False])}
+  first = cache(batch)
+  assert "audio" not in first and first["enc"].shape == (3, 3, 2) and len(calls) == 1
+  assert sorted(p.name for p in (tmp_path / "fp").iterdir()) == ["a.npy", "b.npy"]
+  second = cache(batch)
+  assert len(calls) == 1 and cache.hits == 2
+  np.testing.assert_array_equal(second["enc"][:2], first["enc"][:2])
+  assert not second["enc"][2].any()  # padding rows are zeros

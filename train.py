@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Train Whisper-LLaDA (or the Whisper-LLaMA baseline) on any mesh.
+
+    python train.py --config NAME_OR_PATH --workdir DIR [--set key=value ...] [--resume]
+
+NAME is a preset (paper, baseline, tiny, demo_llada, demo_llama) or a .json / .py config file;
+`--set` overrides dotted keys, type-checked (`--set optimizer.peak_lr=1e-4 mesh=1,-1,1
+data.train=/data/LibriSpeech/train-960`). Writes DIR/metrics.jsonl, DIR/tb (TensorBoard),
+DIR/checkpoints (orbax; last k + best by validation loss) and DIR/train.log. `--resume` continues
+from the newest complete checkpoint exactly where it stopped (weights, optimizer, RNG, data order).
+
+Multi-host (see docs/training.md): every host runs this same command. With JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES and JAX_PROCESS_ID set, or LLADA_DISTRIBUTED=1 where JAX can detect the cluster
+itself (Cloud TPU pod slices, SLURM, Open MPI), `jax.distributed.initialize()` runs first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def init_distributed() -> None:
+  """jax.distributed.initialize() when the environment says this is one process of several."""
+  import jax
+
+  addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if addr:
+    jax.distributed.initialize(coordinator_address=addr,
+                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                               process_id=int(os.environ["JAX_PROCESS_ID"]))
+  elif os.environ.get("LLADA_DISTRIBUTED", "") not in ("", "0"):
+    jax.distributed.initialize()  # cluster auto-detection (TPU pod, SLURM, MPI)
+
+
+def main(argv: list[str] | None = None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  ap.add_argument("--config", required=True, help="preset name or .json / .py config file")
+  ap.add_argument("--workdir", required=True, help="run folder: metrics, TensorBoard, checkpoints")
+  ap.add_argument("--set", dest="overrides", action="append", default=[], nargs="+",
+                  metavar="KEY=VALUE", help="override a config field (dotted key), repeatable")
+  ap.add_argument("--resume", action="store_true",
+                  help="continue from the newest complete checkpoint in WORKDIR")
+  ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+  ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+  args = ap.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "orbax", "jax._src"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+  from llada_jax.configs import ConfigError
+  from llada_jax.train import config as config_lib
+
+  overrides = [item for group in args.overrides for item in group]
+  try:
+    cfg = config_lib.load(args.config, overrides)
+  except ConfigError as e:
+    print(f"train.py: config error: {e}", file=sys.stderr)
+    return 2
+  if args.print_config:
+    import json
+
+    print(json.dumps(config_lib.to_dict(cfg), indent=2))
+    return 0
+  init_distributed()
+  from llada_jax.train import loop
+
+  try:
+    summary = loop.run(cfg, args.workdir, resume=args.resume, progress=not args.no_progress)
+  except ConfigError as e:
+    print(f"train.py: config error: {e}", file=sys.stderr)
+    return 2
+  except loop.NonFiniteError as e:
+    print(f"train.py: {e}", file=sys.stderr)
+    return 3
+  logging.getLogger("llada_jax").info("done: %s", summary)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
