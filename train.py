@@ -8,6 +8,10 @@ NAME is a preset (paper, baseline, tiny, demo_llada, demo_llama) or a .json / .p
 data.train=/data/LibriSpeech/train-960`). Writes DIR/metrics.jsonl, DIR/tb (TensorBoard),
 DIR/checkpoints (orbax; last k + best by validation loss) and DIR/train.log. `--resume` continues
 from the newest complete checkpoint exactly where it stopped (weights, optimizer, RNG, data order).
+At the end the best checkpoint (by validation loss; else the last) is exported to DIR/model, a
+self-contained checkpoint for `llada_jax.load` and `eval.py --checkpoint DIR/model` (`--no-export`
+skips it; `python -c "from llada_jax.train.export import export_run; export_run(DIR, OUT)"` does it
+later).
 
 Multi-host (see docs/training.md): every host runs this same command. With JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID set, or LLADA_DISTRIBUTED=1 where JAX can detect the cluster
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                   help="continue from the newest complete checkpoint in WORKDIR")
   ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
   ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+  ap.add_argument("--no-export", action="store_true", help="do not export DIR/model at the end")
   args = ap.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "orbax", "jax._src"):
@@ -77,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train.py: {e}", file=sys.stderr)
     return 3
   logging.getLogger("llada_jax").info("done: %s", summary)
+  import jax
+
+  if not args.no_export and jax.process_index() == 0:
+    from llada_jax.train.export import export_run
+
+    export_run(args.workdir, os.path.join(args.workdir, "model"))
   return 0
 
 

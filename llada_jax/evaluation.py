@@ -365,7 +365,13 @@ def jax_backend() -> str:
   return jax.default_backend()
 
 
-STRATEGIES: dict[str, tp.Any] = {"whisper": WhisperStrategy}
+STRATEGIES: dict[str, tp.Any] = {
+    "whisper": WhisperStrategy,
+    "ar": "llada_jax.eval_llada:ARStrategy",
+    "diffusion": "llada_jax.eval_llada:DiffusionStrategy",
+    "semi_ar": "llada_jax.eval_llada:SemiARStrategy",
+    "deliberation": "llada_jax.eval_llada:DeliberationStrategy",
+}
 
 
 def get_strategy(name: str):
@@ -629,6 +635,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
   p.add_argument("--tfds-data-dir", default=None, help="where tfds:NAME/SPLIT was prepared")
   p.add_argument("--max-new-tokens", type=int, default=None, help="decoding length cap")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  added = set()  # strategies sharing one option group (the Whisper-LLaDA ones) add it once
   for name in sorted(STRATEGIES):
     entry = STRATEGIES[name]
     if isinstance(entry, str):
@@ -638,7 +645,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         log.warning("strategy %s unavailable: %s", name, e)
         continue
     add_args = getattr(entry, "add_args", None)
-    if add_args is not None:
+    if add_args is not None and add_args not in added:
+      added.add(add_args)
       add_args(p)
   return p
 

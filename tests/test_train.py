@@ -423,3 +423,36 @@ def test_encoder_cache_computes_once_per_utterance(tmp_path):
   assert len(calls) == 1 and cache.hits == 2
   np.testing.assert_array_equal(second["enc"][:2], first["enc"][:2])
   assert not second["enc"][2].any()  # padding rows are zeros
+
+
+def test_exported_run_evaluates_with_every_llada_strategy(straight_run, corpus, tmp_path):
+  """train.py's DIR/model loads and eval.py decodes it: diffusion, semi-AR, deliberation over a
+  first pass (random and low-confidence masking, text-only), with the run's mel frames."""
+  from llada_jax import checkpoint, evaluation
+  from llada_jax.whisper_llada import WhisperLLaDA
+
+  model_dir = straight_run["workdir"] / "model"
+  model = checkpoint.load(model_dir)
+  assert isinstance(model, WhisperLLaDA)
+  info = checkpoint.read_source_info(model_dir)
+  assert info["format"] == "trained" and info["step"] in (2, 4) and info["mel_frames"] == 200
+  common = ["--checkpoint", str(model_dir), "--data", corpus["dev"], "--batch-size", "4",
+            "--quiet", "--gen-length", "8", "--steps", "8"]
+  for name, extra in [("diffusion", []), ("semi_ar", ["--block-length", "4"]),
+                      ("diffusion", ["--cache", "--threshold", "0.5"])]:
+    out = tmp_path / f"{name}{len(extra)}"
+    assert evaluation.main([*common, "--strategy", name, "--out", str(out), *extra]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_utts"] == 4 and summary["strategy"] == name
+  first = tmp_path / "diffusion0" / "hyps.jsonl"
+  for extra in (["--masking", "random", "--deliberation-strategy", "diffusion"],
+                ["--masking", "low_confidence", "--deliberation-strategy", "diffusion"],
+                ["--deliberation-strategy", "semi_ar", "--num-chunks", "2"],
+                ["--text-only"]):
+    out = tmp_path / ("delib" + "_".join(extra))
+    assert evaluation.main([*common, "--strategy", "deliberation", "--first-pass", str(first),
+                            "--out", str(out), *extra]) == 0
+    rows = [json.loads(ln) for ln in (out / "hyps.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all("hyp" in r for r in rows)
+  # a causal strategy on a LLaDA checkpoint is refused with a clear message
+  assert evaluation.main([*common, "--strategy", "ar", "--out", str(tmp_path / "ar")]) == 2

@@ -1,0 +1,67 @@
+"""A training run → a self-contained checkpoint that `llada_jax.load` and eval.py read.
+
+Training checkpoints hold only the trained weights (frozen ones are rebuilt from the config's init
+paths); the export writes the whole model — frozen encoder and LM, trained Q-Former and LoRA — with
+the run's data settings (mel frames, response length) in source.json, so evaluation rebuilds the
+exact input shapes the model was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from llada_jax import checkpoint, sharding, text
+from llada_jax.train import config as config_lib
+from llada_jax.train.checkpoints import Checkpoints
+from llada_jax.train.loop import _prepare
+from llada_jax.train.state import create_model
+from llada_jax.train.step import Trainer, rules_for
+
+log = logging.getLogger(__name__)
+
+
+def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
+               overwrite: bool = True) -> Path:
+  """Write the best (by validation loss; else the latest) or the given step of a run to `out`."""
+  workdir = Path(workdir)
+  cfg = config_lib.load(str(workdir / "config.json"))
+  ckpts = Checkpoints(workdir / "checkpoints", keep_last=cfg.keep_last, async_save=False)
+  try:
+    step = step if step is not None else (ckpts.best_step() or ckpts.latest_step())
+    if step is None:
+      raise checkpoint.CheckpointError(f"{workdir}: no training checkpoint to export")
+    mesh = sharding.make_mesh(config_lib.mesh_shape(cfg, jax.device_count()))
+    rules = rules_for(cfg)
+    tokenizer_dir = Path(config_lib.tokenizer_path(cfg))
+    prompt, _ = _prepare(cfg, text.load_tokenizer(tokenizer_dir))
+    trainer = Trainer(cfg, create_model(cfg, mesh, rules), mesh, prompt_len=len(prompt),
+                      rules=rules, from_encoder=False)
+    state, _ = ckpts.restore(step, trainer.abstract_state())
+    model = trainer.model(state)
+  finally:
+    ckpts.close()
+
+  def items():
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+      if not checkpoint.RNG_STATE(path, var):
+        yield ".".join(str(p) for p in path), np.asarray(jax.device_get(var[...]))
+
+  def tokenizer(folder: Path) -> None:
+    for file in tokenizer_dir.iterdir():
+      if file.is_file() and (file.name.startswith(("tokenizer", "special_tokens", "chat_template",
+                                                   "vocab", "merges", "added_tokens"))):
+        shutil.copy2(file, folder / file.name)
+
+  info = {"format": "trained", "workdir": str(workdir.absolute()), "step": int(step),
+          "objective": cfg.objective, "mel_frames": cfg.data.mel_frames,
+          "response_len": cfg.data.response_len}
+  checkpoint.save(out, cfg.resolved_model(), items(), source_info=info, tokenizer=tokenizer,
+                  overwrite=overwrite)
+  log.info("exported %s step %d → %s", workdir, step, out)
+  return Path(out)
