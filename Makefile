@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 STAMP   := .venv/.installed
 APT_PKGS := espeak-ng sox fortunes
 
-.PHONY: setup demo test clean system
+.PHONY: setup demo experiment test clean system
 
 $(STAMP): pyproject.toml
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && test -d /usr/share/games/fortunes || $(MAKE) system
@@ -22,6 +22,10 @@ test: setup
 
 demo: setup
 	$(PY) tools/demo.py
+
+# The demo with all 30 SmolLM2 layers and longer training (hours on a 2-core CPU).
+experiment: setup
+	$(PY) tools/demo.py --preset experiment
 
 clean:
 	rm -rf .venv runs .pytest_cache

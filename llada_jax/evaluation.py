@@ -548,8 +548,10 @@ def run(args: argparse.Namespace) -> dict:
   strategy = get_strategy(args.strategy)()
   if not isinstance(args.batch_size, int) or args.batch_size < 1:
     raise EvalError(f"--batch-size {args.batch_size}: expected a positive integer")
-  data, refs = open_data(args, getattr(strategy, "max_seconds", None))
+  # prepare first: a strategy may set its duration cap from the checkpoint (Whisper-LLaDA: the
+  # run's mel frames), and open_data turns longer utterances into error records.
   strategy.prepare(args.checkpoint, args)
+  data, refs = open_data(args, getattr(strategy, "max_seconds", None))
   out = Path(args.out)
   try:
     out.mkdir(parents=True, exist_ok=True)

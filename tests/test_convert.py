@@ -308,3 +308,18 @@ def test_real_smollm2_on_english_paragraph(tmp_path):
   tokens = np.asarray([load_tokenizer(tmp_path / "jx")(text)["input_ids"]])
   metrics = verify.verify_lm(source, table, tmp_path / "jx", tokens=tokens)
   assert metrics["top1_agreement"] == 1.0 and metrics["max_abs_diff"] <= 1e-3, metrics
+
+
+def test_load_onto_a_mesh_restores_sharded(tmp_path):
+  from llada_jax import sharding
+
+  ref = tiny_llama(tmp_path / "hf")
+  assert run("--kind", "llama", "--src", tmp_path / "hf", "--out", tmp_path / "jx") == 0
+  mesh = sharding.make_mesh((1, 4, 2))
+  model = llada_jax.load(tmp_path / "jx", mesh=mesh, rules=sharding.ShardingConfig.fsdp_tp())
+  kernel = model.layers[0].mlp.gate_proj.kernel[...]
+  assert kernel.sharding.spec == sharding.PartitionSpec("fsdp", "tensor")
+  tokens = np.random.default_rng(1).integers(0, 96, (2, 12))
+  with torch.no_grad():
+    want = ref(torch.as_tensor(tokens)).logits.numpy()
+  assert np.abs(np.asarray(model(jnp.asarray(tokens, jnp.int32))) - want).max() <= 1e-4

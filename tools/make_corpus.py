@@ -78,13 +78,13 @@ def read_paragraphs(path: str) -> list[str]:
   return out
 
 
-def transcript(sentence: str) -> str | None:
+def transcript(sentence: str, max_words: int = 25) -> str | None:
   """LibriSpeech-style transcript (UPPERCASE words and apostrophes) or None if espeak-ng would not say
   exactly these words."""
   if not _ALLOWED.match(sentence):
     return None
   words = _WORD.findall(sentence.replace("-", " "))
-  if not 3 <= len(words) <= 25:
+  if not 3 <= len(words) <= max_words:
     return None
   for w in words:
     bare = w.lower().strip("'")
@@ -97,14 +97,14 @@ def transcript(sentence: str) -> str | None:
   return " ".join(words).upper()
 
 
-def sentences_from(files: list[str]) -> list[tuple[str, str]]:
+def sentences_from(files: list[str], max_words: int = 25) -> list[tuple[str, str]]:
   """(sentence to speak, transcript) pairs, deduplicated by transcript, in file order."""
   seen, out = set(), []
   for path in files:
     for para in read_paragraphs(path):
       for sent in _SENTENCE_END.split(para):
         sent = " ".join(sent.split())
-        text = transcript(sent)
+        text = transcript(sent, max_words)
         if text and text not in seen:
           seen.add(text)
           out.append((sent, text))
@@ -182,11 +182,12 @@ def plan(pairs: list[tuple[str, str]], counts: dict[str, int], seed: int, noise_
 
 
 def build(text_files: list[str], text_source: str, out: str, counts: dict[str, int], seed: int,
-          noise_snr: float | None = None, jobs: int | None = None, overwrite: bool = False) -> dict:
+          noise_snr: float | None = None, jobs: int | None = None, overwrite: bool = False,
+          max_words: int = 25) -> dict:
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     sys.exit(f"make_corpus: {out} exists; pass --overwrite to replace it")
-  pairs = sentences_from(text_files)
+  pairs = sentences_from(text_files, max_words)
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
   # Build beside the target and rename: an interrupted run never leaves a half corpus at OUT.
@@ -243,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--noise-snr", type=float, default=None, help="add white noise at this SNR (dB)")
   ap.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
   ap.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+  ap.add_argument("--max-words", type=int, default=25,
+                  help="longest sentence kept (3..N words); bounds utterance length")
   args = ap.parse_args(argv)
   for name in ("num_train", "num_dev", "num_test"):
     if getattr(args, name) < 0:
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     files, source = default_text_files()
   counts = {"train-clean": args.num_train, "dev-clean": args.num_dev, "test-clean": args.num_test}
   manifest = build(files, source, args.out, counts, args.seed, args.noise_snr, args.jobs,
-                   args.overwrite)
+                   args.overwrite, args.max_words)
   print(json.dumps({k: manifest[k] for k in ("text_source", "usable_sentences", "counts", "hours",
                                              "synthesis_seconds")}))
   return 0

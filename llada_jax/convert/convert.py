@@ -64,12 +64,17 @@ def llama_config(cfg: dict, dtype: str, *, causal: bool = True, mask_id: int | N
                           high_freq_factor=rope["high_freq_factor"],
                           original_max_position_embeddings=rope["original_max_position_embeddings"])
   eos = _first(_get(cfg, "eos_token_id", default=2))
+  head_dim = cfg.get("head_dim")
+  if head_dim == cfg["hidden_size"] // cfg["num_attention_heads"]:
+    head_dim = None  # the default, so configs compare equal to the presets
+  # GGUF stores eps as float32 (1e-5 → 9.99999974e-06); 7 significant digits restore the intent.
+  eps = float(f"{cfg.get('rms_norm_eps', 1e-5):.7g}")
   return LMConfig(
       vocab_size=cfg["vocab_size"], d_model=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
       n_heads=cfg["num_attention_heads"],
       n_kv_heads=_get(cfg, "num_key_value_heads", default=cfg["num_attention_heads"]),
-      mlp_hidden=cfg["intermediate_size"], head_dim=cfg.get("head_dim"), rope_theta=float(theta),
-      rope_scaling=scaling, rms_norm_eps=cfg.get("rms_norm_eps", 1e-5),
+      mlp_hidden=cfg["intermediate_size"], head_dim=head_dim, rope_theta=float(theta),
+      rope_scaling=scaling, rms_norm_eps=eps,
       tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), causal=causal,
       max_seq_len=cfg.get("max_position_embeddings", 4096),
       mask_id=-1 if mask_id is None else mask_id, eos_id=eos,
