@@ -443,29 +443,10 @@ def _plain_dict(obj: tp.Any) -> dict:
   return json.loads(json.dumps(dict(obj), default=str))
 
 
-class TorchCheckpointSource(Source):
-  """A torch training checkpoint: the tensors of its "model" entry (or of the file if it is a bare
-  state dict), memory-mapped. Optimizer state and the rest are dropped; "config" becomes `config`."""
+class _TorchDictSource(Source):
+  """A Source over torch tensors already in memory (`self._tensors`: name → tensor)."""
 
-  def __init__(self, path: Path, *, trust_pickle: bool = False):
-    self.path = path
-    ckpt = torch_load(path, trust_pickle=trust_pickle)
-    if not isinstance(ckpt, tp.Mapping):
-      raise ConversionError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
-    if isinstance(ckpt.get("model"), tp.Mapping):
-      self._tensors = _tensors_only(ckpt["model"])
-      self.config = _plain_dict(ckpt.get("config"))
-      self.metadata = {"entries": sorted(map(str, ckpt)), "epoch": ckpt.get("epoch")}
-    elif ckpt and len(_tensors_only(ckpt)) == len(ckpt):
-      self._tensors, self.config, self.metadata = dict(ckpt), {}, {"entries": ["<state dict>"]}
-    else:
-      raise ConversionError(f"{path}: no 'model' state dict in this checkpoint (entries: "
-                            f"{sorted(map(str, ckpt))[:20]})")
-    if not self._tensors:
-      raise ConversionError(f"{path}: the checkpoint's state dict holds no tensors")
-    looks_like_ours = any(k.startswith(_DIFFUSION_ASR_PREFIXES) for k in self._tensors)
-    self.kind_hint = "diffusion_asr" if looks_like_ours else "torch_state_dict"
-    self.aliases = {}
+  _tensors: dict
 
   def keys(self) -> list[str]:
     return list(self._tensors)
@@ -489,6 +470,32 @@ class TorchCheckpointSource(Source):
       raise self._missing(name) from None
 
 
+class TorchCheckpointSource(_TorchDictSource):
+  """A torch training checkpoint: the tensors of its "model" entry (or of the file if it is a bare
+  state dict), memory-mapped. Optimizer state and the rest are dropped; "config" becomes `config`."""
+
+  def __init__(self, path: Path, *, trust_pickle: bool = False):
+    self.path = path
+    ckpt = torch_load(path, trust_pickle=trust_pickle)
+    if not isinstance(ckpt, tp.Mapping):
+      raise ConversionError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    if isinstance(ckpt.get("model"), tp.Mapping):
+      self._tensors = _tensors_only(ckpt["model"])
+      self.config = _plain_dict(ckpt.get("config"))
+      self.metadata = {"entries": sorted(map(str, ckpt)), "epoch": ckpt.get("epoch")}
+    elif ckpt and len(_tensors_only(ckpt)) == len(ckpt):
+      self._tensors, self.config, self.metadata = dict(ckpt), {}, {"entries": ["<state dict>"]}
+    else:
+      raise ConversionError(f"{path}: no 'model' state dict in this checkpoint (entries: "
+                            f"{sorted(map(str, ckpt))[:20]})")
+    if not self._tensors:
+      raise ConversionError(f"{path}: the checkpoint's state dict holds no tensors")
+    looks_like_ours = any(k.startswith(_DIFFUSION_ASR_PREFIXES) for k in self._tensors)
+    self.kind_hint = "diffusion_asr" if looks_like_ours else "torch_state_dict"
+    self.aliases = {}
+
+
+
 # --- GGUF -------------------------------------------------------------------------------------------------
 
 def _untie(state: dict) -> tuple[dict, dict[str, str]]:
@@ -506,7 +513,7 @@ def _untie(state: dict) -> tuple[dict, dict[str, str]]:
   return tensors, aliases
 
 
-class GGUFSource(Source):
+class GGUFSource(_TorchDictSource):
   """A .gguf file, dequantised to float32 by transformers (through torch): held whole in memory, not
   streamed, so only for small models. Names are transformers' (LLaMA: model.layers.{i}.self_attn...)."""
 
@@ -546,26 +553,6 @@ class GGUFSource(Source):
     out_dir = Path(out_dir)
     return [Path(p) for p in self.tokenizer.save_pretrained(out_dir)]
 
-  def keys(self) -> list[str]:
-    return list(self._tensors)
-
-  def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self._tensor(name).shape)
-
-  def dtype(self, name: str) -> np.dtype:
-    return torch_dtype_to_numpy(self._tensor(name).dtype)
-
-  def get(self, name: str) -> np.ndarray:
-    return torch_to_numpy(self._tensor(name))
-
-  def close(self) -> None:
-    self._tensors = {}
-
-  def _tensor(self, name: str):
-    try:
-      return self._tensors[self._resolve(name)]
-    except KeyError:
-      raise self._missing(name) from None
 
 
 # --- detection ----------------------------------------------------------------------------------------------
