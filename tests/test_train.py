@@ -438,6 +438,12 @@ def test_exported_run_evaluates_with_every_llada_strategy(straight_run, corpus, 
   assert info["format"] == "trained" and info["step"] in (2, 4) and info["mel_frames"] == 200
   common = ["--checkpoint", str(model_dir), "--data", corpus["dev"], "--batch-size", "4",
             "--quiet", "--gen-length", "8", "--steps", "8"]
+  # The run's 200 mel frames hold 2 s: longer utterances are error records, never silently cut.
+  capped = tmp_path / "capped"
+  assert evaluation.main([*common, "--strategy", "diffusion", "--out", str(capped)]) == 0
+  summary = json.loads((capped / "summary.json").read_text())
+  assert summary["num_utts"] == 0 and summary["num_errors"] == 4
+  common += ["--mel-frames", "2000"]  # 20 s: every dev utterance fits
   for name, extra in [("diffusion", []), ("semi_ar", ["--block-length", "4"]),
                       ("diffusion", ["--cache", "--threshold", "0.5"])]:
     out = tmp_path / f"{name}{len(extra)}"

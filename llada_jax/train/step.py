@@ -67,13 +67,6 @@ def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, opta
   return tx, schedule
 
 
-def logits_at(model: WhisperLLaDA, h: jax.Array) -> jax.Array:
-  """The LM head over hidden states h [B, R, D] → float32 logits [B, R, V]."""
-  lm = model.lm
-  logits = lm.lm_head(h) if lm.lm_head is not None else lm.embed_tokens.attend(h)
-  return sharding.constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
-
-
 def response_logits(model: WhisperLLaDA, batch: dict, tokens: jax.Array, *, causal: bool,
                     n_mels: int, mel_frames: int) -> jax.Array:
   """Logits [B, R, V] for the response tokens of [prompt, audio, tokens].
@@ -93,7 +86,7 @@ def response_logits(model: WhisperLLaDA, batch: dict, tokens: jax.Array, *, caus
   h = model.lm(embeds=embeds, return_hidden=True)
   p, r = prefix.shape[1], tokens.shape[1]
   h = h[:, p - 1:p + r - 1] if causal else h[:, p:p + r]
-  return logits_at(model, h)
+  return model.lm.logits(h)
 
 
 def _suffix_keys(path) -> tuple:
