@@ -197,9 +197,3 @@ def load(path: str | Path, *, mesh: jax.sharding.Mesh | None = None,
       variable.set_value(jax.random.key(0) if isinstance(variable, nnx.RngKey)
                          else jnp.zeros(variable.shape, variable.dtype))
   return nnx.merge(graphdef, state)
-
-
-def param_names(model: nnx.Module) -> list[str]:
-  return [".".join(str(p) for p in k) for k, v in nnx.to_flat_state(nnx.state(model))
-          if not RNG_STATE(k, v)]
-
