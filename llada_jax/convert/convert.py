@@ -21,7 +21,7 @@ from flax import nnx
 from llada_jax import checkpoint, configs
 from llada_jax.configs import LMConfig, LoRAConfig, QFormerConfig, RopeScaling, WhisperConfig
 from llada_jax.convert import mapping as maps
-from llada_jax.convert.sources import ConversionError, Source, open_source
+from llada_jax.convert.sources import TOKENIZER_FILE_NAMES, ConversionError, Source, open_source
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,6 @@ def export_torch(src: str | Path, out: str | Path, *, overwrite: bool = False,
   model = checkpoint.load(src)
   if isinstance(config, LMConfig) and config.lora is not None:
     merge_lora(model)
-    cfg_json = {k: v for k, v in cfg_json.items()}
   items = maps.export(maps.model_items(model), table, what=str(src))
   with checkpoint.atomic_dir(out, overwrite=overwrite) as tmp:
     shards, current, size, weight_map = [], {}, 0, {}
@@ -308,12 +307,6 @@ def export_torch(src: str | Path, out: str | Path, *, overwrite: bool = False,
            "weight_map": weight_map}, indent=2))
     (tmp / "config.json").write_text(json.dumps(cfg_json, indent=2, default=str))
     for file in src.iterdir():
-      if file.is_file() and file.name in _TOKENIZER_FILES:
+      if file.is_file() and file.name in TOKENIZER_FILE_NAMES + ("generation_config.json",):
         (tmp / file.name).write_bytes(file.read_bytes())
   return Path(out)
-
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
-                    "chat_template.jinja", "normalizer.json", "preprocessor_config.json",
-                    "generation_config.json")

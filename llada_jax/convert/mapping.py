@@ -9,6 +9,7 @@ together, naming each tensor; nothing is written on failure.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing as tp
 
@@ -54,11 +55,12 @@ class Rule:
     if self.transform not in TRANSFORMS:
       raise ValueError(f"Rule {self.source}: unknown transform {self.transform!r}")
 
-  @property
+  # Compiled once per rule: every tensor of a checkpoint is matched against the whole table.
+  @functools.cached_property
   def source_re(self) -> re.Pattern:
     return re.compile(_pattern(self.source))
 
-  @property
+  @functools.cached_property
   def target_re(self) -> re.Pattern:
     return re.compile(_pattern(self.target))
 
@@ -83,19 +85,17 @@ class Mapping:
   skip: tuple[str, ...] = ()  # regexes of source tensors that the model does not use
 
   def to_target(self, name: str) -> tuple[str, Rule] | None:
-    for rule in self.rules:
-      m = rule.source_re.match(name)
-      if m:
-        target = rule.target.replace("{i}", m.group("i")) if "{i}" in rule.target else rule.target
-        return target, rule
-    return None
+    return self._translate(name, forward=True)
 
   def to_source(self, target: str) -> tuple[str, Rule] | None:
+    return self._translate(target, forward=False)
+
+  def _translate(self, name: str, *, forward: bool) -> tuple[str, Rule] | None:
     for rule in self.rules:
-      m = rule.target_re.match(target)
+      m = (rule.source_re if forward else rule.target_re).match(name)
       if m:
-        source = rule.source.replace("{i}", m.group("i")) if "{i}" in rule.source else rule.source
-        return source, rule
+        template = rule.target if forward else rule.source
+        return (template.replace("{i}", m.group("i")) if "{i}" in template else template), rule
     return None
 
   def skipped(self, name: str) -> bool:

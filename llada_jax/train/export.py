@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from llada_jax import checkpoint, sharding, text
+from llada_jax.convert.sources import TOKENIZER_FILE_NAMES
 from llada_jax.train import config as config_lib
 from llada_jax.train.checkpoints import Checkpoints
 from llada_jax.train.loop import _prepare
@@ -54,8 +55,7 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
 
   def tokenizer(folder: Path) -> None:
     for file in tokenizer_dir.iterdir():
-      if file.is_file() and (file.name.startswith(("tokenizer", "special_tokens", "chat_template",
-                                                   "vocab", "merges", "added_tokens"))):
+      if file.is_file() and file.name in TOKENIZER_FILE_NAMES:
         shutil.copy2(file, folder / file.name)
 
   info = {"format": "trained", "workdir": str(workdir.absolute()), "step": int(step),
