@@ -1,7 +1,11 @@
 """Decoding speed: our jitted Whisper-LLaDA engine vs a Diffusion-ASR-style PyTorch loop and our AR.
 
   python benchmarks/bench_decode.py [--layers 4] [--vocab 8192] [--seconds 5] [--gen-length 64]
-      [--scale 5] [--repeats 3] [--batch8-repeats 2]
+      [--scale 5] [--repeats 3] [--batch-repeats 2] [--batch 8] [--dtype float32]
+
+On an accelerator (jax's default backend is not the CPU) the PyTorch loop runs on CUDA too, in the
+same dtype; there, e.g. `--layers 30 --vocab 49152 --gen-length 128 --seconds 10 --dtype bfloat16
+--batch 32` times the full SmolLM2-135M shape at the paper's 128/128 setting.
 
 One process, one random-weight model (SmolLM2-135M-shaped LM — d 576, 9/3 heads, MLP 1536 — cut
 to `--layers` layers and a `--vocab` vocabulary; whisper tiny.en-shaped encoder; the paper's
@@ -24,12 +28,14 @@ Random weights would end rows at a random EOS, so the work is fixed: the EOS rul
 (`eos_rule=False`) and AR greedy gets an EOS id that argmax never returns (it always runs
 gen_length tokens). LM weights are scaled by `--scale` so that the logits are peaked, as a trained
 model's are, and threshold decoding commits several tokens per step: the `tokens/step` column is
-gen_length / LM forwards per call (counted by a host callback in the timed runs; the deliberation
-row decodes a 64-token first-pass hypothesis, its time excludes that first pass).
+gen_length / LM forwards per call (counted by a host callback in a separately compiled, untimed
+run: a callback per forward would tax the AR loop most on an accelerator; the deliberation row
+decodes a gen_length-token first-pass hypothesis, its time excludes that first pass).
 
 Timing: everything is compiled ahead of time (the `compile s` column, excluded from the rest); the
 measurements are interleaved round-robin over the configurations and each cell is a median.
-PyTorch runs with its best CPU settings (`tune_torch`: flushed denormals, the faster thread count).
+PyTorch runs with its best CPU settings (`tune_torch`: flushed denormals, the faster thread count);
+on CUDA with its defaults (SDPA attention).
 """
 
 from __future__ import annotations
@@ -61,7 +67,6 @@ from llada_jax.decoding import (DeliberationSettings, DiffusionSettings, decode,
 from llada_jax.transformer import Transformer  # noqa: E402
 from llada_jax.whisper_llada import WhisperLLaDA  # noqa: E402
 
-BATCH = 8
 PROMPT_LEN = 16  # LLaDA's chat template around "Transcribe the audio:" is about this long
 MELS_PER_SECOND = 100
 
@@ -69,7 +74,8 @@ MELS_PER_SECOND = 100
 # --- models ------------------------------------------------------------------------------------
 class CountingTransformer(Transformer):
   """Our LM, telling the host about every forward: the step count of a `lax.while_loop` is
-  otherwise invisible. One callback per forward costs microseconds against milliseconds."""
+  otherwise invisible. Only the untimed counting twin of a model has it (`counting_twin`); being a
+  different class, it gives a different graphdef, so no jit cache mixes the two up."""
 
   forwards = 0
 
@@ -83,22 +89,23 @@ class CountingTransformer(Transformer):
 
 
 def build(args, causal: bool) -> WhisperLLaDA:
+  dt = dict(dtype=args.dtype, param_dtype=args.dtype)
   lm = LMConfig.smollm2_135m(n_layers=args.layers, vocab_size=args.vocab, causal=causal,
-                             tie_embeddings=False, mask_id=args.vocab - 1, max_seq_len=2048)
-  whisper = WhisperConfig.whisper_tiny_en()
+                             tie_embeddings=False, mask_id=args.vocab - 1, max_seq_len=2048, **dt)
+  whisper = dataclasses.replace(WhisperConfig.whisper_tiny_en(), **dt)
   cfg = WhisperLLaDAConfig(whisper=whisper, lm=lm,
                            qformer=QFormerConfig.paper(encoder_width=whisper.d_model,
-                                                       out_dim=lm.d_model))
+                                                       out_dim=lm.d_model, **dt))
   model = WhisperLLaDA(cfg, rngs=nnx.Rngs(0))
-  model.lm = CountingTransformer(lm, rngs=nnx.Rngs(1))  # same seed for LLaDA and LLaMA
+  model.lm = Transformer(lm, rngs=nnx.Rngs(1))  # same seed for LLaDA and LLaMA
   # Random init gives near-uniform logits (every confidence ≈ 1/V), where a threshold never fires.
   scaled = jax.tree.map(lambda x: x * args.scale, nnx.state(model.lm, nnx.Param))
   nnx.update(model.lm, scaled)
   return model
 
 
-def torch_llama(lm: Transformer):
-  """transformers' LlamaForCausalLM holding exactly our LM's weights."""
+def torch_llama(lm: Transformer, device: str):
+  """transformers' LlamaForCausalLM holding exactly our LM's weights, in our LM's dtype."""
   import torch
   import transformers
 
@@ -111,7 +118,8 @@ def torch_llama(lm: Transformer):
   missing, unexpected = ref.load_state_dict(state, strict=False)
   if missing or unexpected:
     raise RuntimeError(f"torch reference: missing {missing}, unexpected {unexpected}")
-  return ref.float().eval()
+  dtype = torch.bfloat16 if lm.config.dtype == "bfloat16" else torch.float32
+  return ref.to(device=device, dtype=dtype).eval()
 
 
 # --- the PyTorch reference loop ----------------------------------------------------------------
@@ -128,11 +136,11 @@ def torch_transcribe(ref, prefix, gen_length: int, steps: int, block_length: int
   p = prefix.shape[1]
   embed = ref.get_input_embeddings()
   # Only the mask positions of x matter: prompt and audio ids are never read (their embeddings are).
-  x = torch.zeros(1, p + gen_length, dtype=torch.long)
+  x = torch.zeros(1, p + gen_length, dtype=torch.long, device=prefix.device)
   x[:, p:] = mask_id
   x_emb = torch.cat([prefix, embed(x[:, p:])], dim=1)
   # transformers 5 adds a *boolean* 4-D mask to the scores as 0/1, so a float one.
-  mask = torch.zeros(1, 1, x.shape[1], x.shape[1])
+  mask = torch.zeros(1, 1, x.shape[1], x.shape[1], dtype=prefix.dtype, device=prefix.device)
   blocks = gen_length // block_length
   for block in range(blocks):
     end = p + (block + 1) * block_length
@@ -154,9 +162,9 @@ def torch_transcribe(ref, prefix, gen_length: int, steps: int, block_length: int
   return x[:, p:]
 
 
-def tune_torch(ref, prefix, gen_length: int) -> tuple[int, dict[int, float]]:
+def tune_torch(ref, prefix, gen_length: int) -> tuple[int | None, dict[int, float]]:
   """Give PyTorch its best CPU settings: returns the thread count it runs with and the median
-  seconds of one forward for each count tried.
+  seconds of one forward for each count tried (None and {} on CUDA: nothing to tune).
 
   Denormals are flushed, as XLA's CPU backend does. Threads: OpenMP's barrier-synchronised
   parallel regions degrade badly on a shared, oversubscribed machine (on the 2-core VM with other
@@ -165,6 +173,8 @@ def tune_torch(ref, prefix, gen_length: int) -> tuple[int, dict[int, float]]:
   """
   import torch
 
+  if prefix.device.type != "cpu":
+    return None, {}
   torch.set_flush_denormal(True)
   x_emb = torch.cat([prefix, torch.zeros(1, gen_length, prefix.shape[2])], dim=1)
   t = x_emb.shape[1]
@@ -204,15 +214,16 @@ class Config:
   times: list[float] = dataclasses.field(default_factory=list)
   forwards: list[int] = dataclasses.field(default_factory=list)
 
+  count: tp.Callable[[], int] | None = None  # untimed run of the counting executable → forwards
+
   def time_once(self, round_: int):
-    before = CountingTransformer.forwards
     start = time.perf_counter()
     out = self.run(round_)
     self.times.append(time.perf_counter() - start)
-    jax.effects_barrier()  # the forward callbacks run asynchronously
-    self.forwards.append(CountingTransformer.forwards - before)
     if round_ == 0:
       self.first = out
+      if self.count is not None:
+        self.forwards.append(self.count())
 
   @property
   def seconds(self) -> float:
@@ -223,24 +234,39 @@ class Config:
     return self.batch / self.seconds
 
 
+def counting_twin(model: WhisperLLaDA) -> WhisperLLaDA:
+  twin = nnx.clone(model)
+  twin.lm.__class__ = CountingTransformer  # same attributes, one more callback
+  return twin
+
+
 def aot(fn, model, *args) -> tuple[tp.Callable, float]:
   """Compile `fn(model, *args)` ahead of time: returns the executable's caller and compile seconds
-  (without running it, which for batch 8 would cost as much as a measurement)."""
+  (without running it, which for a batch would cost as much as a measurement)."""
   graphdef, state = nnx.split(model)
   start = time.perf_counter()
   exe = jax.jit(lambda st, *a: fn(nnx.merge(graphdef, st), *a)).lower(state, *args).compile()
   return (lambda *a: exe(state, *a)), time.perf_counter() - start
 
 
-def jax_config(name, batch, fn, model, mel, *args) -> Config:
-  """Round r decodes utterance r % BATCH alone (batch 1) or the whole batch; same work each."""
-  call, secs = aot(fn, model, mel[:batch], *(a[:batch] for a in args))
+def jax_config(name, batch, fn, model, mel, *args, twin=None) -> Config:
+  """Round r decodes utterance r % len(mel) alone (batch 1) or the whole batch; same work each."""
+  inputs = (mel[:batch], *(a[:batch] for a in args))
+  call, secs = aot(fn, model, *inputs)
+  counter = aot(fn, twin, *inputs)[0] if twin is not None else None
 
   def run(r: int):
-    rows = slice(r % BATCH, r % BATCH + 1) if batch == 1 else slice(None)
+    rows = slice(r % len(mel), r % len(mel) + 1) if batch == 1 else slice(None)
     return jax.block_until_ready(call(mel[rows], *(a[rows] for a in args)))
 
-  return Config(name, batch, run, compile_s=secs)
+  def count_forwards() -> int:
+    before = CountingTransformer.forwards
+    jax.block_until_ready(counter(*inputs))
+    jax.effects_barrier()  # the forward callbacks run asynchronously
+    return CountingTransformer.forwards - before
+
+  return Config(name, batch, run, compile_s=secs,
+                count=count_forwards if twin is not None else None)
 
 
 def strategies(args) -> dict[str, tp.Callable]:
@@ -252,6 +278,9 @@ def strategies(args) -> dict[str, tp.Callable]:
       "threshold τ=0.9 (semi-AR)": DiffusionSettings(**semi, threshold=0.9),
       "prefix cache (semi-AR)": DiffusionSettings(**semi, cache=True),
       "cache + threshold τ=0.9 (semi-AR)": DiffusionSettings(**semi, cache=True, threshold=0.9),
+      "dual cache (semi-AR)": DiffusionSettings(**semi, cache=True, dual_cache=True),
+      "dual cache + threshold τ=0.9 (semi-AR)": DiffusionSettings(**semi, cache=True,
+                                                                  dual_cache=True, threshold=0.9),
   }
   out = {name: (lambda m, mel, p, s=s: decode(m, mel, p, settings=s))
          for name, s in diffusion.items()}
@@ -263,37 +292,54 @@ def strategies(args) -> dict[str, tp.Callable]:
 
 
 # --- FLOPs -------------------------------------------------------------------------------------
+def forward_gflop(c: LMConfig, batch: int, tokens: int, logits_tokens: int) -> float:
+  """Matmul FLOPs of one LM forward (2 per multiply-add): projections, attention scores and
+  values, and the head over `logits_tokens`. Counted by hand: XLA's GPU cost analysis misses the
+  batch dimension of some library calls (it reported 5× fewer FLOPs for batch 32 than 32 × batch 1)."""
+  q, kv = c.n_heads * c.dim_per_head, c.n_kv_heads * c.dim_per_head
+  per_layer = c.d_model * (2 * q + 2 * kv) + 3 * c.d_model * c.mlp_hidden
+  attention = 2 * 2 * tokens * tokens * q
+  total = batch * (c.n_layers * (2 * tokens * per_layer + attention)
+                   + 2 * logits_tokens * c.d_model * c.vocab_size)
+  return total / 1e9
+
+
 def step_gflops(model: WhisperLLaDA, prefix: jax.Array, gen_length: int, batch: int):
   """One exact denoising step's forward ([prefix, response] → response logits, as the engine
-  runs it): XLA's FLOP count and a caller."""
+  runs it): its FLOPs and a caller."""
   lm = model.lm
   graphdef, state = nnx.split(lm)
   p = prefix.shape[1]
-  embeds = jnp.concatenate([prefix[:batch], jnp.zeros((batch, gen_length, prefix.shape[2]))], 1)
+  embeds = jnp.concatenate([prefix[:batch],
+                            jnp.zeros((batch, gen_length, prefix.shape[2]), prefix.dtype)], 1)
 
   def forward(st, x):
-    return nnx.merge(graphdef, st)(embeds=x)[:, p:]
+    return nnx.merge(graphdef, st)(embeds=x, logits_from=p)
 
   exe = jax.jit(forward).lower(state, embeds).compile()
-  cost = exe.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return cost["flops"] / 1e9, lambda: jax.block_until_ready(exe(state, embeds))
+  gflop = forward_gflop(lm.config, batch, p + gen_length, gen_length)
+  return gflop, lambda: jax.block_until_ready(exe(state, embeds))
 
 
-def matmul(n: int):
-  a = jnp.ones((n, n), jnp.float32)
+def matmul(n: int, dtype):
+  a = jax.random.normal(jax.random.key(n), (n, n), dtype)
   dot = jax.jit(jnp.dot).lower(a, a).compile()
   return 2 * n ** 3 / 1e9, lambda: jax.block_until_ready(dot(a, a))
 
 
-def flops_report(model: WhisperLLaDA, prefix: jax.Array, gen_length: int, rounds: int = 3) -> str:
-  """Achieved GFLOP/s of one exact denoising step (median) against the CPU's fp32 matmul peak.
+def flops_report(model: WhisperLLaDA, prefix: jax.Array, gen_length: int, batch: int,
+                 rounds: int = 3) -> str:
+  """Achieved GFLOP/s of one exact denoising step (median) against the device's matmul peak in
+  the model's dtype.
 
   The peak is the best of a few square `jnp.dot` sizes and runs: XLA's CPU dot is fastest near
-  512² (cache-resident blocks) and loses about a third by 2048², and noise only ever slows a run.
+  512² (cache-resident blocks) and loses about a third by 2048², and noise only ever slows a run;
+  an accelerator needs large products to fill.
   """
-  steps = {b: step_gflops(model, prefix, gen_length, b) for b in (1, BATCH)}
-  dots = {n: matmul(n) for n in (512, 1024, 2048)}
+  steps = {b: step_gflops(model, prefix, gen_length, b) for b in (1, batch)}
+  cpu = jax.default_backend() == "cpu"
+  dtype = prefix.dtype
+  dots = {n: matmul(n, dtype) for n in ((512, 1024, 2048) if cpu else (2048, 4096, 8192))}
   step_s = {b: [] for b in steps}
   dot_s = {n: [] for n in dots}
   for _ in range(rounds):  # interleaved
@@ -308,9 +354,9 @@ def flops_report(model: WhisperLLaDA, prefix: jax.Array, gen_length: int, rounds
     sec = statistics.median(step_s[b])
     parts.append(f"batch {b}: {gflop:.2f} GFLOP in {sec * 1e3:.0f} ms = {gflop / sec:.0f} GFLOP/s "
                  f"({100 * gflop / sec / rates[best]:.0f} % of peak)")
-  return (f"One exact denoising step ({prefix.shape[1] + gen_length}-token forward; FLOPs from "
-          f"XLA's cost analysis): " + "; ".join(parts) + f". fp32 matmul peak: {rates[best]:.0f} "
-          f"GFLOP/s (jnp.dot {best}²; " +
+  return (f"One exact denoising step ({prefix.shape[1] + gen_length}-token forward, response "
+          f"logits; matmul FLOPs counted by hand): " + "; ".join(parts) + f". {jnp.dtype(dtype).name} matmul "
+          f"peak: {rates[best]:.0f} GFLOP/s (jnp.dot {best}²; " +
           ", ".join(f"{n}²: {r:.0f}" for n, r in rates.items()) + ")")
 
 
@@ -319,31 +365,37 @@ def table(configs: list[Config], torch_cfg: Config, ar: dict[int, Config], args)
   lines = ["| strategy | batch | utt/s | RTF | speed-up vs PyTorch loop | speed-up vs our AR | "
            "tokens/step | compile s |", "|---|---|---|---|---|---|---|---|"]
   for c in configs:
-    tokens_per_step = args.gen_length / statistics.median(c.forwards) if c.forwards[0] else 1.0
+    tokens_per_step = (f"{args.gen_length / statistics.median(c.forwards):.2f}" if c.forwards
+                       else "-")
     lines.append(
         f"| {c.name} | {c.batch} | {c.utt_per_s:.3f} | {1 / (c.utt_per_s * args.seconds):.3f} | "
         f"{c.utt_per_s / torch_cfg.utt_per_s:.2f}× | "
-        f"{c.utt_per_s / ar[c.batch].utt_per_s:.2f}× | {tokens_per_step:.2f} | "
+        f"{c.utt_per_s / ar[c.batch].utt_per_s:.2f}× | {tokens_per_step} | "
         f"{c.compile_s:.1f} |")
   return "\n".join(lines)
 
 
-def goals(configs: list[Config], torch_cfg: Config, ar: dict[int, Config]) -> list[str]:
-  def get(prefix, batch):
-    return next(c for c in configs if c.name.startswith(prefix) and c.batch == batch)
+def goals(configs: list[Config], torch_cfg: Config, ar: dict[int, Config],
+          batch: int) -> list[str]:
+  def best(word, batch):
+    return max((c for c in configs if word in c.name and c.batch == batch),
+               key=lambda c: c.utt_per_s, default=None)
 
   out = []
-  for prefix, target in (("exact diffusion", 5.0), ("cache + threshold", 30.0)):
-    for b in (1, BATCH):
-      x = get(prefix, b).utt_per_s / torch_cfg.utt_per_s
-      out.append(f"- {prefix}, batch {b}: {x:.2f}× the PyTorch loop (goal ≥ {target:g}×): "
+  for word, target in (("exact diffusion", 5.0), ("cache + threshold", 30.0)):
+    for b in (1, batch):
+      c = best(word, b)
+      if c is None:
+        continue
+      x = c.utt_per_s / torch_cfg.utt_per_s
+      out.append(f"- {c.name}, batch {b}: {x:.2f}× the PyTorch loop (goal ≥ {target:g}×): "
                  f"{'achieved' if x >= target else 'NOT achieved'}")
-  for b in (1, BATCH):
-    best = max((c for c in configs if c.batch == b
+  for b in (1, batch):
+    top = max((c for c in configs if c.batch == b
                 and not c.name.startswith(("deliberation", "AR"))),
                key=lambda c: c.utt_per_s)
-    x = best.utt_per_s / ar[b].utt_per_s
-    out.append(f"- standalone diffusion vs AR, batch {b}: best is {best.name} at {x:.2f}× AR "
+    x = top.utt_per_s / ar[b].utt_per_s
+    out.append(f"- standalone diffusion vs AR, batch {b}: best is {top.name} at {x:.2f}× AR "
                f"(goal ≥ 2×): {'achieved' if x >= 2 else 'NOT achieved'}")
   return out
 
@@ -364,10 +416,12 @@ def torch_check(ref, llada: WhisperLLaDA, prefix: jax.Array) -> float:
   import torch
 
   t = prefix.shape[1]
+  x = torch.from_numpy(np.array(prefix[:1].astype(jnp.float32))).to(ref.device, ref.dtype)
   with torch.inference_mode():
-    want = ref(inputs_embeds=torch.from_numpy(np.array(prefix[:1])),
-               attention_mask=torch.zeros(1, 1, t, t)).logits.numpy()
-  return float(np.abs(want - np.asarray(llada.lm(embeds=prefix[:1]))).max())
+    want = ref(inputs_embeds=x, attention_mask=torch.zeros(1, 1, t, t, dtype=ref.dtype,
+                                                           device=ref.device)).logits
+  want = want.float().cpu().numpy()
+  return float(np.abs(want - np.asarray(llada.lm(embeds=prefix[:1]), np.float32)).max())
 
 
 def main(argv=None) -> int:
@@ -378,71 +432,92 @@ def main(argv=None) -> int:
   p.add_argument("--gen-length", type=int, default=64, help="response length = steps")
   p.add_argument("--scale", type=float, default=5.0, help="LM weight scale (peaked logits)")
   p.add_argument("--repeats", type=int, default=3, help="timed rounds at batch 1")
-  p.add_argument("--batch8-repeats", type=int, default=2, help="of which also at batch 8")
+  p.add_argument("--batch-repeats", type=int, default=2, help="of which also at --batch")
+  p.add_argument("--batch", type=int, default=8, help="the batched rows' batch size")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--only", nargs="+", default=None, metavar="WORD",
+                 help="time only the strategies whose name contains one of these words (the "
+                 "exact-diffusion row, the PyTorch loop and AR always run)")
+  p.add_argument("--no-count", action="store_true",
+                 help="skip the separately compiled forward-counting runs (tokens/step: '-')")
   args = p.parse_args(argv)
   import torch
+
+  batch_n = args.batch
+  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
   wall = time.perf_counter()
   llada, llama = build(args, causal=False), build(args, causal=True)
   frames = int(args.seconds * MELS_PER_SECOND) // 2 * 2
-  mel = jax.random.normal(jax.random.key(1), (BATCH, llada.config.whisper.n_mels, frames))
+  mel = jax.random.normal(jax.random.key(1), (batch_n, llada.config.whisper.n_mels, frames))
   # Prompt ids avoid the mask id (the last one).
-  prompt = jax.random.randint(jax.random.key(2), (BATCH, PROMPT_LEN), 0, args.vocab - 1)
+  prompt = jax.random.randint(jax.random.key(2), (batch_n, PROMPT_LEN), 0, args.vocab - 1)
   g = args.gen_length
 
   # Ours, batch 1 and 8. EOS id −1: argmax never returns it, so AR always runs g tokens.
   ar_greedy = lambda m, mel, p: greedy(m, mel, p, max_new_tokens=g, eos_id=-1)
-  ar = {b: jax_config("AR greedy (causal LM, KV cache)", b, ar_greedy, llama, mel, prompt)
-        for b in (1, BATCH)}
-  hyp = ar[BATCH].run(0)  # the first pass that deliberation corrects
+  twins = ({} if args.no_count else
+           {id(m): counting_twin(m) for m in (llada, llama)})
+  ar = {b: jax_config("AR greedy (causal LM, KV cache)", b, ar_greedy, llama, mel, prompt,
+                      twin=twins.get(id(llama))) for b in (1, batch_n)}
+  hyp = ar[batch_n].run(0)  # the first pass that deliberation corrects
   configs = []
-  for batch in (1, BATCH):
-    for name, fn in strategies(args).items():
+  chosen = {n: fn for i, (n, fn) in enumerate(strategies(args).items())
+            if i == 0 or args.only is None or any(w in n for w in args.only)}
+  for batch in (1, batch_n):
+    for name, fn in chosen.items():
       extra = (hyp,) if name.startswith("deliberation") else ()
-      configs.append(jax_config(name, batch, fn, llada, mel, prompt, *extra))
+      configs.append(jax_config(name, batch, fn, llada, mel, prompt, *extra,
+                                twin=twins.get(id(llada))))
     configs.append(ar[batch])
 
   # PyTorch, batch 1, on the same prefix embeddings our engine builds.
-  ref = torch_llama(llada.lm)
+  ref = torch_llama(llada.lm, device)
   prefix = nnx.jit(lambda m, p, x: m.prefix_embeds(p, x))(llada, prompt, mel)
-  prefix_t = torch.from_numpy(np.array(prefix))
+  prefix_t = torch.from_numpy(np.array(prefix.astype(jnp.float32))).to(device=device,
+                                                                       dtype=ref.dtype)
   logit_diff = torch_check(ref, llada, prefix)
   torch_threads, forward_s = tune_torch(ref, prefix_t[:1], g)
   mask_id = llada.config.lm.mask_id
 
   def torch_run(r: int):
     with torch.inference_mode():
-      return torch_transcribe(ref, prefix_t[r % BATCH:r % BATCH + 1], g, g, g, mask_id).numpy()
+      row = r % batch_n
+      return torch_transcribe(ref, prefix_t[row:row + 1], g, g, g, mask_id).cpu().numpy()
 
   torch_cfg = Config("PyTorch loop (exact diffusion; audio embeds precomputed)", 1, torch_run)
   torch_run(0)  # warm-up: first-call allocations, as our compile is apart
 
   for r in range(args.repeats):  # round-robin, so that load changes hit every row alike
     for c in [torch_cfg] + configs:
-      if c.batch == 1 or r < args.batch8_repeats:
+      if c.batch == 1 or r < args.batch_repeats:
         c.time_once(r)
   torch_cfg.forwards = [g]  # not our LM: one forward per step by construction
   exact = configs[0]
   same = int((torch_cfg.first == np.asarray(exact.first)).sum())
 
-  flops = flops_report(llada, prefix, g)
+  flops = flops_report(llada, prefix, g, batch_n)
 
   tokens = prefix.shape[1] + g
   tried = ", ".join(f"{n}: {s * 1e3:.0f} ms" for n, s in forward_s.items())
-  print(f"\n{cpu_name()}, {os.cpu_count()} CPU cores; jax {jax.__version__} (default threads); "
-        f"torch {torch.__version__} with {torch_threads} thread(s), the fastest forward of "
-        f"({tried}); denormals flushed")
+  if device == "cpu":
+    print(f"\n{cpu_name()}, {os.cpu_count()} CPU cores; jax {jax.__version__} (default threads); "
+          f"torch {torch.__version__} with {torch_threads} thread(s), the fastest forward of "
+          f"({tried}); denormals flushed")
+  else:
+    print(f"\n{jax.devices()[0].device_kind}; jax {jax.__version__}; torch {torch.__version__} "
+          f"on {torch.cuda.get_device_name()} (SDPA attention); {args.dtype}")
   print(f"LM: SmolLM2-135M shape cut to {args.layers} layers and vocab {args.vocab}, weights "
         f"×{args.scale:g}; whisper tiny.en-shaped encoder; {args.seconds:g} s audio → "
         f"{PROMPT_LEN} prompt + {prefix.shape[1] - PROMPT_LEN} audio + {g} response = {tokens} "
         f"tokens; gen_length = steps = {g}; EOS rule off; medians of {args.repeats} (batch 1) / "
-        f"{args.batch8_repeats} (batch {BATCH}) interleaved runs")
+        f"{args.batch_repeats} (batch {batch_n}) interleaved runs")
   print(f"PyTorch vs ours: max |logit diff| {logit_diff:.1e}; exact-decode tokens of utterance 0 "
         f"equal on {same}/{g}\n")
   print(table([torch_cfg] + configs, torch_cfg, ar, args))
   print(f"\n{flops}")
   print("\nGoals:")
-  print("\n".join(goals(configs, torch_cfg, ar)))
+  print("\n".join(goals(configs, torch_cfg, ar, batch_n)))
   print(f"\n(total wall time {time.perf_counter() - wall:.0f} s)")
   return 0
 

@@ -53,6 +53,9 @@ class _Base:
     g.add_argument("--threshold", type=float, default=None,
                    help="Fast-dLLM parallel decoding: also commit every token with confidence ≥ τ")
     g.add_argument("--cache", action="store_true", help="Fast-dLLM prefix KV cache per block")
+    g.add_argument("--dual-cache", action="store_true",
+                   help="Fast-dLLM dual cache (implies --cache): each cached step runs the block "
+                   "alone (semi_ar); deliberation's sub-blocks differ per row: prefix cache there")
     g.add_argument("--adaptive-length", action="store_true",
                    help="gen length per batch from its longest utterance, bucketed (32/64/96/128)")
     g.add_argument("--mel-frames", type=int, default=None,
@@ -96,7 +99,8 @@ class _Base:
     self.model = llada_jax.load(checkpoint)
     self.key = jax.random.key(args.seed)
     self.info = {"mel_frames": self.mel_frames, "gen_length": self.gen_length,
-                 "steps": self.steps, "threshold": args.threshold, "cache": bool(args.cache),
+                 "steps": self.steps, "threshold": args.threshold,
+                 "cache": "dual" if args.dual_cache else bool(args.cache),
                  "prompt_tokens": int(self.prompt.shape[1])}
 
   def _mel(self, batch: dict) -> jax.Array:
@@ -144,7 +148,8 @@ class DiffusionStrategy(_Base):
     steps = self.steps if not a.adaptive_length else gen
     settings = decoding.DiffusionSettings(
         gen_length=gen, steps=steps, block_length=block, remasking=a.remasking,
-        temperature=a.temperature, threshold=a.threshold, cache=a.cache)
+        temperature=a.temperature, threshold=a.threshold, cache=a.cache or a.dual_cache,
+        dual_cache=a.dual_cache)
     ids = decoding.decode(self.model, self._mel(batch), self._prompt(batch), settings=settings,
                           key=self._row_keys(batch))
     return self._texts(ids)
@@ -201,7 +206,7 @@ class DeliberationStrategy(_Base):
     settings = decoding.DeliberationSettings(
         strategy=a.deliberation_strategy, masking=a.masking, mask_ratio=a.mask_ratio,
         steps=self.steps, num_chunks=a.num_chunks, remasking=a.remasking,
-        temperature=a.temperature, threshold=a.threshold, cache=a.cache)
+        temperature=a.temperature, threshold=a.threshold, cache=a.cache or a.dual_cache)
     mel = None if a.text_only else self._mel(batch)
     out = np.asarray(decoding.deliberate(
         self.model, mel, self._prompt(batch), jnp.asarray(hyp_ids),

@@ -9,6 +9,7 @@ that differ (prompts, audio, hypothesis lengths), so every comparison is also a 
 check. Models are tiny with weights ×5, so that the logits are peaked and decoding is not trivial.
 """
 
+import dataclasses
 import logging
 
 import jax
@@ -128,13 +129,15 @@ class Forward:
   """The model's forward as a reference loop calls it, over x = [prefix embeds, response tokens].
 
   With `cache` (Fast-dLLM `generate_with_prefix_cache`): a block's first step is a full forward that
-  writes the K/V cache, later steps run x[:, start:] only over the cached prefix.
+  writes the K/V cache, later steps run x[:, start:] only over the cached prefix. With
+  `cache="dual"` (`generate_with_dual_cache`) later steps run x[:, start:end] only, over the cached
+  prefix and the cached (stale) suffix.
   """
 
   def __init__(self, lm, prefix, cache=False):
     self.lm, self.prefix, self.cache, self.kv = lm, prefix, cache, None
 
-  def __call__(self, response, first_in_block=True, start=0):
+  def __call__(self, response, first_in_block=True, start=0, end=None):
     response = jnp.asarray(response, jnp.int32)
     if not self.cache:
       return np.asarray(_lm_full(self.lm, self.prefix, response))
@@ -142,9 +145,10 @@ class Forward:
       logits, self.kv = _lm_fill_cache(self.lm, self.prefix, response)
       return np.asarray(logits)
     p = self.prefix.shape[1]
-    logits = _lm_suffix(self.lm, response[:, start:], self.kv, p + start)
+    stop = end if self.cache == "dual" else response.shape[1]
+    logits = _lm_suffix(self.lm, response[:, start:stop], self.kv, p + start)
     out = np.zeros((response.shape[0], p + response.shape[1], logits.shape[-1]), np.float32)
-    out[:, p + start:] = np.asarray(logits)
+    out[:, p + start:p + stop] = np.asarray(logits)
     return out
 
 
@@ -183,11 +187,11 @@ def ref_generate(lm, prompt, steps, gen_length, block_length, temperature=0., cf
         un_x = x.copy()
         un_x[prompt_index] = mask_id
         x_ = np.concatenate([x, un_x], axis=0)
-        logits = forward(x_, i == 0, start)
+        logits = forward(x_, i == 0, start, end)
         logits, un_logits = logits[:1], logits[1:]
         logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
       else:
-        logits = forward(x, i == 0, start)
+        logits = forward(x, i == 0, start, end)
       g, c = noise(nfe) if noise is not None else (np.full(logits.shape, 0.5), None)
       nfe += 1
 
@@ -247,7 +251,7 @@ def ref_transcribe(model, mel, prompt, steps, gen_length, block_length, eos_id,
         break
       if cache and i > 0:
         mask_index[:, :start] = False
-      logits = forward(x[:, offset:], i == 0, start - offset)
+      logits = forward(x[:, offset:], i == 0, start - offset, end - offset)
       x0 = np.argmax(logits, axis=-1)
       p = softmax64(logits)
       x0_p = np.take_along_axis(p, x0[..., None], -1)[..., 0]
@@ -353,18 +357,43 @@ GENERATE_MODES = {
     "cache_threshold_gumbel": dict(steps=16, gen_length=32, block_length=16, cache=True,
                                    threshold=0.4, temperature=0.5),
 }
+DUAL_MODES = {
+    "dual_cache": dict(steps=16, gen_length=32, block_length=8, cache="dual"),
+    "dual_cache_threshold_cfg": dict(steps=16, gen_length=32, block_length=16, cache="dual",
+                                     threshold=0.4, cfg_scale=1.0),
+}
+
+
+def engine_kw(kw):
+  """A reference mode's keywords as the engine takes them (cache="dual" → dual_cache=True)."""
+  return {**kw, "cache": bool(kw.get("cache")), "dual_cache": kw.get("cache") == "dual"}
 
 
 @pytest.mark.parametrize("mode", list(GENERATE_MODES))
 def test_generate_matches_llada_reference(lm, mode):
   kw = GENERATE_MODES[mode]
   prompts = np.asarray(jax.random.randint(jax.random.key(3), (2, 6), 0, 126))
-  out = np.asarray(generate(lm, prompts, mask_id=MASK, key=KEYS[:2], **kw))
+  out = np.asarray(generate(lm, prompts, mask_id=MASK, key=KEYS[:2], **engine_kw(kw)))
   assert out.shape == (2, 6 + kw["gen_length"]) and out.dtype == np.int32
   # (with CFG the tiny model proposes the mask token itself: left-over masks are compared too)
   for row in range(2):
     noise = Noise(KEYS[row], 6, kw["gen_length"], 128)
     want = ref_generate(lm, prompts[row:row + 1], noise=noise, **kw)
+    np.testing.assert_array_equal(out[row:row + 1], want, err_msg=f"{mode}, row {row}")
+
+
+@pytest.mark.parametrize("mode", list(DUAL_MODES))
+def test_dual_cache_matches_reference_and_differs_from_prefix_cache(mode):
+  """Fast-dLLM dual cache: token-exact vs the reference; the stale suffix K/V it reads must
+  change some tokens against the prefix cache (else this test could not tell them apart)."""
+  lm = scaled(Transformer(LMConfig.tiny_test(), rngs=nnx.Rngs(1)), 3.0)  # varied outputs
+  kw = DUAL_MODES[mode]
+  prompts = np.asarray(jax.random.randint(jax.random.key(3), (2, 6), 0, 126))
+  out = np.asarray(generate(lm, prompts, mask_id=MASK, **engine_kw(kw)))
+  prefix_only = np.asarray(generate(lm, prompts, mask_id=MASK, **{**kw, "cache": True}))
+  assert (out != prefix_only).any()
+  for row in range(2):
+    want = ref_generate(lm, prompts[row:row + 1], **kw)
     np.testing.assert_array_equal(out[row:row + 1], want, err_msg=f"{mode}, row {row}")
 
 
@@ -399,7 +428,8 @@ def check_decode(model, audio, settings, eos_id):
   for row in range(4):
     want = ref_transcribe(model, mel[row:row + 1], np.asarray(prompt[row:row + 1]),
                           settings.steps, settings.gen_length, settings.block_length, eos_id=eos_id,
-                          cache=settings.cache, threshold=settings.threshold)
+                          cache="dual" if settings.dual_cache else settings.cache,
+                          threshold=settings.threshold)
     np.testing.assert_array_equal(out[row:row + 1], want, err_msg=f"{settings}, row {row}")
   return out
 
@@ -413,8 +443,10 @@ def test_decode_diffusion_matches_transcribe_reference(llada, audio):
                llada.config.lm.eos_id)
 
 
-def test_decode_cache_and_threshold_match_reference(llada, audio):
-  check_decode(llada, audio, DECODE_CACHED, llada.config.lm.eos_id)
+@pytest.mark.parametrize("dual", [False, True], ids=["prefix", "dual"])
+def test_decode_cache_and_threshold_match_reference(llada, audio, dual):
+  settings = dataclasses.replace(DECODE_CACHED, dual_cache=dual)
+  check_decode(llada, audio, settings, llada.config.lm.eos_id)
 
 
 def test_eos_rule(llada, audio):
@@ -578,6 +610,8 @@ def test_settings_are_validated():
     DiffusionSettings(gen_length=32, block_length=8, steps=10)
   with pytest.raises(ValueError, match="remasking"):
     DiffusionSettings(remasking="top_k")
+  with pytest.raises(ValueError, match="set cache=True too"):
+    DiffusionSettings(dual_cache=True)
   with pytest.raises(ValueError, match="steps 2 ≥ num_chunks 4"):
     DeliberationSettings(steps=2)
   with pytest.raises(ValueError, match="strategy"):

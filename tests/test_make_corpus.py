@@ -119,6 +119,18 @@ def test_sentence_filter():
   assert all(3 <= len(t.split()) <= 25 for _, t in pairs)
 
 
+def test_closed_vocabulary(tmp_path):
+  """--vocab-size keeps the sentences made only of the N most frequent words (ties: alphabetical)."""
+  (tmp_path / "t.txt").write_text("The cat sat. The cat ran far. A dog sat down. The dog ran.\n")
+  everything = [t for _, t in mc.sentences_from([str(tmp_path / "t.txt")])]
+  # counts: THE 3, CAT 2, DOG 2, RAN 2, SAT 2, then A, DOWN, FAR once each
+  kept = [t for _, t in mc.sentences_from([str(tmp_path / "t.txt")], vocab_size=5)]
+  assert everything == ["THE CAT SAT", "THE CAT RAN FAR", "A DOG SAT DOWN", "THE DOG RAN"]
+  assert kept == ["THE CAT SAT", "THE DOG RAN"]
+  assert "--vocab-size must be >= 1" in _run("--out", tmp_path / "c", "--vocab-size", 0,
+                                             check=False).stderr
+
+
 def test_cli_errors(tmp_path, corpus):
   out, _, _ = corpus
   assert "exists" in _run("--out", out, "--num-train", 1, check=False).stderr

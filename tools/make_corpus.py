@@ -16,6 +16,7 @@ one espeak voice + variant), as LibriSpeech's do; speed varies per utterance.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import glob
 import json
@@ -97,8 +98,14 @@ def transcript(sentence: str, max_words: int = 25) -> str | None:
   return " ".join(words).upper()
 
 
-def sentences_from(files: list[str], max_words: int = 25) -> list[tuple[str, str]]:
-  """(sentence to speak, transcript) pairs, deduplicated by transcript, in file order."""
+def sentences_from(files: list[str], max_words: int = 25,
+                   vocab_size: int | None = None) -> list[tuple[str, str]]:
+  """(sentence to speak, transcript) pairs, deduplicated by transcript, in file order.
+
+  With `vocab_size`, only sentences whose every word is among the `vocab_size` most frequent words
+  of all usable sentences: a closed-vocabulary task (as WSJ's 5k), where every test word is seen in
+  training many times, so a small model trained for minutes can learn each word's sound.
+  """
   seen, out = set(), []
   for path in files:
     for para in read_paragraphs(path):
@@ -108,6 +115,11 @@ def sentences_from(files: list[str], max_words: int = 25) -> list[tuple[str, str
         if text and text not in seen:
           seen.add(text)
           out.append((sent, text))
+  if vocab_size:
+    counts = collections.Counter(w for _, text in out for w in text.split())
+    # ties broken alphabetically: the vocabulary depends only on the text
+    vocab = {w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:vocab_size]}
+    out = [(s, t) for s, t in out if all(w in vocab for w in t.split())]
   return out
 
 
@@ -183,11 +195,11 @@ def plan(pairs: list[tuple[str, str]], counts: dict[str, int], seed: int, noise_
 
 def build(text_files: list[str], text_source: str, out: str, counts: dict[str, int], seed: int,
           noise_snr: float | None = None, jobs: int | None = None, overwrite: bool = False,
-          max_words: int = 25) -> dict:
+          max_words: int = 25, vocab_size: int | None = None) -> dict:
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     sys.exit(f"make_corpus: {out} exists; pass --overwrite to replace it")
-  pairs = sentences_from(text_files, max_words)
+  pairs = sentences_from(text_files, max_words, vocab_size)
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
   # Build beside the target and rename: an interrupted run never leaves a half corpus at OUT.
@@ -210,7 +222,8 @@ def build(text_files: list[str], text_source: str, out: str, counts: dict[str, i
         f.writelines(f"{j['id']} {j['text']}\n" for j in sorted(items, key=lambda j: j["id"]))
     manifest = {
         "text_source": text_source, "text_files": len(text_files), "usable_sentences": len(pairs),
-        "seed": seed, "noise_snr_db": noise_snr, "sample_rate": SAMPLE_RATE,
+        "vocab_size": vocab_size, "seed": seed, "noise_snr_db": noise_snr,
+        "sample_rate": SAMPLE_RATE,
         "counts": {s: counts[s] for s in SPLITS},
         "hours": {s: round(sum(samples[j["id"]] for j in plan_ if j["split"] == s)
                            / SAMPLE_RATE / 3600, 4) for s in SPLITS},
@@ -246,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
   ap.add_argument("--max-words", type=int, default=25,
                   help="longest sentence kept (3..N words); bounds utterance length")
+  ap.add_argument("--vocab-size", type=int, default=None,
+                  help="closed vocabulary: keep sentences made only of the N most frequent words")
   args = ap.parse_args(argv)
+  if args.vocab_size is not None and args.vocab_size < 1:
+    ap.error("--vocab-size must be >= 1")
   for name in ("num_train", "num_dev", "num_test"):
     if getattr(args, name) < 0:
       ap.error(f"--{name.replace('_', '-')} must be >= 0")
@@ -261,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     files, source = default_text_files()
   counts = {"train-clean": args.num_train, "dev-clean": args.num_dev, "test-clean": args.num_test}
   manifest = build(files, source, args.out, counts, args.seed, args.noise_snr, args.jobs,
-                   args.overwrite, args.max_words)
+                   args.overwrite, args.max_words, args.vocab_size)
   print(json.dumps({k: manifest[k] for k in ("text_source", "usable_sentences", "counts", "hours",
                                              "synthesis_seconds")}))
   return 0

@@ -10,7 +10,8 @@ masked response tokens. The rules follow the published code exactly:
 - Diffusion-ASR `models/WhisperLLaDA.py::transcribe`: once an EOS is committed at position j,
   positions j.. are all EOS; a row with no mask left is done.
 - Diffusion-ASR `transcribe_correction` (deliberation): see `deliberate`.
-- Fast-dLLM (options, off by default): confidence-threshold commits and a prefix KV cache.
+- Fast-dLLM (options, off by default): confidence-threshold commits, a prefix KV cache and the dual
+  cache (the masked suffix's K/V cached too, so a cached step runs the current block alone).
 
 Blocks advance in lockstep over the batch (a row that finished its block waits, committing
 nothing), because a prefix cache is shared by the batch. Waiting never changes a row's tokens, and
@@ -64,10 +65,12 @@ class DiffusionSettings:
   eos_rule: bool = True  # Diffusion-ASR: everything after a committed EOS becomes EOS
   threshold: float | None = None  # Fast-dLLM parallel decoding (not in the paper)
   cache: bool = False  # Fast-dLLM prefix KV cache, refreshed per block (not in the paper)
+  dual_cache: bool = False  # Fast-dLLM dual cache: the suffix after the block is cached too
 
   def __post_init__(self):
     _check_common("DiffusionSettings", self.remasking, self.temperature, self.threshold)
     _check_blocks("DiffusionSettings", self.steps, self.gen_length, self.block_length)
+    _check_dual("DiffusionSettings", self.cache, self.dual_cache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +103,11 @@ class DeliberationSettings:
       # Diffusion-ASR would divide by steps // num_chunks = 0.
       raise ValueError(f"DeliberationSettings: semi_ar needs steps {self.steps} ≥ num_chunks "
                        f"{self.num_chunks}")
+
+
+def _check_dual(owner: str, cache: bool, dual_cache: bool) -> None:
+  if dual_cache and not cache:
+    raise ValueError(f"{owner}: dual_cache=True extends the prefix cache; set cache=True too")
 
 
 def _check_blocks(owner: str, steps: int, gen_length: int, block_length: int) -> None:
@@ -152,11 +160,22 @@ class _Plan:
   mask_id: int
   eos_id: int | None = None
   cfg_scale: float = 0.0
+  dual_cache: bool = False  # "blocks" layout: a cached step runs [block start, end) alone
 
   @property
   def max_offset(self) -> int:
     """Furthest cache window start after the prefix: the last block's (blocks layout only)."""
     return (self.num_blocks - 1) * self.block_length if self.layout == "blocks" else 0
+
+  @property
+  def window(self) -> int | None:
+    """Width of a cached step's window: the block (dual cache) or None (block start → end)."""
+    return self.block_length if self.dual_cache and self.layout == "blocks" else None
+
+  @property
+  def cache_pad(self) -> int:
+    """Cache slots past the response: an R-wide window starting at the last block needs them."""
+    return 0 if self.window else self.max_offset
 
 
 @flax.struct.dataclass
@@ -352,6 +371,7 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
   both = (lambda x: jnp.concatenate([x, x], 0)) if cfg else (lambda x: x)
   prefix_mask = jnp.ones(prefix.shape[:2], bool)
   max_off = plan.max_offset
+  cache_len = p + r + plan.cache_pad
 
   def pick(logits, positions, st):
     """Logits [B(·2), T, V] at response `positions` [T] → proposals and confidences [B, T]."""
@@ -381,9 +401,23 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
       return *pick(logits, jnp.arange(r), st), None
 
     def refresh(st):  # Fast-dLLM: a block's first step is a full forward that (re)writes the cache
-      fresh = init_cache(lm.config, prefix.shape[0], p + r + max_off)
+      fresh = init_cache(lm.config, prefix.shape[0], cache_len)
       logits, cache = full_forward(st, fresh)
       return *pick(logits, jnp.arange(r), st), cache
+
+    def block_only(st):
+      # Dual cache: the block alone runs; prefix, earlier blocks and the still-masked suffix are
+      # read from the K/V written by the block's first step (the suffix's are stale, as Fast-dLLM).
+      w = plan.window
+      off = jnp.minimum(st.block, plan.num_blocks - 1) * w
+      window = jax.lax.dynamic_slice_in_dim(st.tokens, off, w, axis=1)
+      window_valid = jax.lax.dynamic_slice_in_dim(valid, off, w, axis=1)
+      logits, _ = lm(embeds=lm.embed(both(window)), key_mask=both(window_valid), cache=st.cache,
+                     cache_index=p + off, update_cache=False)
+      x0, conf = pick(logits, off + jnp.arange(w), st)
+      # back to response coordinates; positions outside the block are not candidates
+      back = lambda x: jax.lax.dynamic_update_slice_in_dim(jnp.zeros((b, r), x.dtype), x, off, 1)
+      return back(x0), back(conf), st.cache
 
     def suffix(st):
       # Only [block start, end) runs, over the cached prefix. The window is R wide for every block
@@ -400,7 +434,7 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
           jnp.concatenate([jnp.zeros((b, max_off), x.dtype), x], 1), max_off - off, r, axis=1)
       return back(x0), back(conf), st.cache
 
-    return jax.lax.cond(st.step == 0, refresh, suffix, st)
+    return jax.lax.cond(st.step == 0, refresh, block_only if plan.window else suffix, st)
 
   def body(st: _State) -> _State:
     x0, conf, cache = propose(st)
@@ -424,7 +458,7 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
   tokens, base, rem, limit = _enter(plan, tokens, jnp.int32(0), length, valid)
   cache = None
   if plan.cache:
-    cache = init_cache(lm.config, prefix.shape[0], p + r + max_off)
+    cache = init_cache(lm.config, prefix.shape[0], cache_len)
   st = _State(tokens=tokens, block=jnp.int32(0), step=jnp.int32(0), base=base, rem=rem,
               limit=limit, count=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
               anchor=anchor, keys=keys, cache=cache)
@@ -457,19 +491,22 @@ def _generate(graphdef, state, prompt_ids, keys, plan: _Plan, gen_length: int):
 def generate(model: Transformer, prompt_ids: jax.Array, *, steps: int = 128, gen_length: int = 128,
              block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
              remasking: str = "low_confidence", mask_id: int = 126336, key=None,
-             threshold: float | None = None, cache: bool = False) -> jax.Array:
+             threshold: float | None = None, cache: bool = False,
+             dual_cache: bool = False) -> jax.Array:
   """LLaDA's reference `generate`, batched: prompt_ids [B, P] → int32 [B, P + gen_length].
 
   `key`: one PRNG key or [B] row keys (needed for temperature > 0 or random remasking).
-  `threshold` / `cache`: Fast-dLLM options, off by default.
+  `threshold` / `cache` / `dual_cache`: Fast-dLLM options, off by default.
   """
   check_array("prompt_ids", prompt_ids, ndim=2, dtypes=("integer",))
   _check_common("generate", remasking, temperature, threshold)
   _check_blocks("generate", steps, gen_length, block_length)
+  _check_dual("generate", cache, dual_cache)
   num_blocks = gen_length // block_length
   plan = _Plan(layout="blocks", num_blocks=num_blocks, block_length=block_length,
                steps=steps // num_blocks, remasking=remasking, temperature=float(temperature),
-               threshold=threshold, cache=cache, mask_id=mask_id, cfg_scale=float(cfg_scale))
+               threshold=threshold, cache=cache, mask_id=mask_id, cfg_scale=float(cfg_scale),
+               dual_cache=dual_cache)
   _needs_key(plan, key, "generate")
   prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
   graphdef, state = nnx.split(model)
@@ -504,7 +541,7 @@ def decode(model, mel: jax.Array, prompt_ids: jax.Array, *,
   plan = _Plan(layout="blocks", num_blocks=num_blocks, block_length=s.block_length,
                steps=s.steps // num_blocks, remasking=s.remasking, temperature=float(s.temperature),
                threshold=s.threshold, cache=s.cache, mask_id=lm_cfg.mask_id,
-               eos_id=lm_cfg.eos_id if s.eos_rule else None)
+               eos_id=lm_cfg.eos_id if s.eos_rule else None, dual_cache=s.dual_cache)
   _needs_key(plan, key, "decode")
   prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
   graphdef, state = nnx.split(model)
