@@ -27,7 +27,7 @@ from llada_jax.train import config as config_lib
 from llada_jax.train import loop
 from llada_jax.train.checkpoints import Checkpoints
 from llada_jax.train.state import create_model
-from llada_jax.train.step import Trainer, trainable_filter
+from llada_jax.train.step import Trainer, make_optimizer, trainable_filter
 from llada_jax.whisper_llada import WhisperLLaDA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,6 +234,25 @@ def test_full_finetune_trains_everything_but_the_encoder():
     assert all("lora" in p for p in lm) != full
     assert any(p[:2] == ("lm", "embed_tokens") for p in paths) == full
 
+
+def test_projector_lr_scale_scales_only_the_projector_updates():
+  """Adam's first update is ±lr per weight: the Q-Former's must be `scale` × the LM's."""
+  model = WhisperLLaDA(config_lib.tiny().resolved_model(), rngs=nnx.Rngs(0))
+  _, params, _ = nnx.split(model, trainable_filter(config_lib.tiny()), ...)
+  params = nnx.to_pure_dict(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  steps = {}
+  for scale in (1.0, 8.0):
+    o = config_lib.OptimizerConfig(peak_lr=1e-3, warmup_steps=0, weight_decay=0.0, grad_clip=0.0,
+                                   projector_lr_scale=scale)
+    tx, _ = make_optimizer(config_lib.tiny(optimizer=o))
+    updates, _ = tx.update(grads, tx.init(params), params)
+    steps[scale] = {k: float(jnp.abs(jax.tree.leaves(updates[k])[0]).max()) for k in updates}
+  np.testing.assert_allclose(steps[1.0]["projector"], 1e-3, rtol=1e-4)
+  np.testing.assert_allclose(steps[8.0]["projector"], 8e-3, rtol=1e-4)
+  np.testing.assert_allclose(steps[8.0]["lm"], steps[1.0]["lm"], rtol=1e-6)
+  with pytest.raises(ConfigError, match="projector_lr_scale"):
+    config_lib.OptimizerConfig(projector_lr_scale=-1.0)
 
 # ---------------------------------------------------------------------------------------------
 # The loop: train.py, exact resume, NaN policy, SIGKILL during a save.

@@ -41,9 +41,13 @@ class OptimizerConfig:
   eps: float = 1e-8
   weight_decay: float = 0.05  # never on 1-D tensors (biases, norms)
   grad_clip: float = 1.0  # global-norm clip; 0 turns it off
+  # The fresh Q-Former + projection learns at `projector_lr_scale` × the schedule (the pretrained
+  # LM's weights at 1×): a new module needs a larger step than weights it should not forget.
+  projector_lr_scale: float = 1.0
 
   def __post_init__(self):
-    for name in ("peak_lr", "init_lr", "end_lr", "eps", "weight_decay", "grad_clip"):
+    for name in ("peak_lr", "init_lr", "end_lr", "eps", "weight_decay", "grad_clip",
+                 "projector_lr_scale"):
       if getattr(self, name) < 0:
         raise ConfigError(f"optimizer.{name}={getattr(self, name)}: must be >= 0")
     if self.warmup_steps < 0:
