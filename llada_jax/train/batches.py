@@ -67,7 +67,8 @@ class BatchMaker:
 def cache_fingerprint(cfg: TrainConfig) -> str:
   """What the encoder output depends on: its config, weights source, frames and precision."""
   key = {"whisper": dataclasses.asdict(cfg.resolved_model().whisper),
-         "weights": cfg.init_model or cfg.init_whisper or f"random-seed-{cfg.seed}",
+         # init_whisper is loaded after init_model, so its encoder is the one that runs
+         "weights": cfg.init_whisper or cfg.init_model or f"random-seed-{cfg.seed}",
          "mel_frames": cfg.data.mel_frames}
   return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
