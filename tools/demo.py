@@ -55,8 +55,8 @@ class DemoConfig:
   vocab_size: int | None = 1000  # closed vocabulary: every test word is heard in training
   mel_frames: int = 600  # 6 s of audio → 300 encoder frames → 18 windows × 4 queries
   response_len: int = 24
-  steps: int = 650  # Whisper-LLaMA
-  llada_steps: int = 350
+  steps: int = 750  # Whisper-LLaMA
+  llada_steps: int = 400
   # The LLaDA starts from the trained Whisper-LLaMA (its Q-Former and LM, made bidirectional):
   # the AR→diffusion adaptation of Dream / DiffuLLaMA, with the audio alignment learned once.
   llada_from_ar: bool = True
