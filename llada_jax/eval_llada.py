@@ -98,9 +98,10 @@ class _Base:
     self.max_seconds = self.mel_frames / 100.0
     self.model = llada_jax.load(checkpoint)
     self.key = jax.random.key(args.seed)
+    self.cache = bool(args.cache or args.dual_cache)  # the dual cache extends the prefix cache
     self.info = {"mel_frames": self.mel_frames, "gen_length": self.gen_length,
                  "steps": self.steps, "threshold": args.threshold,
-                 "cache": "dual" if args.dual_cache else bool(args.cache),
+                 "cache": "dual" if args.dual_cache else self.cache,
                  "prompt_tokens": int(self.prompt.shape[1])}
 
   def _mel(self, batch: dict) -> jax.Array:
@@ -148,7 +149,7 @@ class DiffusionStrategy(_Base):
     steps = self.steps if not a.adaptive_length else gen
     settings = decoding.DiffusionSettings(
         gen_length=gen, steps=steps, block_length=block, remasking=a.remasking,
-        temperature=a.temperature, threshold=a.threshold, cache=a.cache or a.dual_cache,
+        temperature=a.temperature, threshold=a.threshold, cache=self.cache,
         dual_cache=a.dual_cache)
     ids = decoding.decode(self.model, self._mel(batch), self._prompt(batch), settings=settings,
                           key=self._row_keys(batch))
@@ -196,8 +197,7 @@ class DeliberationStrategy(_Base):
         if batch["valid"][i]:
           missing[i] = UtteranceError(f"{utt}: no first-pass hypothesis in {a.first_pass}")
         hyp = ""
-      ids = self.tokenizer(text.normalize(hyp), add_special_tokens=False)["input_ids"]
-      rows.append(ids[: self.gen_length])
+      rows.append(text.hypothesis_ids(self.tokenizer, hyp, self.gen_length))
       lengths.append(len(rows[-1]))
     width = self.gen_length
     hyp_ids = np.full((len(rows), width), eos, np.int32)
@@ -206,7 +206,7 @@ class DeliberationStrategy(_Base):
     settings = decoding.DeliberationSettings(
         strategy=a.deliberation_strategy, masking=a.masking, mask_ratio=a.mask_ratio,
         steps=self.steps, num_chunks=a.num_chunks, remasking=a.remasking,
-        temperature=a.temperature, threshold=a.threshold, cache=a.cache or a.dual_cache)
+        temperature=a.temperature, threshold=a.threshold, cache=self.cache)
     mel = None if a.text_only else self._mel(batch)
     out = np.asarray(decoding.deliberate(
         self.model, mel, self._prompt(batch), jnp.asarray(hyp_ids),

@@ -49,6 +49,11 @@ def normalize(text: str) -> str:
   return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
+def hypothesis_ids(tokenizer, hyp: str, length: int) -> list[int]:
+  """A first-pass hypothesis as deliberation reads it: `normalize`d, at most `length` tokens."""
+  return tokenizer(normalize(hyp), add_special_tokens=False)["input_ids"][:length]
+
+
 def encode_response(tokenizer, text: str, length: int, eos_id: int) -> tuple[np.ndarray, int]:
   """Token ids of `normalize(text)` + EOS, padded with EOS to `length` (Diffusion-ASR trains the
   padding EOS too). Returns (ids [length], number of real tokens incl. the first EOS)."""

@@ -324,8 +324,8 @@ def cut_first_pass(out: Path, tokenizer_dir: Path, gen_length: int, results: dic
   for line in (out / "eval" / "whisper" / "hyps.jsonl").read_text().splitlines():
     row = json.loads(line)
     if "hyp" in row:
-      ids = tokenizer(text.normalize(row["hyp"]), add_special_tokens=False)["input_ids"]
-      row = {"id": row["id"], "ref": row["ref"], "hyp": tokenizer.decode(ids[:gen_length])}
+      ids = text.hypothesis_ids(tokenizer, row["hyp"], gen_length)
+      row = {"id": row["id"], "ref": row["ref"], "hyp": tokenizer.decode(ids)}
     rows.append(json.dumps(row))
   (folder / "hyps.jsonl").write_text("\n".join(rows) + "\n")
   results["whisper_cut"] = {**results["whisper"], "gen_length": gen_length}
