@@ -8,8 +8,9 @@ back to a transformers folder), same utterances (an espeak-ng corpus made with t
 unless --data is given), same process. Every system runs greedy decoding with Whisper's token
 suppression from [<|startoftranscript|>, <|notimestamps|>]:
 
-  JAX bucketed   eval.py's `whisper` strategy (length buckets, shorter encoder input)
-  JAX 30 s       the same with --full-30s (Whisper's 30 s input, as transformers)
+  JAX bucketed   eval.py's `whisper` strategy with --bucketed (length buckets, shorter encoder
+                 input)
+  JAX 30 s       the same without it (Whisper's 30 s input, as transformers)
   PyTorch loop   transformers WhisperForConditionalGeneration: encoder once, then a KV-cached greedy
                  loop of forward calls (the lean way to drive it)
   PyTorch generate   transformers' own `generate` (greedy, num_beams=1)
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from llada_jax import evaluation, text  # noqa: E402
 from llada_jax.audio import load_audio  # noqa: E402
 from llada_jax.data import librispeech  # noqa: E402
+from llada_jax.testing.torch_whisper import TorchWhisper  # noqa: E402
 
 
 def tiny_en_source() -> Path:
@@ -75,7 +77,7 @@ def prepare(args) -> tuple[Path, Path, Path]:
 def run_jax(ckpt: Path, data: Path, out: Path, batch: int, limit: int, full_30s: bool) -> dict:
   argv = ["--quiet", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out),
           "--strategy", "whisper", "--batch-size", str(batch), "--limit", str(limit)]
-  summary = evaluation.run(evaluation.parse_args(argv + (["--full-30s"] if full_30s else [])))
+  summary = evaluation.run(evaluation.parse_args(argv + ([] if full_30s else ["--bucketed"])))
   if summary["num_errors"]:
     raise RuntimeError(f"{summary['num_errors']} error records in {out}")
   hyps = [line for line in (out / "hyps.jsonl").read_text().splitlines()]
@@ -85,72 +87,6 @@ def run_jax(ckpt: Path, data: Path, out: Path, batch: int, limit: int, full_30s:
           "utts": summary["num_utts"], "wer": summary["wer"],
           "compile": summary["compile_seconds"],
           "hyps": {r["id"]: r["hyp"] for r in map(json.loads, hyps)}}
-
-
-class TorchWhisper:
-  """transformers' Whisper, greedy with a KV cache and Whisper's suppression, 30 s features."""
-
-  def __init__(self, ckpt: Path, torch_dir: Path):
-    import json
-
-    import transformers
-    from tokenizers import Tokenizer
-
-    self.model = transformers.WhisperForConditionalGeneration.from_pretrained(torch_dir).eval()
-    self.fe = transformers.WhisperFeatureExtractor(feature_size=self.model.config.num_mel_bins)
-    self.tokenizer = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
-    cfg = json.loads((ckpt / "source.json").read_text()).get("config", {})
-    self.suppress = list(cfg.get("suppress_tokens") or [])
-    self.begin = list(cfg.get("begin_suppress_tokens") or [])
-    self.prompt = [self.tokenizer.token_to_id(t) for t in ("<|startoftranscript|>",
-                                                            "<|notimestamps|>")]
-    self.eos = self.tokenizer.token_to_id("<|endoftext|>")
-
-  def _text(self, rows) -> list[str]:
-    out = []
-    for row in np.asarray(rows):
-      n = int(np.argmax(row == self.eos)) if (row == self.eos).any() else row.shape[0]
-      out.append(self.tokenizer.decode([int(t) for t in row[:n]], skip_special_tokens=True).strip())
-    return out
-
-  def loop(self, audios: list[np.ndarray], max_new: int = 224) -> list[str]:
-    import torch
-
-    feats = self.fe(audios, sampling_rate=16000, return_tensors="pt").input_features
-    with torch.inference_mode():
-      enc = self.model.model.encoder(feats).last_hidden_state
-      ids = torch.tensor([self.prompt] * len(audios))
-      out = self.model(encoder_outputs=(enc,), decoder_input_ids=ids, use_cache=True)
-      done = torch.zeros(len(audios), dtype=torch.bool)
-      steps = []
-      for step in range(max_new):
-        logits = out.logits[:, -1].clone()
-        logits[:, self.suppress] = -float("inf")
-        if step == 0:
-          logits[:, self.begin] = -float("inf")
-        nxt = torch.where(done, self.eos, logits.argmax(-1))
-        steps.append(nxt)
-        done |= nxt == self.eos
-        if done.all():
-          break
-        out = self.model(encoder_outputs=(enc,), decoder_input_ids=nxt[:, None], cache=out.cache,
-                         use_cache=True)
-    return self._text(torch.stack(steps, 1).numpy())
-
-  def generate(self, audios: list[np.ndarray], max_new: int = 224) -> list[str]:
-    import torch
-
-    feats = self.fe(audios, sampling_rate=16000, return_tensors="pt").input_features
-    with torch.inference_mode():
-      prompt = torch.tensor([self.prompt] * len(audios))
-      tokens = self.model.generate(feats, decoder_input_ids=prompt, max_new_tokens=max_new,
-                                   do_sample=False, num_beams=1, suppress_tokens=self.suppress,
-                                   begin_suppress_tokens=self.begin)
-    tokens = tokens.numpy()
-    # Depending on the version, generate returns the prompt too: keep the new tokens only.
-    if tokens.shape[1] >= 2 and (tokens[:, :2] == np.asarray(self.prompt)).all():
-      tokens = tokens[:, 2:]
-    return self._text(tokens)
 
 
 def run_torch(fn, utts: list, audios: list[np.ndarray], batch: int) -> dict:
@@ -189,8 +125,8 @@ def main(argv=None) -> int:
       systems["PyTorch loop (30 s)"] = lambda b=batch: run_torch(ref.loop, utts, audios, b)
     if args.torch in ("generate", "both"):
       systems["PyTorch generate (30 s)"] = lambda b=batch: run_torch(ref.generate, utts, audios, b)
-    systems["JAX (30 s, --full-30s)"] = lambda b=batch: run_jax(ckpt, data, work / f"jax30-b{b}",
-                                                                b, len(utts), True)
+    systems["JAX (30 s)"] = lambda b=batch: run_jax(ckpt, data, work / f"jax30-b{b}", b,
+                                                    len(utts), True)
     systems["JAX (bucketed)"] = lambda b=batch: run_jax(ckpt, data, work / f"jaxb-b{b}", b,
                                                         len(utts), False)
     results: dict[str, dict] = {}

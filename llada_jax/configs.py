@@ -249,6 +249,9 @@ class WhisperLLaDAConfig:
   qformer: QFormerConfig
   lm: LMConfig
   prompt: str = "Transcribe the audio:"
+  # None: the chat template's own default. LLaDA's template has none; SmolLM2's inserts a 20-token
+  # one ("You are a helpful AI assistant named SmolLM…"), which "" replaces by an empty system turn.
+  system_prompt: str | None = None
 
   def __post_init__(self):
     if self.qformer.encoder_width != self.whisper.d_model:

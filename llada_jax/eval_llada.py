@@ -88,7 +88,8 @@ class _Base:
     info = ckpt.read_source_info(checkpoint)
     self.config = config
     self.tokenizer = text.load_tokenizer(checkpoint)
-    self.prompt = np.asarray([text.prompt_ids(self.tokenizer, config.prompt)], np.int32)
+    self.prompt = np.asarray(
+        [text.prompt_ids(self.tokenizer, config.prompt, config.system_prompt)], np.int32)
     self.mel_frames = int(args.mel_frames or info.get("mel_frames", config.whisper.max_mel_frames))
     self.gen_length = int(args.gen_length or info.get("response_len", 128))
     self.steps = int(args.steps or self.gen_length)

@@ -30,14 +30,19 @@ def load_tokenizer(path: str | Path):
   return AutoTokenizer.from_pretrained(str(path))
 
 
-def prompt_ids(tokenizer, text: str = PROMPT) -> list[int]:
-  """Chat-templated user turn + assistant header, as Diffusion-ASR builds it."""
+def prompt_ids(tokenizer, text: str = PROMPT, system: str | None = None) -> list[int]:
+  """Chat-templated user turn + assistant header, as Diffusion-ASR builds it; with `system`, a
+  system turn first (else the template's default, if it has one)."""
   if getattr(tokenizer, "chat_template", None):
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                        add_generation_prompt=True, tokenize=True)
+    turns = [{"role": "user", "content": text}]
+    if system is not None:
+      turns.insert(0, {"role": "system", "content": system})
+    ids = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
       ids = ids["input_ids"]
     return [int(i) for i in ids]
+  if system:
+    text = f"{system}\n{text}"
   return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 

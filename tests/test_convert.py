@@ -309,6 +309,16 @@ def test_real_smollm2_on_english_paragraph(tmp_path):
   metrics = verify.verify_lm(source, table, tmp_path / "jx", tokens=tokens)
   assert metrics["top1_agreement"] == 1.0 and metrics["max_abs_diff"] <= 1e-3, metrics
 
+  # The chat prompt through SmolLM2's own template: its default system turn, or the one given.
+  from llada_jax.text import prompt_ids
+
+  tok = load_tokenizer(tmp_path / "jx")
+  default, empty = prompt_ids(tok), prompt_ids(tok, system="")
+  assert "You are a helpful AI assistant named SmolLM" in tok.decode(default)
+  assert tok.decode(empty) == ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nTranscribe the "
+                               "audio:<|im_end|>\n<|im_start|>assistant\n")
+  assert default[-len(empty) + 4:] == empty[4:] and len(empty) < len(default)
+
 
 def test_load_onto_a_mesh_restores_sharded(tmp_path):
   from llada_jax import sharding

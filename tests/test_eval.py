@@ -3,7 +3,6 @@ on a synthetic espeak-ng corpus; bad data, tfds specs, atomic outputs, long-audi
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
@@ -19,6 +18,7 @@ import soundfile as sf
 from llada_jax import evaluation, features, text
 from llada_jax.audio import load_audio
 from llada_jax.data import librispeech
+from llada_jax.testing.torch_whisper import TorchWhisper
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 16
@@ -71,77 +71,8 @@ def corpus(tmp_path_factory) -> Path:
 def parity_run(tiny, corpus, tmp_path_factory):
   out = tmp_path_factory.mktemp("parity")
   summary, records = _eval("--checkpoint", tiny[0], "--data", corpus, "--out", out,
-                           "--strategy", "whisper", "--batch-size", BATCH)
+                           "--strategy", "whisper", "--batch-size", BATCH, "--bucketed")
   return out, summary, records
-
-
-# ------------------------------------------------------------------------------------------------
-# The PyTorch reference: transformers' Whisper, greedy with a KV cache and Whisper's suppression.
-
-
-class TorchWhisper:
-  def __init__(self, ckpt: Path, torch_dir: Path):
-    import transformers
-    from tokenizers import Tokenizer
-
-    self.model = transformers.WhisperForConditionalGeneration.from_pretrained(torch_dir).eval()
-    self.fe = transformers.WhisperFeatureExtractor(feature_size=self.model.config.num_mel_bins)
-    self.tokenizer = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
-    cfg = json.loads((ckpt / "source.json").read_text())["config"]
-    self.suppress, self.begin = cfg["suppress_tokens"], cfg["begin_suppress_tokens"]
-    self._short: dict[int, object] = {}
-
-  def with_frames(self, frames: int):
-    """The same weights with a shorter encoder input: transformers insists on max_source_positions
-    × 2 mel frames, so the reference for s·100 frames is a copy configured for them."""
-    import transformers
-
-    if frames == 3000:
-      return self.model
-    if frames not in self._short:
-      cfg = copy.deepcopy(self.model.config)
-      cfg.max_source_positions = frames // 2
-      model = transformers.WhisperForConditionalGeneration(cfg).eval()
-      state = self.model.state_dict()
-      key = "model.encoder.embed_positions.weight"
-      state[key] = state[key][: frames // 2]
-      model.load_state_dict(state)
-      self._short[frames] = model
-    return self._short[frames]
-
-  def transcribe(self, audios: list[np.ndarray], frames: int = 3000, max_new: int = 224,
-                 prompt=(50257, 50362), eos: int = 50256) -> list[str]:
-    import torch
-
-    model = self.with_frames(frames)
-    feats = self.fe(audios, sampling_rate=16000, max_length=frames * 160, padding="max_length",
-                    truncation=True, return_tensors="pt").input_features
-    assert feats.shape[-1] == frames
-    with torch.inference_mode():
-      enc = model.model.encoder(feats).last_hidden_state
-      ids = torch.tensor([list(prompt)] * len(audios))
-      out = model(encoder_outputs=(enc,), decoder_input_ids=ids, use_cache=True)
-      done = torch.zeros(len(audios), dtype=torch.bool)
-      steps = []
-      for step in range(max_new):
-        logits = out.logits[:, -1].clone()
-        logits[:, self.suppress] = -float("inf")
-        if step == 0:
-          logits[:, self.begin] = -float("inf")
-        nxt = torch.where(done, eos, logits.argmax(-1))
-        steps.append(nxt)
-        done |= nxt == eos
-        if done.all():
-          break
-        out = model(encoder_outputs=(enc,), decoder_input_ids=nxt[:, None], cache=out.cache,
-                    use_cache=True)
-    tokens = torch.stack(steps, 1).numpy()
-    hyps = []
-    for row in tokens:
-      n = int(np.argmax(row == eos)) if (row == eos).any() else row.shape[0]
-      ids = [int(t) for t in row[:n]]
-      hyps.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
-    return hyps
 
 
 def test_whisper_matches_transformers(tiny, corpus, parity_run):
@@ -160,7 +91,7 @@ def test_whisper_matches_transformers(tiny, corpus, parity_run):
   for frames, items in groups.items():
     for i in range(0, len(items), BATCH):
       part = items[i:i + BATCH]
-      torch_hyps.update(zip([k for k, _ in part], ref.transcribe([a for _, a in part], frames)))
+      torch_hyps.update(zip([k for k, _ in part], ref.loop([a for _, a in part], frames)))
   ours = {r["id"]: r for r in records}
   assert set(ours) == set(torch_hyps)
   ids = sorted(ours)
@@ -179,16 +110,16 @@ def test_whisper_matches_transformers(tiny, corpus, parity_run):
     assert 0.0 < r["seconds"] < 30.0
 
 
-def test_full_30s_matches_stock_transformers(tiny, corpus, tmp_path):
-  """--full-30s is Whisper as trained: transformers' default 30 s features, unmodified model."""
+def test_default_30s_input_matches_stock_transformers(tiny, corpus, tmp_path):
+  """The default is Whisper as trained: transformers' default 30 s features, unmodified model."""
   summary, records = _eval("--checkpoint", tiny[0], "--data", corpus, "--out", tmp_path,
-                           "--strategy", "whisper", "--batch-size", 2, "--limit", 4, "--full-30s")
+                           "--strategy", "whisper", "--batch-size", 2, "--limit", 4)
   assert summary["num_utts"] == 4
   assert any("3000 mel frames" in s for s in summary["compiled_shapes"]) or \
       summary["compile_seconds"] == 0  # compiled earlier in this process (shared executables)
   ref = TorchWhisper(*tiny)
   audios = [load_audio(u.path) for u in librispeech.scan_librispeech(corpus).utterances[:4]]
-  assert [r["hyp"] for r in records] == ref.transcribe(audios)
+  assert [r["hyp"] for r in records] == ref.loop(audios)
 
 
 def test_summary_fields_and_timing(parity_run):
@@ -228,7 +159,8 @@ def test_tfds_spec(tiny, corpus, parity_run, tmp_path):
   tfds_librispeech.prepare(corpus, tmp_path / "tfds")
   summary, records = _eval("--checkpoint", tiny[0], "--data", "tfds:librispeech_folder/test_clean",
                            "--tfds-data-dir", tmp_path / "tfds", "--out", tmp_path / "out",
-                           "--strategy", "whisper", "--batch-size", BATCH, "--limit", BATCH)
+                           "--strategy", "whisper", "--batch-size", BATCH, "--limit", BATCH,
+                           "--bucketed")
   assert summary["num_utts"] == BATCH and summary["num_errors"] == 0
   folder = {r["id"]: r["hyp"] for r in parity_run[2]}
   # 16-bit FLAC → int16 ArrayRecord is lossless: the same audio, the same transcripts.
@@ -316,7 +248,7 @@ def _transcript_of(flac: Path) -> str:
 def test_bad_data_gives_error_records(tiny, bad_corpus, tmp_path):
   root, expect = bad_corpus
   summary, records = _eval("--checkpoint", tiny[0], "--data", root, "--out", tmp_path,
-                           "--strategy", "whisper", "--batch-size", BATCH)
+                           "--strategy", "whisper", "--batch-size", BATCH, "--bucketed")
   ok = {r["id"]: r for r in records if "error" not in r}
   errors = [r for r in records if "error" in r]
   assert sorted(ok) == sorted(k for k, v in expect.items() if v == "ok")

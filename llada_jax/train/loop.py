@@ -38,7 +38,7 @@ class NonFiniteError(RuntimeError):
 
 
 def _prepare(cfg: TrainConfig, tokenizer) -> tuple[list[int], int]:
-  prompt = text.prompt_ids(tokenizer, cfg.model.prompt)
+  prompt = text.prompt_ids(tokenizer, cfg.model.prompt, cfg.model.system_prompt)
   lm = cfg.model.lm
   seq = len(prompt) + cfg.audio_len + cfg.data.response_len
   if seq > lm.max_seq_len:

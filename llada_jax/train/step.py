@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 def trainable_filter(cfg: TrainConfig) -> nnx.filterlib.Filter:
   if cfg.full_finetune:  # every weight but the frozen encoder (and its non-Param buffers)
-    return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("encoder")))
+    frozen = ("encoder", "embed_tokens", "lm_head") if cfg.freeze_embeddings else ("encoder",)
+    return nnx.All(nnx.Param, *(nnx.Not(nnx.PathContains(name)) for name in frozen))
   return TRAINABLE
 
 

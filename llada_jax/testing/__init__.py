@@ -1,0 +1,1 @@
+"""Torch references for tests and benchmarks; never imported by the runtime path."""
