@@ -28,7 +28,7 @@ import numpy as np
 from llada_jax import checkpoint as ckpt
 from llada_jax import decoding, features, text
 from llada_jax.configs import WhisperLLaDAConfig
-from llada_jax.evaluation import EvalError, UtteranceError
+from llada_jax.evaluation import EvalError, UtteranceError, checkpoint_config
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,9 @@ class _Base:
   def prepare(self, checkpoint: str, args: argparse.Namespace) -> None:
     import llada_jax
 
-    try:
-      config = ckpt.read_config(checkpoint)
-    except (ckpt.CheckpointError, ValueError, OSError) as e:
-      raise EvalError(f"--checkpoint {checkpoint}: {e}") from e
-    if not isinstance(config, WhisperLLaDAConfig):
-      raise EvalError(f"--strategy {self.name} needs a Whisper-LLaDA checkpoint (convert "
-                      f"--kind whisper_llada, or a train.py run's export); {checkpoint} holds a "
-                      f"{type(config).__name__}")
+    config = checkpoint_config(checkpoint, WhisperLLaDAConfig,
+                               f"--strategy {self.name} needs a Whisper-LLaDA checkpoint (convert "
+                               f"--kind whisper_llada, or a train.py run's export)")
     if self.name == "ar" and not config.lm.causal:
       raise EvalError(f"--strategy ar needs the causal Whisper-LLaMA; {checkpoint} is a LLaDA")
     if self.name != "ar" and config.lm.causal:

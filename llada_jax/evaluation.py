@@ -64,6 +64,20 @@ class EvalError(RuntimeError):
   """The run cannot go on: a broken data spec or checkpoint, or (with --strict) bad data."""
 
 
+def checkpoint_config(checkpoint: str, kind: type, needs: str):
+  """The model config stored in `checkpoint`, which must be a `kind`; else an EvalError that says
+  what the strategy `needs`."""
+  from llada_jax import checkpoint as ckpt
+
+  try:
+    config = ckpt.read_config(checkpoint)
+  except (ckpt.CheckpointError, ValueError, OSError) as e:
+    raise EvalError(f"--checkpoint {checkpoint}: {e}") from e
+  if not isinstance(config, kind):
+    raise EvalError(f"{needs}; {checkpoint} holds a {type(config).__name__}")
+  return config
+
+
 class UtteranceError(ValueError):
   """An utterance (or every utterance of a batch) cannot be transcribed: an error record."""
 
@@ -223,13 +237,8 @@ class WhisperStrategy:
     from llada_jax import checkpoint as ckpt
     from llada_jax.configs import WhisperConfig
 
-    try:
-      config = ckpt.read_config(checkpoint)
-    except (ckpt.CheckpointError, ValueError, OSError) as e:
-      raise EvalError(f"--checkpoint {checkpoint}: {e}") from e
-    if not isinstance(config, WhisperConfig):
-      raise EvalError(f"--strategy whisper needs a converted Whisper checkpoint; {checkpoint} "
-                      f"holds a {type(config).__name__}")
+    config = checkpoint_config(checkpoint, WhisperConfig,
+                               "--strategy whisper needs a converted Whisper checkpoint")
     tok_file = Path(checkpoint) / "tokenizer.json"
     if not tok_file.is_file():
       raise EvalError(f"{checkpoint}: no tokenizer.json (convert with tools/convert.py)")

@@ -94,3 +94,22 @@ def wer(refs: tp.Sequence[str], hyps: tp.Sequence[str]) -> float:
   if not pairs:
     return 0.0
   return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
+
+
+def word_errors(refs: tp.Sequence[str], hyps: tp.Sequence[str]) -> np.ndarray:
+  """Per utterance [N, 2]: (substitutions + deletions + insertions, reference words), normalized as
+  in `wer`; Σ errors / Σ words over the rows with a non-empty reference is `wer`."""
+  import jiwer
+
+  norm = _normalizer()
+  out = np.zeros((len(refs), 2), np.int64)
+  for i, (r, h) in enumerate(zip(refs, hyps)):
+    r, h = norm(r), norm(h)
+    if not r.strip():
+      continue
+    if not h.strip():
+      out[i] = len(r.split()), len(r.split())
+      continue
+    m = jiwer.process_words(r, h)
+    out[i] = m.substitutions + m.deletions + m.insertions, len(r.split())
+  return out

@@ -153,6 +153,21 @@ def test_write_atomic_keeps_old_file_on_failure(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
 
+def test_wrong_checkpoint_kind_is_named(tiny, corpus, tmp_path, capsys):
+  """A Whisper checkpoint given to a Whisper-LLaDA strategy (and a missing one) is refused with
+  the flag, the path and what it holds, before any data is read."""
+  for strategy, want in (("diffusion", "needs a Whisper-LLaDA checkpoint"),
+                         ("ar", "needs a Whisper-LLaDA checkpoint")):
+    code = evaluation.main(["--quiet", "--checkpoint", str(tiny[0]), "--data", str(corpus),
+                            "--out", str(tmp_path / strategy), "--strategy", strategy])
+    err = capsys.readouterr().err
+    assert code == 2 and want in err and str(tiny[0]) in err and "WhisperConfig" in err, err
+  code = evaluation.main(["--quiet", "--checkpoint", str(tmp_path / "nope"), "--data", str(corpus),
+                          "--out", str(tmp_path / "x"), "--strategy", "whisper"])
+  err = capsys.readouterr().err
+  assert code == 2 and f"--checkpoint {tmp_path / 'nope'}" in err, err
+
+
 def test_tfds_spec(tiny, corpus, parity_run, tmp_path):
   from llada_jax.data import tfds_librispeech
 

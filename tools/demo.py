@@ -181,9 +181,21 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--preset", default="demo", choices=sorted(PRESETS))
   ap.add_argument("--out", default=None, help="default: runs/<preset>")
+  ap.add_argument("--report-only", action="store_true",
+                  help="re-score an existing OUT (its eval/ folders) and rewrite its results.json")
   args = ap.parse_args(argv)
   cfg = PRESETS[args.preset]
   out = Path(args.out or ROOT / "runs" / args.preset).absolute()
+  if args.report_only:
+    try:
+      old = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError) as e:
+      raise SystemExit(f"demo --report-only: {out / 'results.json'}: {e}") from None
+    finish(out, old["systems"], {k: old[k] for k in ("machine", "date", "preset", "config",
+                                                     "wall_seconds")},
+           dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in old["config"].items()}))
+    return 0
   if out.exists():
     shutil.rmtree(out)
   (out / "logs").mkdir(parents=True)
@@ -291,33 +303,50 @@ def main(argv=None) -> int:
   evaluate(name, [*delib, "--deliberation-strategy", "diffusion", "--masking", "low_confidence",
                   "--mask-ratio", min(cfg.ratio_sweep)], out, results, s)
 
-  # 6. report: every system scored on the same utterances (those every system transcribed; the
-  # Whisper-LLaDA ones refuse audio longer than their mel_frames)
+  report = {"machine": machine(), "date": datetime.date.today().isoformat(),
+            "preset": args.preset, "config": dataclasses.asdict(cfg),
+            "wall_seconds": round(time.time() - start, 1)}
+  finish(out, results, report, cfg)
+  return 0
+
+
+def finish(out: Path, results: dict, report: dict, cfg: DemoConfig) -> None:
+  """Score, write OUT/results.json and the plots, print the table and the findings."""
+  # Every system is scored on the same utterances (those every system transcribed; the
+  # Whisper-LLaDA ones refuse audio longer than their mel_frames).
   rescore(out, results)
   first = results["whisper_cut"]["wer"]
-  report = {"systems": results, "first_pass": "whisper_cut", "machine": machine(),
-            "date": datetime.date.today().isoformat(), "preset": args.preset,
-            "config": dataclasses.asdict(cfg), "wall_seconds": round(time.time() - start, 1)}
+  report = {"systems": results, "first_pass": "whisper_cut", **report}
   audio_delib = [k for k in results if k.startswith("deliberation_") and "text_only" not in k]
   text_only = [k for k in results if k.startswith("deliberation_text_only")]
   best = min((results[k]["wer"], k) for k in audio_delib)
   best_text = min((results[k]["wer"], k) for k in text_only)
-  gain = lambda wer: (first - wer) / first if first else None  # noqa: E731
   report["findings"] = {
       "first_pass_wer": first, "first_pass_uncut_wer": results["whisper"]["wer"],
-      "deliberation_relative_gain": gain(best[0]), "best_deliberation": best[1],
-      "text_only_relative_gain": gain(best_text[0]), "best_text_only": best_text[1]}
+      "deliberation_relative_gain": results[best[1]]["vs_first_pass"]["relative_gain"],
+      "deliberation_gain_ci95": results[best[1]]["vs_first_pass"]["ci95"],
+      "best_deliberation": best[1],
+      "text_only_relative_gain": results[best_text[1]]["vs_first_pass"]["relative_gain"],
+      "text_only_gain_ci95": results[best_text[1]]["vs_first_pass"]["ci95"],
+      "best_text_only": best_text[1]}
   report["plots"] = plots(out, results, cfg)
-  (out / "results.json").write_text(json.dumps(report, indent=2))
-  print(table(results, first))
+  write_json(out / "results.json", report)
+  print(table(results))
   f = report["findings"]
+  pct = lambda x: f"{100 * x:+.1f} %"  # noqa: E731
   print(f"\nbest audio-conditioned deliberation ({f['best_deliberation']}): "
-        f"{100 * (f['deliberation_relative_gain'] or 0):+.1f} % relative WER vs the first pass "
-        f"cut to {cfg.gen_length} tokens (paper: +12.3 %); best text-only "
-        f"({f['best_text_only']}): {100 * (f['text_only_relative_gain'] or 0):+.1f} %")
+        f"{pct(f['deliberation_relative_gain'])} relative WER vs the first pass cut to "
+        f"{cfg.gen_length} tokens, 95 % CI [{pct(f['deliberation_gain_ci95'][0])}, "
+        f"{pct(f['deliberation_gain_ci95'][1])}] (paper: +12.3 %); best text-only "
+        f"({f['best_text_only']}): {pct(f['text_only_relative_gain'])}")
   print(f"results: {out / 'results.json'}; plots: {', '.join(report['plots'])}; "
         f"{report['wall_seconds']:.0f} s")
-  return 0
+
+
+def write_json(path: Path, obj) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(obj, indent=2))
+  os.replace(tmp, path)  # a reader never sees half a results.json
 
 
 def cut_first_pass(out: Path, tokenizer_dir: Path, gen_length: int, results: dict) -> None:
@@ -338,8 +367,10 @@ def cut_first_pass(out: Path, tokenizer_dir: Path, gen_length: int, results: dic
   results["whisper_cut"] = {**results["whisper"], "gen_length": gen_length}
 
 
-def rescore(out: Path, results: dict) -> None:
-  from llada_jax import text
+def rescore(out: Path, results: dict, first_pass: str = "whisper_cut") -> None:
+  """Every system's WER on the utterances all of them transcribed, and its change vs `first_pass`
+  with a paired-bootstrap 95 % interval (`vs_first_pass`)."""
+  from llada_jax import significance, text
 
   hyps = {}
   for name in results:
@@ -348,11 +379,15 @@ def rescore(out: Path, results: dict) -> None:
       folder = out / "eval" / _alias_of(name, results)
     rows = [json.loads(ln) for ln in (folder / "hyps.jsonl").read_text().splitlines()]
     hyps[name] = {r["id"]: (r["ref"], r["hyp"]) for r in rows if "hyp" in r and "error" not in r}
-  common = set.intersection(*(set(h) for h in hyps.values()))
+  ids = sorted(set.intersection(*(set(h) for h in hyps.values())))
+  errors = {}
   for name, h in hyps.items():
-    ids = sorted(common)
     results[name]["wer"] = text.wer([h[i][0] for i in ids], [h[i][1] for i in ids])
     results[name]["num_scored"] = len(ids)
+    errors[name] = text.word_errors([h[i][0] for i in ids], [h[i][1] for i in ids])[:, 0]
+  for name in hyps:
+    results[name]["vs_first_pass"] = significance.paired_bootstrap(errors[first_pass],
+                                                                   errors[name])
 
 
 def _alias_of(name: str, results: dict) -> str:
@@ -373,12 +408,15 @@ def machine() -> str:
   return f"{os.cpu_count()}-core {cpu}, {platform.system()}"
 
 
-def table(results: dict, first: float) -> str:
-  rows = ["| system | WER % | rel. vs first pass | RTF | steps |", "|---|---|---|---|---|"]
+def table(results: dict) -> str:
+  rows = ["| system | WER % | rel. vs first pass [95 % CI] | utts better / worse | RTF | steps |",
+          "|---|---|---|---|---|---|"]
   for name, v in results.items():
-    rel = f"{100 * (first - v['wer']) / first:+.1f} %" if first else "-"
-    rows.append(f"| {name} | {100 * v['wer']:.2f} | {rel} | {v['rtf']:.3f} | "
-                f"{v['steps'] if v['steps'] is not None else '-'} |")
+    c = v["vs_first_pass"]
+    rel = (f"{100 * c['relative_gain']:+.1f} % [{100 * c['ci95'][0]:+.1f}, "
+           f"{100 * c['ci95'][1]:+.1f}]")
+    rows.append(f"| {name} | {100 * v['wer']:.2f} | {rel} | {c['improved']} / {c['worsened']} | "
+                f"{v['rtf']:.3f} | {v['steps'] if v['steps'] is not None else '-'} |")
   return "\n".join(rows)
 
 
