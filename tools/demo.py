@@ -21,8 +21,9 @@
 Preset `demo` fits the 30-minute CPU budget by truncating SmolLM2 to its first `lm_layers` layers
 (embeddings, those blocks and the final norm kept) and fine-tuning those layers (LoRA alone cannot
 turn an AR model into a diffusion model in a few hundred steps; the paper starts from LLaDA-8B, which
-already is one; the embeddings stay frozen and the system turn empty, for a 1.3× faster step). The fresh Q-Former learns at `projector_lr_scale` × the LM's rate: without that,
-the LM memorises the training transcripts long before it reads the audio. Preset `experiment`
+already is one); the embeddings stay frozen and the system turn empty, for a 1.3× faster step. The
+fresh Q-Former learns at `projector_lr_scale` × the LM's rate: without that, the LM memorises the
+training transcripts long before it reads the audio. Preset `experiment`
 (`make experiment`) keeps all 30 SmolLM2 layers with LoRA and trains 8× longer (hours on a CPU).
 """
 
