@@ -57,17 +57,10 @@ def lr_schedule(o: OptimizerConfig, steps: int) -> optax.Schedule:
   return optax.join_schedules([warmup, cosine], [o.warmup_steps])
 
 
-def _scale_projector(scale: float) -> optax.GradientTransformation:
-  """Multiply the updates of the projector's (Q-Former's) weights by `scale`."""
-  def in_projector(path) -> bool:
-    return any(getattr(k, "key", None) == "projector" for k in path)
-
-  def update(updates, state, params=None):
-    del params
-    return jax.tree_util.tree_map_with_path(
-        lambda path, u: u * scale if in_projector(path) else u, updates), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+def _in_projector(params) -> tp.Any:
+  """True on the projector's (Q-Former's) leaves: the mask for its larger learning rate."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(getattr(k, "key", None) == "projector" for k in path), params)
 
 
 def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -78,7 +71,7 @@ def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, opta
   adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                       mask=decay_mask)
   if o.projector_lr_scale != 1.0:
-    adamw = optax.chain(adamw, _scale_projector(o.projector_lr_scale))
+    adamw = optax.chain(adamw, optax.masked(optax.scale(o.projector_lr_scale), _in_projector))
   tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw) if o.grad_clip > 0 else adamw
   return tx, schedule
 
