@@ -14,8 +14,9 @@
 5. Evaluates the first pass, the AR baseline, standalone diffusion and semi-AR decoding, audio-
    conditioned deliberation over the first pass (random / low-confidence masking × diffusion /
    semi-AR), text-only deliberation, and the threshold / cached variants; WER vs steps and vs mask
-   ratio.
-6. Writes OUT/results.json (each system's change vs the first pass with a paired-bootstrap 95 %
+   ratio. Also the paper's own cascade: deliberation over the Whisper-LLaMA's hypotheses, with and
+   without the audio (`cascade_*` systems).
+6. Writes OUT/results.json (each system's change vs its first pass with a paired-bootstrap 95 %
    interval; `--report-only` re-scores an existing OUT), prints the table and saves PNG plots.
 
 Preset `demo` fits the 30-minute CPU budget by truncating SmolLM2 to its first `lm_layers` layers
@@ -140,6 +141,21 @@ def evaluate(name: str, args: list, out: Path, results: dict, steps: int | None)
   return summary
 
 
+def evaluate_cascade(out: Path, llada_args: list, cfg: DemoConfig, results: dict) -> None:
+  """The paper's own cascade: deliberation over the Whisper-LLaMA's hypotheses (its 12.3 % is a
+  gain over that baseline), with and without the audio."""
+  s = cfg.decode_steps
+  cascade = [*llada_args, "--strategy", "deliberation", "--first-pass",
+             out / "eval" / "llama_ar" / "hyps.jsonl", "--steps", s, "--masking", "random"]
+  runs = [("diffusion", ratio) for ratio in (*cfg.ratio_sweep, 0.3)] + [("semi_ar", 0.3)]
+  for strategy, ratio in runs:
+    for audio in ("audio", "text_only"):
+      name = f"cascade_{strategy}_{audio}_ratio{ratio}"
+      evaluate(name, [*cascade, "--deliberation-strategy", strategy, "--mask-ratio", ratio,
+                      *(["--text-only"] if audio == "text_only" else [])], out, results, s)
+      results[name].update(mask_ratio=ratio, first_pass="llama_ar")
+
+
 def plots(out: Path, results: dict, cfg: DemoConfig) -> list[str]:
   import matplotlib
 
@@ -159,12 +175,14 @@ def plots(out: Path, results: dict, cfg: DemoConfig) -> list[str]:
   fig.savefig(out / "loss.png", dpi=100)
   saved.append(str(out / "loss.png"))
 
-  fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+  cascade = any(k.startswith("cascade_") for k in results)
+  fig, axes = plt.subplots(1, 3 if cascade else 2, figsize=(15 if cascade else 10, 4))
+  a1, a2 = axes[:2]
   pts = sorted((v["steps"], v["wer"]) for k, v in results.items() if k.startswith("diffusion_steps"))
   a1.plot(*zip(*pts), "o-", label="Whisper-LLaDA diffusion")
   a1.axhline(results["whisper_cut"]["wer"], color="gray", ls=":", label="Whisper first pass")
   a1.axhline(results["llama_ar"]["wer"], color="k", ls="--", label="Whisper-LLaMA AR")
-  a1.set_xlabel("denoising steps"), a1.set_ylabel("WER"), a1.legend()
+  a1.set_xlabel("denoising steps"), a1.set_ylabel("WER"), a1.legend(fontsize=8)
   for prefix, label in (("deliberation_diffusion_random_ratio", "audio-conditioned"),
                         ("deliberation_text_only_ratio", "text-only")):
     ratios = sorted((v["mask_ratio"], v["wer"]) for k, v in results.items()
@@ -172,7 +190,18 @@ def plots(out: Path, results: dict, cfg: DemoConfig) -> list[str]:
     a2.plot(*zip(*ratios), "o-", label=f"deliberation, {label} (diffusion, random)")
   a2.axhline(results["whisper_cut"]["wer"], color="gray", ls=":",
              label=f"first pass (cut to {cfg.gen_length} tokens)")
-  a2.set_xlabel("mask ratio"), a2.set_ylabel("WER"), a2.legend()
+  a2.set_xlabel("mask ratio"), a2.set_ylabel("WER"), a2.legend(fontsize=8)
+  a2.set_title("deliberation over Whisper tiny.en", fontsize=10)
+  if cascade:  # the paper's cascade: deliberation over the Whisper-LLaMA
+    a3 = axes[2]
+    for audio, label in (("audio", "audio-conditioned"), ("text_only", "text-only")):
+      ratios = sorted((v["mask_ratio"], v["wer"]) for k, v in results.items()
+                      if k.startswith(f"cascade_diffusion_{audio}_ratio"))
+      a3.plot(*zip(*ratios), "o-", label=f"deliberation, {label} (diffusion, random)")
+    a3.axhline(results["llama_ar"]["wer"], color="k", ls="--", label="Whisper-LLaMA first pass")
+    a3.axhline(results["diffusion"]["wer"], color="gray", ls=":", label="Whisper-LLaDA alone")
+    a3.set_xlabel("mask ratio"), a3.set_ylabel("WER"), a3.legend(fontsize=8)
+    a3.set_title("over Whisper-LLaMA (the paper's cascade)", fontsize=10)
   fig.tight_layout()
   fig.savefig(out / "wer.png", dpi=100)
   saved.append(str(out / "wer.png"))
@@ -284,11 +313,12 @@ def main(argv=None) -> int:
     for masking in ("random", "low_confidence"):
       evaluate(f"deliberation_{strategy}_{masking}",
                [*delib, "--deliberation-strategy", strategy, "--masking", masking], out, results, s)
-  for ratio in (0.3, 0.1):  # the paper's ablation: the same LLaDA without audio embeddings
+  for ratio in (0.3, *cfg.ratio_sweep):  # the paper's ablation: the LLaDA without audio embeddings
     evaluate(f"deliberation_text_only_ratio{ratio}",
              [*delib, "--deliberation-strategy", "diffusion", "--masking", "random",
               "--mask-ratio", ratio, "--text-only"], out, results, s)
     results[f"deliberation_text_only_ratio{ratio}"]["mask_ratio"] = ratio
+  evaluate_cascade(out, ll, cfg, results)
   for st in cfg.steps_sweep:
     evaluate(f"diffusion_steps{st}", [*ll, "--strategy", "diffusion", "--steps", st], out,
              results, st)
@@ -322,6 +352,7 @@ def finish(out: Path, results: dict, report: dict, cfg: DemoConfig) -> None:
   first = results["whisper_cut"]["wer"]
   report = {"systems": results, "first_pass": "whisper_cut", **report}
   audio_delib = [k for k in results if k.startswith("deliberation_") and "text_only" not in k]
+  cascade = [k for k in results if k.startswith("cascade_") and "text_only" not in k]
   text_only = [k for k in results if k.startswith("deliberation_text_only")]
   best = min((results[k]["wer"], k) for k in audio_delib)
   best_text = min((results[k]["wer"], k) for k in text_only)
@@ -338,6 +369,14 @@ def finish(out: Path, results: dict, report: dict, cfg: DemoConfig) -> None:
       k.removeprefix("deliberation_text_only_"): significance.paired_bootstrap(
           errors[k], errors[k.replace("text_only", "diffusion_random")])
       for k in text_only if k.replace("text_only", "diffusion_random") in errors}
+  if cascade:  # runs from before 2026-11-26 (3rd session) have none
+    best_cascade = min((results[k]["wer"], k) for k in cascade)[1]
+    report["findings"]["cascade"] = {
+        "first_pass": "llama_ar", "first_pass_wer": results["llama_ar"]["wer"],
+        "best": best_cascade, **results[best_cascade]["vs_first_pass"],
+        "audio_vs_text_only": {
+            k: significance.paired_bootstrap(errors[k.replace("_audio_", "_text_only_")],
+                                             errors[k]) for k in cascade}}
   report["plots"] = plots(out, results, cfg)
   write_json(out / "results.json", report)
   print(table(results))
@@ -351,6 +390,14 @@ def finish(out: Path, results: dict, report: dict, cfg: DemoConfig) -> None:
   for ratio, c in f["audio_vs_text_only"].items():
     print(f"audio vs text-only deliberation at {ratio}: {pct(c['relative_gain'])} relative WER, "
           f"95 % CI [{pct(c['ci95'][0])}, {pct(c['ci95'][1])}]")
+  if "cascade" in f:
+    c = f["cascade"]
+    print(f"the paper's cascade, deliberation over the Whisper-LLaMA ({c['best']}): "
+          f"{pct(c['relative_gain'])} relative WER vs its {100 * c['first_pass_wer']:.2f} %, "
+          f"95 % CI [{pct(c['ci95'][0])}, {pct(c['ci95'][1])}] (paper: +12.3 %)")
+    for name, d in c["audio_vs_text_only"].items():
+      print(f"  {name} vs its text-only twin: {pct(d['relative_gain'])} relative WER, "
+            f"95 % CI [{pct(d['ci95'][0])}, {pct(d['ci95'][1])}]")
   print(f"results: {out / 'results.json'}; plots: {', '.join(report['plots'])}; "
         f"{report['wall_seconds']:.0f} s")
 
@@ -380,8 +427,9 @@ def cut_first_pass(out: Path, tokenizer_dir: Path, gen_length: int, results: dic
 
 
 def rescore(out: Path, results: dict, first_pass: str = "whisper_cut") -> dict:
-  """Every system's WER on the utterances all of them transcribed, and its change vs `first_pass`
-  with a paired-bootstrap 95 % interval (`vs_first_pass`); returns the per-utterance errors."""
+  """Every system's WER on the utterances all of them transcribed, and its change vs its first
+  pass (`first_pass` unless the system names its own) with a paired-bootstrap 95 % interval
+  (`vs_first_pass`); returns the per-utterance errors."""
   from llada_jax import significance, text
 
   hyps = {}
@@ -397,9 +445,9 @@ def rescore(out: Path, results: dict, first_pass: str = "whisper_cut") -> dict:
     results[name]["wer"] = text.wer([h[i][0] for i in ids], [h[i][1] for i in ids])
     results[name]["num_scored"] = len(ids)
     errors[name] = text.word_errors([h[i][0] for i in ids], [h[i][1] for i in ids])[:, 0]
-  for name in hyps:
-    results[name]["vs_first_pass"] = significance.paired_bootstrap(errors[first_pass],
-                                                                   errors[name])
+  for name in hyps:  # the paper's cascade rows: vs the Whisper-LLaMA they deliberate over
+    base = results[name].get("first_pass", first_pass)
+    results[name]["vs_first_pass"] = significance.paired_bootstrap(errors[base], errors[name])
   return errors
 
 
@@ -422,13 +470,14 @@ def machine() -> str:
 
 
 def table(results: dict) -> str:
-  rows = ["| system | WER % | rel. vs first pass [95 % CI] | utts better / worse | RTF | steps |",
-          "|---|---|---|---|---|---|"]
+  rows = ["| system | WER % | first pass | rel. vs first pass [95 % CI] | utts better / worse | RTF "
+          "| steps |", "|---|---|---|---|---|---|---|"]
   for name, v in results.items():
     c = v["vs_first_pass"]
     rel = (f"{100 * c['relative_gain']:+.1f} % [{100 * c['ci95'][0]:+.1f}, "
            f"{100 * c['ci95'][1]:+.1f}]")
-    rows.append(f"| {name} | {100 * v['wer']:.2f} | {rel} | {c['improved']} / {c['worsened']} | "
+    rows.append(f"| {name} | {100 * v['wer']:.2f} | {v.get('first_pass', 'whisper_cut')} | {rel} | "
+                f"{c['improved']} / {c['worsened']} | "
                 f"{v['rtf']:.3f} | {v['steps'] if v['steps'] is not None else '-'} |")
   return "\n".join(rows)
 

@@ -1,0 +1,119 @@
+"""tools/demo.py's scoring: which utterances count, each system's first pass, aliases, findings.
+
+The hypotheses are built so every error count is known: the references are four distinct words
+("alpha bravo charlie delta" …) and a hypothesis with k of them replaced by "zulu" has k errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import demo  # noqa: E402
+
+from llada_jax import significance  # noqa: E402
+
+WORDS = ["alpha", "bravo", "charlie", "delta"]
+IDS = [f"1-1-{i:04d}" for i in range(6)]
+
+# Substituted words per utterance and system; whisper_cut is the first pass of the tiny.en rows,
+# llama_ar the first pass of the cascade rows.
+ERRORS = {
+    "whisper": [2, 1, 0, 1, 4, 1],
+    "whisper_cut": [1, 1, 0, 1, 2, 1],
+    "llama_ar": [3, 2, 2, 3, 4, 2],
+    "diffusion": [2, 2, 1, 3, 3, 2],
+    "deliberation_diffusion_random": [1, 0, 0, 1, 1, 1],
+    "deliberation_text_only_ratio0.3": [2, 1, 1, 1, 2, 2],
+    "cascade_diffusion_audio_ratio0.3": [2, 2, 1, 2, 3, 2],
+    "cascade_diffusion_text_only_ratio0.3": [3, 3, 2, 3, 4, 2],
+}
+
+
+def _hyp(k: int) -> str:
+  return " ".join(["zulu"] * k + WORDS[k:])
+
+
+def _run(tmp_path: Path) -> tuple[Path, dict]:
+  out = tmp_path / "demo"
+  results = {}
+  for name, errs in ERRORS.items():
+    folder = out / "eval" / name
+    folder.mkdir(parents=True)
+    rows = [{"id": i, "ref": " ".join(WORDS).upper(), "hyp": _hyp(k)} for i, k in zip(IDS, errs)]
+    if name == "diffusion":  # a failed utterance: no system is scored on it
+      rows[-1] = {"id": IDS[-1], "ref": rows[-1]["ref"], "error": "audio longer than mel_frames"}
+    (folder / "hyps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results[name] = {"wer": None, "rtf": 0.1, "steps": 24}
+  for name in ERRORS:
+    if "ratio" in name:
+      results[name]["mask_ratio"] = 0.3
+    if name.startswith("cascade_"):
+      results[name]["first_pass"] = "llama_ar"
+  # aliases: systems scored from another system's folder
+  results["diffusion_steps24"] = dict(results["diffusion"])
+  results["deliberation_diffusion_random_ratio0.3"] = {**results["deliberation_diffusion_random"],
+                                                      "mask_ratio": 0.3}
+  for run_name in ("train_llama", "train_llada"):
+    (out / run_name).mkdir()
+    (out / run_name / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 5.0 / s}) + "\n" for s in (1, 2, 3)))
+  report = {"machine": "test", "date": "2026-11-26", "preset": "smoke", "config": {},
+            "wall_seconds": 1.0}
+  demo.finish(out, results, report, demo.PRESETS["smoke"])
+  return out, json.loads((out / "results.json").read_text())
+
+
+def _errors(name: str) -> np.ndarray:
+  return np.asarray(ERRORS[name][:-1])  # the failed utterance is dropped for every system
+
+
+def test_every_system_is_scored_on_the_utterances_all_of_them_transcribed(tmp_path):
+  _, report = _run(tmp_path)
+  systems = report["systems"]
+  for name in ERRORS:
+    assert systems[name]["num_scored"] == len(IDS) - 1
+    assert systems[name]["wer"] == pytest.approx(_errors(name).sum() / (4 * (len(IDS) - 1)))
+  assert systems["diffusion_steps24"]["wer"] == systems["diffusion"]["wer"]
+  assert (systems["deliberation_diffusion_random_ratio0.3"]["wer"]
+          == systems["deliberation_diffusion_random"]["wer"])
+
+
+def test_each_system_is_compared_with_its_own_first_pass(tmp_path):
+  _, report = _run(tmp_path)
+  systems = report["systems"]
+  tiny = systems["deliberation_diffusion_random"]["vs_first_pass"]
+  assert tiny["relative_gain"] == pytest.approx(
+      1 - _errors("deliberation_diffusion_random").sum() / _errors("whisper_cut").sum())
+  assert tiny == significance.paired_bootstrap(_errors("whisper_cut"),
+                                               _errors("deliberation_diffusion_random"))
+  cascade = systems["cascade_diffusion_audio_ratio0.3"]["vs_first_pass"]
+  assert cascade["relative_gain"] == pytest.approx(
+      1 - _errors("cascade_diffusion_audio_ratio0.3").sum() / _errors("llama_ar").sum())
+  assert cascade["improved"] == 4 and cascade["worsened"] == 0
+
+
+def test_findings_name_the_best_systems_and_pair_audio_with_text_only(tmp_path):
+  out, report = _run(tmp_path)
+  f = report["findings"]
+  assert report["first_pass"] == "whisper_cut"
+  assert f["best_deliberation"] in ("deliberation_diffusion_random",
+                                    "deliberation_diffusion_random_ratio0.3")
+  assert f["deliberation_relative_gain"] == pytest.approx(1 - 3 / 5)
+  assert f["best_text_only"] == "deliberation_text_only_ratio0.3"
+  pair = f["audio_vs_text_only"]["ratio0.3"]
+  assert pair == significance.paired_bootstrap(_errors("deliberation_text_only_ratio0.3"),
+                                               _errors("deliberation_diffusion_random"))
+  c = f["cascade"]
+  assert c["best"] == "cascade_diffusion_audio_ratio0.3"
+  assert c["first_pass_wer"] == pytest.approx(14 / 20)
+  assert c["relative_gain"] == pytest.approx(1 - 10 / 14)
+  assert c["audio_vs_text_only"]["cascade_diffusion_audio_ratio0.3"]["relative_gain"] == (
+      pytest.approx(1 - 10 / 15))
+  assert all(Path(p).is_file() for p in report["plots"])
+  assert not list(out.glob("*.tmp"))
