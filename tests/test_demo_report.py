@@ -32,6 +32,8 @@ ERRORS = {
     "deliberation_text_only_ratio0.3": [2, 1, 1, 1, 2, 2],
     "cascade_diffusion_audio_ratio0.3": [2, 2, 1, 2, 3, 2],
     "cascade_diffusion_text_only_ratio0.3": [3, 3, 2, 3, 4, 2],
+    "cascade_semi_ar_audio": [2, 2, 2, 2, 3, 2],
+    "cascade_semi_ar_text_only": [3, 3, 3, 3, 3, 3],
 }
 
 
@@ -115,5 +117,7 @@ def test_findings_name_the_best_systems_and_pair_audio_with_text_only(tmp_path):
   assert c["relative_gain"] == pytest.approx(1 - 10 / 14)
   assert c["audio_vs_text_only"]["cascade_diffusion_audio_ratio0.3"]["relative_gain"] == (
       pytest.approx(1 - 10 / 15))
+  assert c["audio_vs_text_only"]["cascade_semi_ar_audio"]["relative_gain"] == (
+      pytest.approx(1 - 11 / 15))
   assert all(Path(p).is_file() for p in report["plots"])
   assert not list(out.glob("*.tmp"))

@@ -147,11 +147,13 @@ def evaluate_cascade(out: Path, llada_args: list, cfg: DemoConfig, results: dict
   s = cfg.decode_steps
   cascade = [*llada_args, "--strategy", "deliberation", "--first-pass",
              out / "eval" / "llama_ar" / "hyps.jsonl", "--steps", s, "--masking", "random"]
-  runs = [("diffusion", ratio) for ratio in (*cfg.ratio_sweep, 0.3)] + [("semi_ar", 0.3)]
+  # (semi-AR re-decodes every sub-block in turn: as in the authors' code, it has no mask ratio)
+  runs = [("diffusion", ratio) for ratio in (*cfg.ratio_sweep, 0.3)] + [("semi_ar", None)]
   for strategy, ratio in runs:
     for audio in ("audio", "text_only"):
-      name = f"cascade_{strategy}_{audio}_ratio{ratio}"
-      evaluate(name, [*cascade, "--deliberation-strategy", strategy, "--mask-ratio", ratio,
+      name = f"cascade_{strategy}_{audio}" + (f"_ratio{ratio}" if ratio else "")
+      evaluate(name, [*cascade, "--deliberation-strategy", strategy,
+                      *(["--mask-ratio", ratio] if ratio else []),
                       *(["--text-only"] if audio == "text_only" else [])], out, results, s)
       results[name].update(mask_ratio=ratio, first_pass="llama_ar")
 
@@ -309,10 +311,12 @@ def main(argv=None) -> int:
                                             "--block-length", cfg.block_length, "--dual-cache",
                                             "--threshold", "0.9"], out, results, s)
   delib = [*ll, "--strategy", "deliberation", "--first-pass", first_pass, "--steps", s]
-  for strategy in ("semi_ar", "diffusion"):
-    for masking in ("random", "low_confidence"):
-      evaluate(f"deliberation_{strategy}_{masking}",
-               [*delib, "--deliberation-strategy", strategy, "--masking", masking], out, results, s)
+  # Semi-AR deliberation re-decodes every sub-block in turn (the paper's default, as in the
+  # authors' code): it masks no hypothesis tokens, so random and low-confidence masking are one run.
+  evaluate("deliberation_semi_ar", [*delib, "--deliberation-strategy", "semi_ar"], out, results, s)
+  for masking in ("random", "low_confidence"):
+    evaluate(f"deliberation_diffusion_{masking}",
+             [*delib, "--deliberation-strategy", "diffusion", "--masking", masking], out, results, s)
   for ratio in (0.3, *cfg.ratio_sweep):  # the paper's ablation: the LLaDA without audio embeddings
     evaluate(f"deliberation_text_only_ratio{ratio}",
              [*delib, "--deliberation-strategy", "diffusion", "--masking", "random",
@@ -375,7 +379,7 @@ def finish(out: Path, results: dict, report: dict, cfg: DemoConfig) -> None:
         "first_pass": "llama_ar", "first_pass_wer": results["llama_ar"]["wer"],
         "best": best_cascade, **results[best_cascade]["vs_first_pass"],
         "audio_vs_text_only": {
-            k: significance.paired_bootstrap(errors[k.replace("_audio_", "_text_only_")],
+            k: significance.paired_bootstrap(errors[k.replace("_audio", "_text_only")],
                                              errors[k]) for k in cascade}}
   report["plots"] = plots(out, results, cfg)
   write_json(out / "results.json", report)
