@@ -12,10 +12,10 @@
    bidirectional, mask token <empty_output>, masked-diffusion loss: the AR→diffusion adaptation of
    Dream / DiffuLLaMA, which also reuses the audio alignment the AR stage learned).
 5. Evaluates the first pass, the AR baseline, standalone diffusion and semi-AR decoding, audio-
-   conditioned deliberation over the first pass (random / low-confidence masking × diffusion /
-   semi-AR), text-only deliberation, and the threshold / cached variants; WER vs steps and vs mask
-   ratio. Also the paper's own cascade: deliberation over the Whisper-LLaMA's hypotheses, with and
-   without the audio (`cascade_*` systems).
+   conditioned deliberation over the first pass (diffusion with random / low-confidence masking;
+   semi-AR, which re-decodes sub-blocks and masks nothing up front), text-only deliberation, and
+   the threshold / cached variants; WER vs steps and vs mask ratio. Also the paper's own cascade:
+   deliberation over the Whisper-LLaMA's hypotheses, with and without the audio (`cascade_*`).
 6. Writes OUT/results.json (each system's change vs its first pass with a paired-bootstrap 95 %
    interval; `--report-only` re-scores an existing OUT), prints the table and saves PNG plots.
 
