@@ -436,20 +436,24 @@ def rescore(out: Path, results: dict, first_pass: str = "whisper_cut") -> dict:
   (`vs_first_pass`); returns the per-utterance errors."""
   from llada_jax import significance, text
 
-  hyps = {}
-  for name in results:
-    folder = out / "eval" / name
-    if not folder.is_dir():  # aliases (e.g. diffusion_steps32) share another system's run
-      folder = out / "eval" / _alias_of(name, results)
-    rows = [json.loads(ln) for ln in (folder / "hyps.jsonl").read_text().splitlines()]
-    hyps[name] = {r["id"]: (r["ref"], r["hyp"]) for r in rows if "hyp" in r and "error" not in r}
-  ids = sorted(set.intersection(*(set(h) for h in hyps.values())))
+  # aliases (e.g. diffusion_steps32) share another system's run: each run is read and scored once
+  folder_of = {name: name if (out / "eval" / name).is_dir() else _alias_of(name, results)
+               for name in results}
+  runs = {}
+  for folder in set(folder_of.values()):
+    rows = map(json.loads, (out / "eval" / folder / "hyps.jsonl").read_text().splitlines())
+    runs[folder] = {r["id"]: (r["ref"], r["hyp"]) for r in rows
+                    if "hyp" in r and "error" not in r}
+  ids = sorted(set.intersection(*(set(h) for h in runs.values())))
+  counts = {folder: text.word_errors([h[i][0] for i in ids], [h[i][1] for i in ids])
+            for folder, h in runs.items()}  # [N, 2] errors, reference words
   errors = {}
-  for name, h in hyps.items():
-    results[name]["wer"] = text.wer([h[i][0] for i in ids], [h[i][1] for i in ids])
-    results[name]["num_scored"] = len(ids)
-    errors[name] = text.word_errors([h[i][0] for i in ids], [h[i][1] for i in ids])[:, 0]
-  for name in hyps:  # the paper's cascade rows: vs the Whisper-LLaMA they deliberate over
+  for name, v in results.items():
+    c = counts[folder_of[name]]
+    v["wer"] = float(c[:, 0].sum() / c[:, 1].sum()) if c[:, 1].sum() else 0.0  # = text.wer
+    v["num_scored"] = len(ids)
+    errors[name] = c[:, 0]
+  for name in results:  # the paper's cascade rows: vs the Whisper-LLaMA they deliberate over
     base = results[name].get("first_pass", first_pass)
     results[name]["vs_first_pass"] = significance.paired_bootstrap(errors[base], errors[name])
   return errors
