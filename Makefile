@@ -25,7 +25,7 @@ demo: setup
 
 # The demo with all 30 SmolLM2 layers and longer training (hours on a 2-core CPU).
 experiment: setup
-	$(PY) tools/demo.py --preset experiment
+	$(PY) tools/demo.py --config experiment
 
 clean:
 	rm -rf .venv runs .pytest_cache

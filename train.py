@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Train Whisper-LLaDA (or the Whisper-LLaMA baseline) on any mesh.
 
-    python train.py --config NAME_OR_PATH --workdir DIR [--set key=value ...] [--resume]
+    python train.py --config configs/paper.py --workdir DIR [--set key=value ...] [--resume]
 
-NAME is a preset (paper, baseline, tiny, demo_llada, demo_llama) or a .json / .py config file;
-`--set` overrides dotted keys, type-checked (`--set optimizer.peak_lr=1e-4 mesh=1,-1,1
-data.train=/data/LibriSpeech/train-960`). Writes DIR/metrics.jsonl, DIR/tb (TensorBoard),
+A run is a file in configs/ (`def config() -> TrainConfig`; a bare name such as `paper` or `tiny`
+resolves there) or a .json dump of one; `--set` overrides dotted keys, type-checked
+(`--set optimizer.peak_lr=1e-4 mesh=1,-1,1 data.train=/data/LibriSpeech/train-960`). Writes DIR/metrics.jsonl, DIR/tb (TensorBoard),
 DIR/checkpoints (orbax; last k + best by validation loss) and DIR/train.log. `--resume` continues
 from the newest complete checkpoint exactly where it stopped (weights, optimizer, RNG, data order).
 At the end the best checkpoint (by validation loss; else the last) is exported to DIR/model, a
@@ -42,7 +42,8 @@ def init_distributed() -> None:
 def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-  ap.add_argument("--config", required=True, help="preset name or .json / .py config file")
+  ap.add_argument("--config", required=True,
+                  help="run config: configs/NAME.py (or NAME), or a .json dump")
   ap.add_argument("--workdir", required=True, help="run folder: metrics, TensorBoard, checkpoints")
   ap.add_argument("--set", dest="overrides", action="append", default=[], nargs="+",
                   metavar="KEY=VALUE", help="override a config field (dotted key), repeatable")
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
   for noisy in ("absl", "orbax", "jax._src"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
-  from llada_jax.configs import ConfigError
+  from llada_jax import configlib
+  from llada_jax.configlib import ConfigError
   from llada_jax.train import config as config_lib
 
   overrides = [item for group in args.overrides for item in group]
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.print_config:
     import json
 
-    print(json.dumps(config_lib.to_dict(cfg), indent=2))
+    print(json.dumps(configlib.to_dict(cfg), indent=2))
     return 0
   init_distributed()
   from llada_jax.train import loop

@@ -1,6 +1,30 @@
-"""llada-jax: Whisper-LLaDA (audio-conditioned diffusion LLM for ASR and deliberation) in JAX/Flax NNX."""
+"""llada-jax: Whisper-LLaDA (audio-conditioned diffusion LLM for ASR and deliberation) in JAX/Flax NNX.
 
+    import llada_jax
+    t = llada_jax.Transcriber.open("ckpt/whisper-llada")      # any converted checkpoint
+    texts = t(["a.flac", "b.flac"])
+    lm = llada_jax.load("ckpt/llada-8b")                      # the NNX model of a checkpoint
+    out = llada_jax.generate(lm, prompt_ids, steps=128, gen_length=128, block_length=32)
+"""
+
+# Checkpoints
 from llada_jax.checkpoint import load
-from llada_jax.decoding import generate
 
-__all__ = ["generate", "load"]
+# Configs
+from llada_jax.configs import (LMConfig, LoRAConfig, QFormerConfig, WhisperConfig,
+                               WhisperLLaDAConfig)
+
+# Decoding (one jitted loop per call)
+from llada_jax.decoding import (DeliberationSettings, DiffusionSettings, decode, deliberate,
+                                generate, greedy, whisper_greedy)
+
+# Transcription: audio in, text out
+from llada_jax.inference import LLaDASettings, Transcriber, WhisperSettings
+
+__all__ = [
+    "load",
+    "LMConfig", "LoRAConfig", "QFormerConfig", "WhisperConfig", "WhisperLLaDAConfig",
+    "DeliberationSettings", "DiffusionSettings", "decode", "deliberate", "generate", "greedy",
+    "whisper_greedy",
+    "LLaDASettings", "Transcriber", "WhisperSettings",
+]

@@ -1,21 +1,19 @@
 """Model configs: typed frozen dataclasses with named presets.
 
 Every size the model code uses comes from here; nothing downstream hard-codes a width, a head count,
-a token id or a mel-bin count. Configs round-trip through JSON (`to_dict` / `from_dict`) so a converted
-checkpoint carries the exact config it was built with.
+a token id or a mel-bin count. A converted checkpoint's config.json is `to_dict` (tagged with its
+kind, read back by `from_dict`), so it carries the exact config it was built with.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import typing as tp
+
+from llada_jax import configlib
+from llada_jax.configlib import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-  """A config field is unknown, has the wrong type or an impossible value."""
 
 
 def _check_dtype(owner: str, name: str, value: str) -> None:
@@ -281,58 +279,26 @@ class WhisperLLaDAConfig:
                lm=lm)
 
 
-PRESETS: dict[str, tp.Callable[[], tp.Any]] = {
-    "whisper_tiny_en": WhisperConfig.whisper_tiny_en,
-    "whisper_large_v3": WhisperConfig.whisper_large_v3,
-    "llada_8b_instruct": LMConfig.llada_8b_instruct,
-    "llama3_8b": LMConfig.llama3_8b,
-    "smollm2_135m": LMConfig.smollm2_135m,
-    "whisper_llada_paper": WhisperLLaDAConfig.paper,
-    "whisper_llama_baseline": WhisperLLaDAConfig.baseline,
-    "whisper_tiny_test": WhisperConfig.tiny_test,
-    "lm_tiny_test": LMConfig.tiny_test,
-    "whisper_llada_tiny_test": WhisperLLaDAConfig.tiny_test,
-}
+KINDS: dict[str, type] = {"whisper": WhisperConfig, "qformer": QFormerConfig, "lm": LMConfig,
+                          "whisper_llada": WhisperLLaDAConfig}
 
-_NESTED = {"lora": LoRAConfig, "rope_scaling": RopeScaling, "whisper": WhisperConfig,
-           "qformer": QFormerConfig, "lm": LMConfig}
-_KINDS = {"whisper": WhisperConfig, "qformer": QFormerConfig, "lm": LMConfig,
-          "whisper_llada": WhisperLLaDAConfig}
+
+def kind_of(cfg) -> str:
+  return next(k for k, c in KINDS.items() if type(cfg) is c)
 
 
 def to_dict(cfg) -> dict:
-  """Config → plain JSON-able dict, tagged with its kind."""
-  kind = next(k for k, c in _KINDS.items() if isinstance(cfg, c))
-  return {"kind": kind, **dataclasses.asdict(cfg)}
-
-
-def _build(cls, data: dict, where: str):
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = set(data) - names
-  if unknown:
-    raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)} for {cls.__name__}")
-  kw = {}
-  for key, value in data.items():
-    if key in _NESTED and isinstance(value, dict):
-      value = _build(_NESTED[key], value, f"{where}.{key}")
-    elif isinstance(value, list):
-      value = tuple(value)
-    kw[key] = value
-  return cls(**kw)
+  """Config → plain JSON-able dict, tagged with its kind (a checkpoint's config.json)."""
+  return configlib.to_dict(cfg, kind=kind_of(cfg))
 
 
 def from_dict(data: dict, where: str = "config"):
   """Inverse of `to_dict`; unknown fields are an error naming the field."""
-  data = dict(data)
-  kind = data.pop("kind", None)
-  if kind not in _KINDS:
-    raise ConfigError(f"{where}: 'kind' must be one of {sorted(_KINDS)}, got {kind!r}")
-  return _build(_KINDS[kind], data, where)
+  return configlib.from_dict(KINDS, data, where)
 
 
 def save_json(cfg, path) -> None:
-  with open(path, "w") as f:
-    json.dump(to_dict(cfg), f, indent=2)
+  configlib.save_json(cfg, path, kind=kind_of(cfg))
 
 
 def load_json(path):

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SAMPLE_RATE = 16000
+from llada_jax.audio import SAMPLE_RATE
+
 N_FFT = 400
 HOP = 160
 CHUNK_SAMPLES = 30 * SAMPLE_RATE  # 480000

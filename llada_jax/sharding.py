@@ -77,6 +77,23 @@ class ShardingConfig:
     return cls(rules=tuple(rules.items()))
 
 
+def mesh_shape(shape: tp.Sequence[int], num_devices: int) -> tuple[int, ...]:
+  """`shape` with its one allowed -1 resolved to the remaining devices; a ValueError naming the
+  numbers if it does not fit `num_devices`."""
+  shape = list(shape)
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"mesh shape {tuple(shape)}: positive sizes, at most one of them -1")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"mesh shape {tuple(shape)} does not divide {num_devices} devices")
+    shape[shape.index(-1)] = num_devices // known
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, "
+                     f"have {num_devices}")
+  return tuple(shape)
+
+
 def make_mesh(shape: tp.Sequence[int], axes: tp.Sequence[str] = MESH_AXES,
               devices: tp.Sequence[jax.Device] | None = None) -> Mesh:
   """A mesh over `axes`; one entry of `shape` may be -1 to take the remaining devices.
@@ -85,20 +102,10 @@ def make_mesh(shape: tp.Sequence[int], axes: tp.Sequence[str] = MESH_AXES,
   every gather of a sharded embedding demand an `out_sharding=`.
   """
   devices = list(devices if devices is not None else jax.devices())
-  shape = list(shape)
   if len(shape) != len(axes):
     raise ValueError(f"mesh shape {tuple(shape)} does not match axes {tuple(axes)}")
-  if shape.count(-1) > 1:
-    raise ValueError(f"mesh shape {tuple(shape)}: at most one axis may be -1")
-  known = math.prod(s for s in shape if s != -1)
-  if -1 in shape:
-    if len(devices) % known:
-      raise ValueError(f"mesh shape {tuple(shape)} does not divide {len(devices)} devices")
-    shape[shape.index(-1)] = len(devices) // known
-  if math.prod(shape) != len(devices):
-    raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, "
-                     f"have {len(devices)}")
-  return jax.make_mesh(tuple(shape), tuple(axes), axis_types=(AxisType.Auto,) * len(axes),
+  shape = mesh_shape(shape, len(devices))
+  return jax.make_mesh(shape, tuple(axes), axis_types=(AxisType.Auto,) * len(axes),
                        devices=devices)
 
 

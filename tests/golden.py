@@ -233,9 +233,16 @@ def run(repo: Path, out: Path) -> None:
   tok = make_tokenizer(corpus, work / "tok")
   data = [f"data.train={corpus / 'train-clean'}", f"data.dev={corpus / 'dev-clean'}",
           f"data.tokenizer={tok}", "data.mel_frames=600"]
-  for name, extra in (("llada", []), ("ar", ["objective=ar", "model.lm.causal=true"])):
-    sh([py, "train.py", "--config", "tiny", "--workdir", work / f"train_{name}", "--no-progress",
-        "--set", *data, *extra], repo, env, log)
+  # The AR run as a full JSON dump (objective and causal change together)
+  dump = subprocess.run([py, "train.py", "--config", "tiny", "--workdir", work / "unused",
+                         "--print-config", "--set", *data], cwd=repo, env=env, check=True,
+                        capture_output=True, text=True).stdout
+  ar_cfg = json.loads(dump)
+  ar_cfg["objective"], ar_cfg["model"]["lm"]["causal"] = "ar", True
+  (work / "tiny_ar.json").write_text(json.dumps(ar_cfg))
+  for name, config in (("llada", "tiny"), ("ar", work / "tiny_ar.json")):
+    sh([py, "train.py", "--config", config, "--workdir", work / f"train_{name}", "--no-progress",
+        "--set", *data], repo, env, log)
     (golden / f"train_{name}_metrics.jsonl").write_text(
         sanitized_lines(work / f"train_{name}" / "metrics.jsonl"))
     (golden / f"ckpt_train_{name}.json").write_text(json.dumps(

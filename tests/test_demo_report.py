@@ -1,4 +1,4 @@
-"""tools/demo.py's scoring: which utterances count, each system's first pass, aliases, findings.
+"""The demo's report (llada_jax.evaluation.report): which utterances count, each system's first pass, aliases, findings.
 
 The hypotheses are built so every error count is known: the references are four distinct words
 ("alpha bravo charlie delta" …) and a hypothesis with k of them replaced by "zulu" has k errors.
@@ -7,16 +7,12 @@ The hypotheses are built so every error count is known: the references are four 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import demo  # noqa: E402
-
-from llada_jax import significance  # noqa: E402
+from llada_jax.evaluation import report, significance
 
 WORDS = ["alpha", "bravo", "charlie", "delta"]
 IDS = [f"1-1-{i:04d}" for i in range(6)]
@@ -65,9 +61,8 @@ def _run(tmp_path: Path) -> tuple[Path, dict]:
     (out / run_name).mkdir()
     (out / run_name / "metrics.jsonl").write_text(
         "".join(json.dumps({"step": s, "loss": 5.0 / s}) + "\n" for s in (1, 2, 3)))
-  report = {"machine": "test", "date": "2026-11-26", "preset": "smoke", "config": {},
-            "wall_seconds": 1.0}
-  demo.finish(out, results, report, demo.PRESETS["smoke"])
+  info = {"machine": "test", "date": "2026-11-26", "config": {}, "wall_seconds": 1.0}
+  report.finish(out, results, info, gen_length=16)
   return out, json.loads((out / "results.json").read_text())
 
 

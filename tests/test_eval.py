@@ -15,7 +15,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llada_jax import evaluation, features, text
+from llada_jax import features, text
+from llada_jax.evaluation import RunSettings, cli, outputs, runner
+from llada_jax.inference import transcriber as transcriber_lib
+from llada_jax.inference.long_audio import chunk_windows, merge_chunks
+from llada_jax.inference.whisper import WhisperSettings, bucket_widths
 from llada_jax.audio import load_audio
 from llada_jax.data import librispeech
 from llada_jax.testing.torch_whisper import TorchWhisper
@@ -37,12 +41,12 @@ def _forget_compilations():
   from llada_jax import whisper
 
   whisper._greedy.clear_cache()
-  evaluation._EXECUTABLES.clear()
+  transcriber_lib._EXECUTABLES.clear()
 
 
 def _eval(*argv) -> tuple[dict, list[dict]]:
-  args = evaluation.parse_args(["--quiet", *map(str, argv)])
-  summary = evaluation.run(args)
+  args = cli.parse_args(["--quiet", *map(str, argv)])
+  summary = cli.evaluate(args)
   out = Path(args.out)
   return summary, [json.loads(line) for line in (out / "hyps.jsonl").read_text().splitlines()]
 
@@ -80,7 +84,7 @@ def test_whisper_matches_transformers(tiny, corpus, parity_run):
   _, summary, records = parity_run
   assert summary["num_utts"] == NUM_UTTS and summary["num_errors"] == 0
   scan = librispeech.scan_librispeech(corpus)
-  buckets = evaluation.bucket_widths(evaluation.DEFAULT_BUCKET_SECONDS)
+  buckets = bucket_widths(WhisperSettings().bucket_seconds)
   groups: dict[int, list] = {}
   for u in scan.utterances:
     audio = load_audio(u.path)
@@ -146,9 +150,9 @@ def test_summary_fields_and_timing(parity_run):
 
 def test_write_atomic_keeps_old_file_on_failure(tmp_path):
   target = tmp_path / "summary.json"
-  evaluation.write_atomic(target, "old\n")
+  outputs.write_atomic(target, "old\n")
   with pytest.raises(UnicodeEncodeError):
-    evaluation.write_atomic(target, "new \ud800\n")  # a lone surrogate cannot be encoded mid-write
+    outputs.write_atomic(target, "new \ud800\n")  # a lone surrogate cannot be encoded mid-write
   assert target.read_text() == "old\n"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
@@ -158,11 +162,11 @@ def test_wrong_checkpoint_kind_is_named(tiny, corpus, tmp_path, capsys):
   the flag, the path and what it holds, before any data is read."""
   for strategy, want in (("diffusion", "needs a Whisper-LLaDA checkpoint"),
                          ("ar", "needs a Whisper-LLaDA checkpoint")):
-    code = evaluation.main(["--quiet", "--checkpoint", str(tiny[0]), "--data", str(corpus),
+    code = cli.main(["--quiet", "--checkpoint", str(tiny[0]), "--data", str(corpus),
                             "--out", str(tmp_path / strategy), "--strategy", strategy])
     err = capsys.readouterr().err
     assert code == 2 and want in err and str(tiny[0]) in err and "WhisperConfig" in err, err
-  code = evaluation.main(["--quiet", "--checkpoint", str(tmp_path / "nope"), "--data", str(corpus),
+  code = cli.main(["--quiet", "--checkpoint", str(tmp_path / "nope"), "--data", str(corpus),
                           "--out", str(tmp_path / "x"), "--strategy", "whisper"])
   err = capsys.readouterr().err
   assert code == 2 and f"--checkpoint {tmp_path / 'nope'}" in err, err
@@ -180,7 +184,7 @@ def test_tfds_spec(tiny, corpus, parity_run, tmp_path):
   folder = {r["id"]: r["hyp"] for r in parity_run[2]}
   # 16-bit FLAC → int16 ArrayRecord is lossless: the same audio, the same transcripts.
   assert {r["id"]: r["hyp"] for r in records} == {r["id"]: folder[r["id"]] for r in records}
-  code = evaluation.main(["--quiet", "--checkpoint", str(tiny[0]), "--data",
+  code = cli.main(["--quiet", "--checkpoint", str(tiny[0]), "--data",
                           "tfds:librispeech_folder/no_such_split", "--tfds-data-dir",
                           str(tmp_path / "tfds"), "--out", str(tmp_path / "x"), "--strategy",
                           "whisper"])
@@ -281,7 +285,7 @@ def test_bad_data_gives_error_records(tiny, bad_corpus, tmp_path):
   assert summary["num_errors"] == len(errors) >= len(expect) - 4
   assert summary["num_utts"] == 4
 
-  code = evaluation.main(["--quiet", "--checkpoint", str(tiny[0]), "--data", str(root), "--out",
+  code = cli.main(["--quiet", "--checkpoint", str(tiny[0]), "--data", str(root), "--out",
                           str(tmp_path / "strict"), "--strategy", "whisper", "--strict"])
   assert code == 2
   assert not (tmp_path / "strict" / "hyps.jsonl").exists()
@@ -295,39 +299,36 @@ def test_broken_specs_exit_cleanly(tiny, tmp_path):
   (tmp_path / "empty").mkdir()
   base = ["--quiet", "--checkpoint", str(tiny[0]), "--out", str(tmp_path / "o"), "--strategy",
           "whisper"]
-  assert evaluation.main(base + ["--data", str(tmp_path / "empty")]) == 2
-  assert evaluation.main(base + ["--data", "tfds:nonsense"]) == 2
+  assert cli.main(base + ["--data", str(tmp_path / "empty")]) == 2
+  assert cli.main(base + ["--data", "tfds:nonsense"]) == 2
   bad_ckpt = ["--quiet", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o"),
               "--strategy", "whisper", "--data"]
   corpus = tmp_path / "c" / "1" / "10"
   corpus.mkdir(parents=True)
   sf.write(corpus / "1-10-0000.flac", np.zeros(1600, np.float32), 16000)
   (corpus / "1-10.trans.txt").write_text("1-10-0000 SILENCE\n")
-  assert evaluation.main(bad_ckpt + [str(tmp_path / "c")]) == 2
+  assert cli.main(bad_ckpt + [str(tmp_path / "c")]) == 2
   with pytest.raises(SystemExit):
-    evaluation.parse_args(base + ["--data", "x", "--strategy", "nope"])
+    cli.parse_args(base + ["--data", "x", "--strategy", "nope"])
 
 
-class EchoStrategy:
-  """A model-free strategy capped at 30 s, as the Whisper-LLaDA ones are: echoes the reference."""
+class EchoTranscriber(transcriber_lib.Transcriber):
+  """A model-free transcriber capped at 30 s, as the Whisper-LLaDA ones are: echoes the reference."""
 
   name = "echo"
   max_seconds = 30.0
-  buckets = (evaluation.CHUNK_SAMPLES,)
 
-  calls = 0
-
-  def prepare(self, checkpoint, args):
-    pass
+  def __init__(self, batch_size):
+    super().__init__(batch_size)
+    self.calls = 0
 
   def transcribe(self, batch):
-    EchoStrategy.calls += 1
-    return [evaluation.UtteranceError("refused") if "0001" in i else (t.lower(), None)
+    self.calls += 1
+    return [transcriber_lib.UtteranceError("refused") if "0001" in i else (t.lower(), None)
             for i, t in zip(batch["ids"], batch["text"])]
 
 
-def test_duration_cap_and_plugged_strategy(tmp_path, monkeypatch):
-  monkeypatch.setitem(evaluation.STRATEGIES, "echo", EchoStrategy)
+def test_duration_cap_and_a_custom_transcriber(tmp_path):
   ch = tmp_path / "data" / "1" / "10"
   ch.mkdir(parents=True)
   rng = np.random.default_rng(0)
@@ -335,21 +336,22 @@ def test_duration_cap_and_plugged_strategy(tmp_path, monkeypatch):
     noise = 0.01 * rng.standard_normal(int(seconds * 16000))
     sf.write(ch / f"1-10-{utt:04d}.flac", noise, 16000)
   (ch / "1-10.trans.txt").write_text("1-10-0000 A B\n1-10-0001 C D\n1-10-0002 E F\n")
-  summary, records = _eval("--checkpoint", tmp_path, "--data", tmp_path / "data", "--out",
-                           tmp_path / "out", "--strategy", "echo", "--batch-size", 2)
+  echo = EchoTranscriber(batch_size=2)
+  summary = runner.run(echo, RunSettings(data=str(tmp_path / "data"), out=str(tmp_path / "out"),
+                                         quiet=True))
+  records = [json.loads(ln) for ln in (tmp_path / "out" / "hyps.jsonl").read_text().splitlines()]
   by_id = {r["id"]: r for r in records}
   assert by_id["1-10-0000"]["hyp"] == "a b" and by_id["1-10-0000"]["confidences"] is None
   assert "refused" in by_id["1-10-0001"]["error"]
   assert "30 s limit" in by_id["1-10-0002"]["error"]
   assert summary["num_utts"] == 1 and summary["num_errors"] == 2 and summary["wer"] == 0.0
-  # Without its own compile timer, the first batch of a shape is transcribed twice: a timed warm-up.
-  assert EchoStrategy.calls == 2
-  with pytest.raises(evaluation.DurationError, match="30 s limit"):
-    evaluation.check_max_duration(30.5)
-  evaluation.check_max_duration(30.0)
-  assert evaluation.main(["--quiet", "--checkpoint", str(tmp_path), "--data",
-                          str(tmp_path / "data"), "--out", str(tmp_path / "strict"),
-                          "--strategy", "echo", "--strict"]) == 2
+  assert echo.calls == 1  # one timing path: no warm-up call, nothing transcribed twice
+  with pytest.raises(transcriber_lib.DurationError, match="30 s limit"):
+    transcriber_lib.check_max_duration(30.5)
+  transcriber_lib.check_max_duration(30.0)
+  with pytest.raises(runner.EvalError, match="strict"):
+    runner.run(echo, RunSettings(data=str(tmp_path / "data"), out=str(tmp_path / "strict"),
+                                 strict=True, quiet=True))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -358,17 +360,17 @@ def test_duration_cap_and_plugged_strategy(tmp_path, monkeypatch):
 
 def test_chunk_windows_cover_with_overlap():
   sr = 16000
-  assert evaluation.chunk_windows(10 * sr) == [(0, 10 * sr)]
-  wins = evaluation.chunk_windows(45 * sr)
+  assert chunk_windows(10 * sr) == [(0, 10 * sr)]
+  wins = chunk_windows(45 * sr)
   assert wins == [(0, 30 * sr), (20 * sr, 45 * sr)]
-  wins = evaluation.chunk_windows(95 * sr)
+  wins = chunk_windows(95 * sr)
   assert wins[0][0] == 0 and wins[-1][1] == 95 * sr
   for (s0, e0), (s1, e1) in zip(wins, wins[1:]):
     assert e0 - s1 == 10 * sr and e1 - s1 <= 30 * sr
 
 
 def test_merge_overlap():
-  m = evaluation.merge_chunks
+  m = merge_chunks
   assert m(["the quick brown fox jumps over", "fox jumps over the lazy dog"]) == \
       "the quick brown fox jumps over the lazy dog"
   # Cut words at the window edges and a punctuation/case difference inside the overlap.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llada_jax import text
-from llada_jax.significance import paired_bootstrap
+from llada_jax.evaluation.significance import paired_bootstrap
 
 
 def reference(base, other, samples, seed):

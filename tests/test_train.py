@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 
 from llada_jax import sharding, text
-from llada_jax.configs import ConfigError
+from llada_jax.configlib import ConfigError
 from llada_jax.train import config as config_lib
 from llada_jax.train import loop
 from llada_jax.train.checkpoints import Checkpoints
@@ -32,6 +32,11 @@ from llada_jax.whisper_llada import WhisperLLaDA
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_LEN = 7
+
+
+def tiny(**changes) -> config_lib.TrainConfig:
+  """configs/tiny.py with `changes`."""
+  return dataclasses.replace(config_lib.load("tiny"), **changes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +128,7 @@ def straight_run(corpus, compile_cache, tmp_path_factory):
 def tiny_model():
   # Built as train.py builds it (jitted, sharded init): the loop tests above leave its executable
   # in the compile cache.
-  cfg = config_lib.tiny()
+  cfg = tiny()
   model = create_model(cfg, sharding.make_mesh((8, 1, 1)), sharding.ShardingConfig.fsdp_tp())
   # LoRA B starts at 0; make it non-zero so gradients reach A as well.
   for path, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
@@ -179,26 +184,6 @@ def test_overrides_are_typed():
   assert config_lib.load("tiny", ["mesh=[1,-1,1]"]).mesh == (1, -1, 1)
 
 
-def test_config_files_and_presets_round_trip(tmp_path):
-  for name in config_lib.PRESETS:
-    cfg = config_lib.preset(name)
-    assert config_lib.from_dict(json.loads(json.dumps(config_lib.to_dict(cfg)))) == cfg
-  path = tmp_path / "c.json"
-  path.write_text(json.dumps({"base": "tiny", "optimizer": {"peak_lr": 0.5}, "steps": 9}))
-  cfg = config_lib.load(str(path), ["seed=3"])
-  assert (cfg.optimizer.peak_lr, cfg.steps, cfg.seed, cfg.batch_size) == (0.5, 9, 3, 8)
-  path.write_text(json.dumps({"base": "tiny", "optimizer": {"peak": 0.5}}))
-  with pytest.raises(ConfigError, match=r"optimizer\.peak"):
-    config_lib.load(str(path))
-  py = tmp_path / "c.py"
-  py.write_text("from llada_jax.train.config import tiny\ndef config():\n  return tiny(steps=11)\n")
-  assert config_lib.load(str(py)).steps == 11
-  with pytest.raises(ConfigError, match="preset"):
-    config_lib.load("nope")
-  assert config_lib.preset("paper").audio_len == 352
-  assert config_lib.preset("baseline").objective == "ar"
-
-
 @pytest.mark.parametrize("overrides, field", [
     (["mesh=3,-1,1"], "mesh"),
     (["mesh=4,1,1"], "mesh"),
@@ -224,7 +209,7 @@ def test_runtime_errors_come_before_compilation(overrides, field, tmp_path, monk
 
 
 def test_full_finetune_trains_everything_but_the_encoder():
-  cfg = config_lib.tiny()
+  cfg = tiny()
   model = nnx.eval_shape(lambda: WhisperLLaDA(cfg.resolved_model(), rngs=nnx.Rngs(0)))
   for full, expect in ((False, {"projector", "lm"}), (True, {"projector", "lm"})):
     c = dataclasses.replace(cfg, full_finetune=full)
@@ -243,15 +228,15 @@ def test_full_finetune_trains_everything_but_the_encoder():
 
 def test_projector_lr_scale_scales_only_the_projector_updates():
   """Adam's first update is ±lr per weight: the Q-Former's must be `scale` × the LM's."""
-  model = WhisperLLaDA(config_lib.tiny().resolved_model(), rngs=nnx.Rngs(0))
-  _, params, _ = nnx.split(model, trainable_filter(config_lib.tiny()), ...)
+  model = WhisperLLaDA(tiny().resolved_model(), rngs=nnx.Rngs(0))
+  _, params, _ = nnx.split(model, trainable_filter(tiny()), ...)
   params = nnx.to_pure_dict(params)
   grads = jax.tree.map(jnp.ones_like, params)
   steps = {}
   for scale in (1.0, 8.0):
     o = config_lib.OptimizerConfig(peak_lr=1e-3, warmup_steps=0, weight_decay=0.0, grad_clip=0.0,
                                    projector_lr_scale=scale)
-    tx, _ = make_optimizer(config_lib.tiny(optimizer=o))
+    tx, _ = make_optimizer(tiny(optimizer=o))
     updates, _ = tx.update(grads, tx.init(params), params)
     steps[scale] = {k: float(jnp.abs(jax.tree.leaves(updates[k])[0]).max()) for k in updates}
   np.testing.assert_allclose(steps[1.0]["projector"], 1e-3, rtol=1e-4)
@@ -457,7 +442,8 @@ def test_encoder_cache_computes_once_per_utterance(tmp_path):
 def test_exported_run_evaluates_with_every_llada_strategy(straight_run, corpus, tmp_path):
   """train.py's DIR/model loads and eval.py decodes it: diffusion, semi-AR, deliberation over a
   first pass (random and low-confidence masking, text-only), with the run's mel frames."""
-  from llada_jax import checkpoint, evaluation
+  from llada_jax import checkpoint
+  from llada_jax.evaluation import cli
   from llada_jax.whisper_llada import WhisperLLaDA
 
   model_dir = straight_run["workdir"] / "model"
@@ -469,14 +455,14 @@ def test_exported_run_evaluates_with_every_llada_strategy(straight_run, corpus, 
             "--quiet", "--gen-length", "8", "--steps", "8"]
   # The run's 200 mel frames hold 2 s: longer utterances are error records, never silently cut.
   capped = tmp_path / "capped"
-  assert evaluation.main([*common, "--strategy", "diffusion", "--out", str(capped)]) == 0
+  assert cli.main([*common, "--strategy", "diffusion", "--out", str(capped)]) == 0
   summary = json.loads((capped / "summary.json").read_text())
   assert summary["num_utts"] == 0 and summary["num_errors"] == 4
   common += ["--mel-frames", "2000"]  # 20 s: every dev utterance fits
   for name, extra in [("diffusion", []), ("semi_ar", ["--block-length", "4"]),
                       ("diffusion", ["--cache", "--threshold", "0.5"])]:
     out = tmp_path / f"{name}{len(extra)}"
-    assert evaluation.main([*common, "--strategy", name, "--out", str(out), *extra]) == 0
+    assert cli.main([*common, "--strategy", name, "--out", str(out), *extra]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_utts"] == 4 and summary["strategy"] == name
   first = tmp_path / "diffusion0" / "hyps.jsonl"
@@ -485,9 +471,9 @@ def test_exported_run_evaluates_with_every_llada_strategy(straight_run, corpus, 
                 ["--deliberation-strategy", "semi_ar", "--num-chunks", "2"],
                 ["--text-only"]):
     out = tmp_path / ("delib" + "_".join(extra))
-    assert evaluation.main([*common, "--strategy", "deliberation", "--first-pass", str(first),
+    assert cli.main([*common, "--strategy", "deliberation", "--first-pass", str(first),
                             "--out", str(out), *extra]) == 0
     rows = [json.loads(ln) for ln in (out / "hyps.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all("hyp" in r for r in rows)
   # a causal strategy on a LLaDA checkpoint is refused with a clear message
-  assert evaluation.main([*common, "--strategy", "ar", "--out", str(tmp_path / "ar")]) == 2
+  assert cli.main([*common, "--strategy", "ar", "--out", str(tmp_path / "ar")]) == 2

@@ -76,6 +76,18 @@ class Source(tp.Protocol):
     """{id, audio float32 [n] at 16 kHz, text, speaker}; raises AudioError for a bad utterance."""
 
 
+def audio_length(path: str | os.PathLike) -> int:
+  """Samples at 16 kHz of an audio file, from its header; an AudioError naming the file."""
+  try:
+    info = sf.info(path)
+    # FLAC may leave the total unknown (0, read back as 2**63 - 1): then decode once to learn it.
+    if 0 < info.frames < 2**40:
+      return -(-info.frames * SAMPLE_RATE // info.samplerate)
+    return int(load_audio(path).shape[0])
+  except (sf.LibsndfileError, RuntimeError, OSError) as e:
+    raise AudioError(f"{path}: not readable as audio: {e}") from e
+
+
 class FolderSource:
   """A scanned LibriSpeech-layout folder; audio decoded on access."""
 
@@ -94,20 +106,54 @@ class FolderSource:
 
   def _length(self, utt: librispeech.Utterance) -> int:
     try:
-      info = sf.info(utt.path)
-      # FLAC may leave the total unknown (0, read back as 2**63 - 1): then decode once to learn it.
-      if 0 < info.frames < 2**40:
-        return -(-info.frames * SAMPLE_RATE // info.samplerate)
-      return int(load_audio(utt.path).shape[0])
+      return audio_length(utt.path)
     except AudioError as e:
       self.errors.append(ErrorRecord(utt.id, utt.path, str(e)))
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-      self.errors.append(ErrorRecord(utt.id, utt.path, f"{utt.path}: not readable as audio: {e}"))
     return -1
 
   def __getitem__(self, i: int) -> dict:
     u = self.utterances[int(i)]
     return {"id": u.id, "audio": load_audio(u.path), "text": u.text, "speaker": u.speaker}
+
+
+class ArraySource:
+  """Audio handed over directly: float32 16 kHz arrays or file paths (any layout), no transcripts.
+  Ids are the paths (arrays: "#i")."""
+
+  def __init__(self, items: tp.Sequence[np.ndarray | str | os.PathLike]):
+    self.items = list(items)
+    self.errors: list[ErrorRecord] = []
+    self.name = "audio"
+    self._lengths = np.asarray([self._length(i) for i in range(len(self.items))], np.int64)
+
+  def name_of(self, i: int) -> str:
+    item = self.items[i]
+    return f"#{i}" if isinstance(item, np.ndarray) else os.fspath(item)
+
+  def _length(self, i: int) -> int:
+    item = self.items[i]
+    if isinstance(item, np.ndarray):
+      if item.ndim != 1 or not item.shape[0]:
+        self.errors.append(ErrorRecord(self.name_of(i), self.name_of(i),
+                                       f"audio of shape {item.shape}: expected [samples]"))
+        return -1
+      return int(item.shape[0])
+    try:
+      return audio_length(item)
+    except AudioError as e:
+      self.errors.append(ErrorRecord(self.name_of(i), self.name_of(i), str(e)))
+    return -1
+
+  def __len__(self) -> int:
+    return len(self.items)
+
+  def lengths(self) -> np.ndarray:
+    return self._lengths
+
+  def __getitem__(self, i: int) -> dict:
+    item = self.items[int(i)]
+    audio = (np.asarray(item, np.float32) if isinstance(item, np.ndarray) else load_audio(item))
+    return {"id": self.name_of(int(i)), "audio": audio, "text": "", "speaker": ""}
 
 
 def open_source(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None,

@@ -23,9 +23,26 @@ from flax import nnx
 
 from llada_jax import features, sharding, text
 from llada_jax.data.pipeline import PipelineConfig
+from llada_jax.configlib import ConfigError
 from llada_jax.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+def prompt_ids(cfg: TrainConfig, tokenizer) -> tuple[list[int], int]:
+  """The run's chat prompt ids and its sequence length (prompt + audio + response), checked
+  against the LM's context and vocabulary."""
+  prompt = text.prompt_ids(tokenizer, cfg.model.prompt, cfg.model.system_prompt)
+  lm = cfg.model.lm
+  seq = len(prompt) + cfg.audio_len + cfg.data.response_len
+  if seq > lm.max_seq_len:
+    raise ConfigError(f"sequence of {len(prompt)} prompt + {cfg.audio_len} audio + "
+                      f"{cfg.data.response_len} response tokens exceeds model.lm.max_seq_len "
+                      f"{lm.max_seq_len}")
+  vocab = len(tokenizer)
+  if vocab > lm.vocab_size:
+    raise ConfigError(f"the tokenizer has {vocab} tokens, model.lm.vocab_size is {lm.vocab_size}")
+  return prompt, seq
 
 
 def pipeline_config(cfg: TrainConfig, *, train: bool, process_count: int = 1) -> PipelineConfig:

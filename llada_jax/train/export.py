@@ -18,9 +18,9 @@ from flax import nnx
 
 from llada_jax import checkpoint, sharding, text
 from llada_jax.convert.sources import TOKENIZER_FILE_NAMES
+from llada_jax.train import batches
 from llada_jax.train import config as config_lib
 from llada_jax.train.checkpoints import Checkpoints
-from llada_jax.train.loop import _prepare
 from llada_jax.train.state import create_model
 from llada_jax.train.step import Trainer, rules_for
 
@@ -40,7 +40,7 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
     mesh = sharding.make_mesh(config_lib.mesh_shape(cfg, jax.device_count()))
     rules = rules_for(cfg)
     tokenizer_dir = Path(config_lib.tokenizer_path(cfg))
-    prompt, _ = _prepare(cfg, text.load_tokenizer(tokenizer_dir))
+    prompt, _ = batches.prompt_ids(cfg, text.load_tokenizer(tokenizer_dir))
     trainer = Trainer(cfg, create_model(cfg, mesh, rules), mesh, prompt_len=len(prompt),
                       rules=rules, from_encoder=False)
     state, _ = ckpts.restore(step, trainer.abstract_state())

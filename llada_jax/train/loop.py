@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from llada_jax import sharding, text
-from llada_jax.configs import ConfigError
+from llada_jax.configlib import ConfigError
 from llada_jax.data.pipeline import make_batches
 from llada_jax.train import batches as batches_lib
 from llada_jax.train import config as config_lib
@@ -35,20 +35,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteError(RuntimeError):
   """A step's loss or gradient norm was NaN/inf under nan_policy='stop'."""
-
-
-def _prepare(cfg: TrainConfig, tokenizer) -> tuple[list[int], int]:
-  prompt = text.prompt_ids(tokenizer, cfg.model.prompt, cfg.model.system_prompt)
-  lm = cfg.model.lm
-  seq = len(prompt) + cfg.audio_len + cfg.data.response_len
-  if seq > lm.max_seq_len:
-    raise ConfigError(f"sequence of {len(prompt)} prompt + {cfg.audio_len} audio + "
-                      f"{cfg.data.response_len} response tokens exceeds model.lm.max_seq_len "
-                      f"{lm.max_seq_len}")
-  vocab = len(tokenizer)
-  if vocab > lm.vocab_size:
-    raise ConfigError(f"the tokenizer has {vocab} tokens, model.lm.vocab_size is {lm.vocab_size}")
-  return prompt, seq
 
 
 def evaluate(trainer: Trainer, state: dict, dev, prepare: tp.Callable[[dict], dict],
@@ -182,7 +168,7 @@ def _run(cfg, workdir, shape, resume, stop_after, progress, main) -> dict:
   mesh = sharding.make_mesh(shape)
   rules = rules_for(cfg)
   tokenizer = text.load_tokenizer(config_lib.tokenizer_path(cfg))
-  prompt, seq = _prepare(cfg, tokenizer)
+  prompt, seq = batches_lib.prompt_ids(cfg, tokenizer)
   ckpts = Checkpoints(workdir / "checkpoints", keep_last=cfg.keep_last, async_save=cfg.async_save)
   try:
     return _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, tokenizer, prompt,

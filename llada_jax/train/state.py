@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from llada_jax import checkpoint, sharding
-from llada_jax.configs import ConfigError
+from llada_jax.configlib import ConfigError
 from llada_jax.train.config import TrainConfig
 from llada_jax.whisper_llada import WhisperLLaDA
 

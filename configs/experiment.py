@@ -1,0 +1,12 @@
+"""`make experiment`: the demo with all 30 SmolLM2 layers under LoRA, twice the training audio and
+6× the steps (configs/experiment_llama.py, experiment_llada.py): hours on a CPU."""
+
+import dataclasses
+
+from llada_jax import configlib
+from llada_jax.demo import DemoConfig
+
+
+def config() -> DemoConfig:
+  return dataclasses.replace(configlib.load("demo", DemoConfig), llama="experiment_llama",
+                             llada="experiment_llada", num_train=6000)

@@ -1,0 +1,99 @@
+"""What an evaluation reads: the usable utterances of a data spec, and first-pass hypotheses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from llada_jax.audio import SAMPLE_RATE
+from llada_jax.data import librispeech, pipeline
+from llada_jax.data.librispeech import ErrorRecord
+from llada_jax.inference.transcriber import DurationError, check_max_duration
+
+
+class EvalError(RuntimeError):
+  """The run cannot go on: a broken data spec or checkpoint, or (with --strict) bad data."""
+
+
+class Subset:
+  """Some utterances of a source (by index), with its lengths and error records."""
+
+  def __init__(self, source, indices: np.ndarray, errors: list[ErrorRecord]):
+    self.base, self.indices = source, np.asarray(indices, np.int64)
+    self._lengths = np.asarray(source.lengths(), np.int64)[self.indices]
+    self.errors = errors
+    if hasattr(source, "utterances"):
+      self.utterances = [source.utterances[int(i)] for i in self.indices]
+    self.name = getattr(source, "name", "?")
+
+  def __len__(self) -> int:
+    return int(self.indices.shape[0])
+
+  def lengths(self) -> np.ndarray:
+    return self._lengths
+
+  def __getitem__(self, i: int) -> dict:
+    return self.base[int(self.indices[int(i)])]
+
+
+def _utt_id(source, i: int) -> str:
+  utts = getattr(source, "utterances", None)
+  if utts is not None:
+    return utts[i].id
+  try:  # a tfds record: its id is stored with the audio
+    return str(source[i]["id"])
+  except Exception:  # noqa: BLE001 - only for naming an error record
+    return f"#{i}"
+
+
+def open_data(spec: str, *, data_dir: str | None = None, limit: int | None = None,
+              strict: bool = False, max_seconds: float | None = None
+              ) -> tuple[Subset, dict[str, str]]:
+  """The usable utterances of `spec` (the first `limit`, length-filtered: longer than
+  `max_seconds` is an error record) and the references by id, for error records."""
+  try:
+    source = pipeline.open_source(spec, data_dir, strict=strict)
+  except (librispeech.CorpusError, FileNotFoundError, ImportError, ValueError, OSError) as e:
+    raise EvalError(f"--data {spec}: {e}") from e
+  if limit is not None and isinstance(source, pipeline.FolderSource):
+    # Before reading lengths: --limit should not have to read every file header of a big corpus.
+    source = pipeline.FolderSource(librispeech.Scan(source.utterances[:limit], source.errors))
+  count = len(source) if limit is None else min(len(source), limit)
+  lengths = np.asarray(source.lengths(), np.int64)[:count]
+  errors = list(source.errors)
+  refs = {u.id: u.text for u in getattr(source, "utterances", [])}
+  keep = []
+  for i in range(count):
+    if lengths[i] < 0:
+      continue  # unreadable: the source has its error record
+    if max_seconds is not None:
+      try:
+        check_max_duration(lengths[i] / SAMPLE_RATE, max_seconds)
+      except DurationError as e:
+        utts = getattr(source, "utterances", None)
+        errors.append(ErrorRecord(_utt_id(source, i), utts[i].path if utts else f"[{i}]", str(e)))
+        continue
+    keep.append(i)
+  if strict and errors:
+    shown = "\n  ".join(f"{e.path}: {e.reason}" for e in errors[:20])
+    raise EvalError(f"--strict: {len(errors)} problem(s) in {spec}:\n  {shown}")
+  return Subset(source, np.asarray(keep, np.int64), errors), refs
+
+
+def read_first_pass(path: str | Path) -> dict[str, str]:
+  """{id: hypothesis} of another run's hyps.jsonl (its error records are left out)."""
+  path = Path(path)
+  if not path.is_file():
+    raise EvalError(f"--first-pass {path}: no such file")
+  out: dict[str, str] = {}
+  for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise EvalError(f"--first-pass {path}:{n}: not JSON ({e})") from e
+    if "hyp" in row and "id" in row:
+      out[row["id"]] = row["hyp"]
+  return out
+

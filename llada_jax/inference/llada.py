@@ -1,0 +1,219 @@
+"""Transcription with a Whisper-LLaDA (diffusion) or Whisper-LLaMA (AR) checkpoint: a converted
+Diffusion-ASR model or a run exported by train.py.
+
+  ar            greedy AR with a KV cache (the causal Whisper-LLaMA baseline)
+  diffusion     standalone diffusion decoding: one block of `gen_length` masks
+  semi_ar       the same with blocks of `block_length`, left to right
+  deliberation  re-fill part of a first-pass hypothesis (the batch's `hypothesis` texts);
+                `text_only` drops the audio embeddings (the paper's ablation)
+
+The audio is encoded exactly as in training: `mel_frames` log-mel frames (source.json of an exported
+run; 3000 = Whisper's 30 s otherwise), so the LM sees the number of audio embeddings it was trained
+with. The paper caps utterances at 30 s: longer ones (here: longer than mel_frames / 100 s) are
+refused (`max_seconds`), never cut silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llada_jax import checkpoint as ckpt
+from llada_jax import decoding, features, text
+from llada_jax.audio import SAMPLE_RATE
+from llada_jax.configs import WhisperLLaDAConfig
+from llada_jax.features import HOP
+from llada_jax.inference.transcriber import Result, Transcriber, UtteranceError
+from llada_jax.inference.whisper import ModelError
+
+STRATEGIES = ("ar", "diffusion", "semi_ar", "deliberation")
+
+
+@dataclasses.dataclass(frozen=True)
+class LLaDASettings:
+  """How a Whisper-LLaDA / Whisper-LLaMA checkpoint transcribes. Paper defaults: gen_length =
+  steps = 128, low-confidence remasking; semi-AR blocks of 32; deliberation semi-AR over 4
+  sub-blocks (diffusion deliberation: mask ratio 0.3, random masking)."""
+
+  strategy: str = "diffusion"  # one of STRATEGIES
+  gen_length: int | None = None  # response length; default: the run's response_len, else 128
+  steps: int | None = None  # denoising steps; default: = gen_length
+  block_length: int = 32  # semi_ar only (diffusion is one block of gen_length)
+  remasking: str = "low_confidence"  # decoding.REMASKING
+  temperature: float = 0.0
+  threshold: float | None = None  # Fast-dLLM: also commit every token with confidence ≥ τ
+  cache: bool = False  # Fast-dLLM prefix KV cache per block
+  # Fast-dLLM dual cache (implies the prefix cache): each cached step runs the block alone
+  # (semi_ar); deliberation's sub-blocks differ per row, so it keeps the prefix cache there.
+  dual_cache: bool = False
+  adaptive_length: bool = False  # gen length per batch from its longest utterance (32/64/96/128)
+  mel_frames: int | None = None  # encoder input frames; default: the run's, else 3000 = 30 s
+  seed: int = 0  # key for random masking / remasking / temperature
+  masking: str = "random"  # deliberation: decoding.MASKING
+  mask_ratio: float = 0.3
+  deliberation_strategy: str = "semi_ar"  # decoding.STRATEGIES
+  num_chunks: int = 4
+  text_only: bool = False  # deliberation without audio embeddings (the paper's ablation)
+
+  def __post_init__(self):
+    for name, value, allowed in (("strategy", self.strategy, STRATEGIES),
+                                 ("remasking", self.remasking, decoding.REMASKING),
+                                 ("masking", self.masking, decoding.MASKING),
+                                 ("deliberation_strategy", self.deliberation_strategy,
+                                  decoding.STRATEGIES)):
+      if value not in allowed:
+        raise ValueError(f"LLaDASettings.{name}={value!r}: expected one of {allowed}")
+
+
+class LLaDATranscriber(Transcriber):
+  max_seconds: float | None = 30.0
+
+  def __init__(self, checkpoint: str | os.PathLike, settings: LLaDASettings = LLaDASettings(),
+               *, batch_size: int = 16):
+    import llada_jax
+
+    super().__init__(batch_size)
+    s = self.settings = settings
+    self.name = s.strategy
+    try:
+      config = ckpt.read_config(checkpoint)
+    except (ckpt.CheckpointError, ValueError, OSError) as e:
+      raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
+    if not isinstance(config, WhisperLLaDAConfig):
+      raise ModelError(f"--strategy {s.strategy} needs a Whisper-LLaDA checkpoint (convert --kind "
+                       f"whisper_llada, or a train.py run's export); {checkpoint} holds a "
+                       f"{type(config).__name__}")
+    if s.strategy == "ar" and not config.lm.causal:
+      raise ModelError(f"--strategy ar needs the causal Whisper-LLaMA; {checkpoint} is a LLaDA")
+    if s.strategy != "ar" and config.lm.causal:
+      raise ModelError(f"--strategy {s.strategy} needs a bidirectional LLaDA; {checkpoint} is "
+                       f"causal (use --strategy ar)")
+    info = ckpt.read_source_info(checkpoint)
+    self.config = config
+    self.tokenizer = text.load_tokenizer(checkpoint)
+    self.prompt = np.asarray(
+        [text.prompt_ids(self.tokenizer, config.prompt, config.system_prompt)], np.int32)
+    self.mel_frames = int(s.mel_frames or info.get("mel_frames", config.whisper.max_mel_frames))
+    self.gen_length = int(s.gen_length or info.get("response_len", 128))
+    self.steps = int(s.steps or self.gen_length)
+    if s.strategy == "semi_ar" and not s.adaptive_length and self.gen_length % s.block_length:
+      raise ModelError(f"--gen-length {self.gen_length} is not a multiple of --block-length "
+                       f"{s.block_length}")
+    self.buckets = (self.mel_frames * HOP,)
+    self.max_seconds = self.mel_frames / 100.0
+    self.model = llada_jax.load(checkpoint)
+    self._graphdef, self._state = nnx.split(self.model)
+    self.key = jax.random.key(s.seed)
+    self.cache = bool(s.cache or s.dual_cache)  # the dual cache extends the prefix cache
+    self.info = {"mel_frames": self.mel_frames, "gen_length": self.gen_length,
+                 "steps": self.steps, "threshold": s.threshold,
+                 "cache": "dual" if s.dual_cache else self.cache,
+                 "prompt_tokens": int(self.prompt.shape[1])}
+    if s.strategy == "deliberation":
+      self.info.update({"masking": s.masking, "mask_ratio": s.mask_ratio,
+                        "strategy": s.deliberation_strategy, "num_chunks": s.num_chunks,
+                        "text_only": s.text_only})
+
+  # -- inputs ------------------------------------------------------------------------------------
+
+  def _mel(self, batch: dict) -> jax.Array:
+    audio = jnp.asarray(batch["audio"][:, : self.buckets[0]])
+    return features.log_mel(audio, n_mels=self.config.whisper.n_mels, frames=self.mel_frames)
+
+  def _prompt(self, batch: dict) -> np.ndarray:
+    return np.repeat(self.prompt, len(batch["ids"]), axis=0)
+
+  def _row_keys(self, batch: dict) -> jax.Array:
+    # Per-utterance keys (from the id), so random modes do not depend on batch composition.
+    seeds = [zlib.crc32(str(i).encode()) & 0x7FFFFFFF for i in batch["ids"]]
+    return jax.vmap(lambda s: jax.random.fold_in(self.key, s))(jnp.asarray(seeds, jnp.int32))
+
+  def _gen_length(self, batch: dict, multiple_of: int = 1) -> int:
+    if not self.settings.adaptive_length:
+      return self.gen_length
+    seconds = float(np.max(np.asarray(batch["audio_len"])[np.asarray(batch["valid"])], initial=0))
+    return decoding.adaptive_gen_length(seconds / SAMPLE_RATE, multiple_of=multiple_of)
+
+  def _texts(self, ids) -> list[Result]:
+    eos = self.config.lm.eos_id
+    return [(text.decode_response(self.tokenizer, row, eos), None) for row in np.asarray(ids)]
+
+  def _run(self, what: str, settings, fn, *args):
+    """`fn(model, *args)` through its compiled executable for these shapes and settings."""
+    graphdef = self._graphdef
+
+    def call(state, *args):
+      return fn(nnx.merge(graphdef, state), *args)
+
+    shapes = tuple(None if a is None else (a.shape, str(a.dtype)) for a in args)
+    exe = self.compiled((self.name, graphdef, settings, shapes), call, self._state, *args,
+                        what=f"{what}: batch {shapes[-1][0][0]}, {settings}")
+    return exe(self._state, *args)
+
+  # -- strategies --------------------------------------------------------------------------------
+
+  def transcribe(self, batch: dict) -> list[Result | Exception]:
+    if self.settings.strategy == "ar":
+      return self._ar(batch)
+    if self.settings.strategy == "deliberation":
+      return self._deliberation(batch)
+    return self._diffusion(batch)
+
+  def _ar(self, batch: dict) -> list[Result | Exception]:
+    n, eos = self._gen_length(batch), self.config.lm.eos_id
+    ids = self._run("greedy AR", (n, eos), lambda model, mel, prompt: decoding.greedy(
+        model, mel, prompt, max_new_tokens=n, eos_id=eos), self._mel(batch),
+                    jnp.asarray(self._prompt(batch), jnp.int32))
+    return self._texts(ids)
+
+  def _diffusion(self, batch: dict) -> list[Result | Exception]:
+    s = self.settings
+    semi = s.strategy == "semi_ar"
+    gen = self._gen_length(batch, multiple_of=s.block_length if semi else 1)
+    settings = decoding.DiffusionSettings(
+        gen_length=gen, steps=gen if s.adaptive_length else self.steps,
+        block_length=s.block_length if semi else gen, remasking=s.remasking,
+        temperature=s.temperature, threshold=s.threshold, cache=self.cache,
+        dual_cache=s.dual_cache)
+    ids = self._run("diffusion decode", settings, lambda model, mel, prompt, keys: decoding.decode(
+        model, mel, prompt, settings=settings, key=keys), self._mel(batch),
+                    jnp.asarray(self._prompt(batch), jnp.int32), self._row_keys(batch))
+    return self._texts(ids)
+
+  def _deliberation(self, batch: dict) -> list[Result | Exception]:
+    s, eos = self.settings, self.config.lm.eos_id
+    rows, lengths, missing = [], [], {}
+    hypotheses = batch.get("hypothesis") or [None] * len(batch["ids"])
+    for i, (utt, hyp) in enumerate(zip(batch["ids"], hypotheses)):
+      if hyp is None:
+        if batch["valid"][i]:
+          missing[i] = UtteranceError(f"{utt}: no first-pass hypothesis")
+        hyp = ""
+      rows.append(text.hypothesis_ids(self.tokenizer, hyp, self.gen_length))
+      lengths.append(len(rows[-1]))
+    hyp_ids = np.full((len(rows), self.gen_length), eos, np.int32)
+    for i, ids in enumerate(rows):
+      hyp_ids[i, : len(ids)] = ids
+    settings = decoding.DeliberationSettings(
+        strategy=s.deliberation_strategy, masking=s.masking, mask_ratio=s.mask_ratio,
+        steps=self.steps, num_chunks=s.num_chunks, remasking=s.remasking,
+        temperature=s.temperature, threshold=s.threshold, cache=self.cache)
+    mel = None if s.text_only else self._mel(batch)
+    out = np.asarray(self._run(
+        "deliberation", settings, lambda model, mel, prompt, hyp, n, keys: decoding.deliberate(
+            model, mel, prompt, hyp, n, settings=settings, key=keys),
+        mel, jnp.asarray(self._prompt(batch), jnp.int32), jnp.asarray(hyp_ids),
+        jnp.asarray(lengths, jnp.int32), self._row_keys(batch)))
+    results: list[Result | Exception] = []
+    for i, row in enumerate(out):
+      if i in missing:
+        results.append(missing[i])
+      else:
+        results.append((text.decode_response(self.tokenizer, row[: lengths[i]], eos), None))
+    return results

@@ -1,0 +1,69 @@
+"""Long audio: overlapping 30 s windows, and one transcript from the windows' transcripts.
+
+Pure functions of sample counts and word lists (no model), so the chunking and merging rules are
+tested on their own.
+"""
+
+from __future__ import annotations
+
+import re
+import typing as tp
+
+from llada_jax.audio import SAMPLE_RATE
+from llada_jax.features import CHUNK_SAMPLES
+
+
+def chunk_windows(num_samples: int, window: int = CHUNK_SAMPLES,
+                  stride: int = 5 * SAMPLE_RATE) -> list[tuple[int, int]]:
+  """[start, end) sample windows covering long audio: `window` wide, each overlapping the next by
+  2·`stride` (whisper-jax's 30 s chunks with 5 s strides on each side → a new window every 20 s)."""
+  step = window - 2 * stride
+  if step <= 0:
+    raise ValueError(f"chunk stride {stride} leaves no step in a {window}-sample window")
+  if num_samples <= window:
+    return [(0, num_samples)]
+  out, start = [], 0
+  while True:
+    out.append((start, min(start + window, num_samples)))
+    if start + window >= num_samples:
+      return out
+    start += step
+
+
+_WORD_CHARS = re.compile(r"[^\w']+")
+
+
+def _key(word: str) -> str:
+  return _WORD_CHARS.sub("", word.lower())
+
+
+def merge_overlap(left: list[str], right: list[str]) -> list[str]:
+  """Join the words of two overlapping windows, keeping one copy of the overlap.
+
+  transformers' chunked-pipeline merge at word level: slide `right` along `left`, score each
+  alignment by matching words / overlap length (+ a tiny bonus for longer overlaps), and at the best
+  alignment (≥ 2 matching words) keep the first half of the overlap from `left` and the second half
+  from `right`, the halves away from the window edges, where words are cut. Without such an
+  alignment (silence at the boundary, or a window with no words) the windows are concatenated.
+  """
+  a, b = [_key(w) for w in left], [_key(w) for w in right]
+  best, cut = 0.0, None
+  for i in range(1, len(a) + len(b)):
+    ls, le = max(0, len(a) - i), min(len(a), len(a) + len(b) - i)
+    rs, re_ = max(0, i - len(a)), min(len(b), i)
+    matches = sum(1 for x, y in zip(a[ls:le], b[rs:re_]) if x and x == y)
+    score = matches / i + i / 10000.0
+    if matches > 1 and score > best:
+      best, cut = score, (ls, le, rs, re_)
+  if cut is None:
+    return left + right
+  ls, le, rs, re_ = cut
+  return left[:(ls + le) // 2] + right[(rs + re_) // 2:]
+
+
+def merge_chunks(texts: tp.Sequence[str]) -> str:
+  """One transcript from the transcripts of consecutive overlapping windows."""
+  words: list[str] = []
+  for text in texts:
+    words = merge_overlap(words, text.split()) if words else text.split()
+  return " ".join(words)

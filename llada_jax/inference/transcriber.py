@@ -1,0 +1,151 @@
+"""A Transcriber: one converted checkpoint + typed settings → text, batch after batch.
+
+    t = llada_jax.Transcriber.open("ckpt/whisper-llada", LLaDASettings(strategy="semi_ar"))
+    texts = t(["a.flac", "b.flac"])              # paths or float32 16 kHz arrays
+
+It owns its compiled functions: one per batch shape, compiled ahead of time, timed
+(`compile_seconds`) and logged once. `eval.py` drives the same objects through `transcribe`, which
+takes a fixed-shape batch of the data pipeline:
+audio float32 [B, S], audio_len [B], valid [B] (padding rows are False), ids [B] (and, for
+deliberation, hypothesis [B]: first-pass texts, None where missing) and returns one entry per row:
+(text, per-token confidences or None), or an Exception that becomes that utterance's error record.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import os
+import time
+import typing as tp
+
+import jax
+import numpy as np
+
+from llada_jax.audio import SAMPLE_RATE
+from llada_jax.features import CHUNK_SAMPLES
+
+log = logging.getLogger(__name__)
+
+Result = tuple[str, "list[float] | None"]
+LONG_STEP_SAMPLES = 20 * SAMPLE_RATE  # width granularity of the extra buckets for > 30 s audio
+
+# Compiled executables, shared by transcribers of the same model structure in one process (the
+# demo evaluates many systems of one checkpoint in-process).
+_EXECUTABLES: dict[tp.Hashable, tp.Any] = {}
+
+
+class UtteranceError(ValueError):
+  """An utterance (or every utterance of a batch) cannot be transcribed: an error record."""
+
+
+class DurationError(UtteranceError):
+  """Audio longer than what a transcriber accepts."""
+
+
+def check_max_duration(seconds: float, limit: float = 30.0) -> None:
+  """Raise `DurationError` for audio longer than `limit` seconds.
+
+  Whisper-LLaDA encodes exactly one 30 s Whisper window (the authors pad or cut every utterance to
+  30 s, and the Q-Former's 88 windows cover those 1500 encoder frames), so longer audio cannot be
+  transcribed whole; cutting it silently would drop words and inflate WER without a trace.
+  """
+  if seconds > limit:
+    raise DurationError(f"{seconds:.2f} s of audio is longer than this strategy's {limit:g} s "
+                        f"limit (Whisper-LLaDA encodes one 30 s Whisper window, as in the paper); "
+                        f"split the audio first, or use --strategy whisper, which transcribes 30 s "
+                        f"windows and merges them")
+
+
+def batch_buckets(buckets: tp.Sequence[int], lengths: np.ndarray) -> tuple[int, ...]:
+  """A transcriber's buckets plus, for audio longer than the last, widths in 20 s steps."""
+  out = set(int(b) for b in buckets)
+  for n in np.asarray(lengths)[np.asarray(lengths) > max(out)]:
+    out.add(int(math.ceil(n / LONG_STEP_SAMPLES) * LONG_STEP_SAMPLES))
+  return tuple(sorted(out))
+
+
+class Transcriber(abc.ABC):
+  """Audio → text for one checkpoint. Subclasses set `name`, `buckets` (audio widths in samples to
+  batch by, increasing), `max_seconds` (longer audio is refused; None: any length) and `info`
+  (settings for a run's summary), and implement `transcribe`."""
+
+  name: str
+  max_seconds: float | None = None
+
+  def __init__(self, batch_size: int):
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f"batch_size {batch_size!r}: expected a positive integer")
+    self.batch_size = batch_size
+    self.buckets: tuple[int, ...] = (CHUNK_SAMPLES,)
+    self.info: dict = {}
+    self.compile_seconds = 0.0
+    self.compiled_shapes: list[str] = []
+
+  @staticmethod
+  def open(checkpoint: str | os.PathLike, settings=None, *, batch_size: int = 16) -> Transcriber:
+    """The transcriber for a converted checkpoint: Whisper (`WhisperSettings`) or a Whisper-LLaDA /
+    Whisper-LLaMA (`LLaDASettings`); `settings=None` takes the defaults for its kind."""
+    from llada_jax import checkpoint as ckpt
+    from llada_jax.configs import WhisperConfig
+    from llada_jax.inference.llada import LLaDASettings, LLaDATranscriber
+    from llada_jax.inference.whisper import WhisperSettings, WhisperTranscriber
+
+    if isinstance(ckpt.read_config(checkpoint), WhisperConfig):
+      return WhisperTranscriber(checkpoint, settings or WhisperSettings(), batch_size=batch_size)
+    return LLaDATranscriber(checkpoint, settings or LLaDASettings(), batch_size=batch_size)
+
+  @abc.abstractmethod
+  def transcribe(self, batch: dict) -> list[Result | Exception]:
+    """One pipeline batch → one result per row (see the module docstring)."""
+
+  def compiled(self, key: tp.Hashable, fn: tp.Callable, *args, what: str):
+    """`jax.jit(fn)` compiled ahead of time for `args`' shapes, once per `key` in the process;
+    the time goes to `compile_seconds` and the log."""
+    exe = _EXECUTABLES.get(key)
+    if exe is None:
+      start = time.perf_counter()
+      exe = jax.jit(fn).lower(*args).compile()
+      seconds = time.perf_counter() - start
+      self.compile_seconds += seconds
+      self.compiled_shapes.append(what)
+      log.info("%s: compiled %s in %.1f s", self.name, what, seconds)
+      _EXECUTABLES[key] = exe
+    return exe
+
+  def __call__(self, audio: tp.Sequence[np.ndarray | str | os.PathLike],
+               hypotheses: tp.Sequence[str] | None = None) -> list[str]:
+    """Texts for audio files or float32 16 kHz arrays (and, for deliberation, their first-pass
+    `hypotheses`); raises the first utterance's error."""
+    from llada_jax.data.pipeline import AudioBatches, ArraySource, PipelineConfig
+
+    source = ArraySource(audio)
+    if hypotheses is not None and len(hypotheses) != len(source):
+      raise ValueError(f"{len(hypotheses)} hypotheses for {len(source)} audio inputs")
+    if source.errors:
+      raise UtteranceError(f"{source.errors[0].path}: {source.errors[0].reason}")
+    lengths = source.lengths()
+    if self.max_seconds is not None:
+      for i, n in enumerate(lengths):
+        try:
+          check_max_duration(n / SAMPLE_RATE, self.max_seconds)
+        except DurationError as e:
+          raise DurationError(f"{source.name_of(i)}: {e}") from None
+    config = PipelineConfig(batch_size=self.batch_size,
+                            buckets=batch_buckets(self.buckets, lengths), shuffle=False,
+                            num_epochs=1, too_long="trim", num_threads=1, prefetch=1)
+    texts: list[str | None] = [None] * len(source)
+    for batch in AudioBatches(source, config, process_index=0, process_count=1):
+      if batch["errors"]:
+        raise UtteranceError(f"{batch['errors'][0].path}: {batch['errors'][0].reason}")
+      rows = [int(i) for i in batch["index"]]
+      if hypotheses is not None:
+        batch["hypothesis"] = [hypotheses[i] if i >= 0 else None for i in rows]
+      for i, result in zip(rows, self.transcribe(batch)):
+        if i < 0:
+          continue
+        if isinstance(result, Exception):
+          raise result
+        texts[i] = result[0]
+    return tp.cast(list[str], texts)
