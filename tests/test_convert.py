@@ -1,7 +1,7 @@
-"""tools/convert.py end to end: tiny checkpoints in every format, parity, export round trip, errors."""
+"""The convert command line (`llada_jax.convert.cli`, run by tools/convert.py) end to end: tiny
+checkpoints in every format, parity, export round trip, errors."""
 
 import json
-import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -15,10 +15,7 @@ import transformers
 import llada_jax
 from llada_jax import checkpoint
 from llada_jax.configs import LMConfig
-from llada_jax.convert import verify
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import convert as cli  # noqa: E402
+from llada_jax.convert import cli, verify
 
 SITE = Path(transformers.__file__).parents[1]
 
