@@ -20,6 +20,10 @@ Axes = tuple[str | None, ...]
 default_kernel_init = nnx.initializers.normal(0.02)
 
 
+class Buffer(nnx.Variable):
+  """A checkpoint-loaded array that is not trained (torch's `requires_grad_(False)` weight)."""
+
+
 def dtype_of(name: str) -> jnp.dtype:
   return jnp.dtype(name)
 

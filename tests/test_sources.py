@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 from transformers import (LlamaConfig, LlamaForCausalLM, WhisperConfig,
                           WhisperForConditionalGeneration)
 
+from llada_jax.convert import ConversionError, open_source
 from llada_jax.convert.ctranslate2 import whisper_sinusoids
-from llada_jax.convert.sources import ConversionError, open_source
 
 
 def _as_numpy(t: torch.Tensor) -> np.ndarray:

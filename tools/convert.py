@@ -1,90 +1,13 @@
-"""Convert PyTorch / CTranslate2 / GGUF / Diffusion-ASR checkpoints to llada-jax, and back.
+"""Convert checkpoints to llada-jax and back: the command line of `llada_jax.convert.cli`.
 
-  python tools/convert.py --kind {whisper,llada,llama,whisper_llada} --src SRC --out OUT
-      [--dtype float32|bfloat16] [--verify] [--whisper SRC --llm SRC] [--trust-pickle]
-  python tools/convert.py --export-torch --src OUT --out DIR
-
-`--kind llada` on a LLaMA-family source (HF or GGUF) makes a bidirectional LLaDA out of it (the
-AR→diffusion adaptation); it needs `--mask-id`.
+  python tools/convert.py --help
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from llada_jax.checkpoint import CheckpointError  # noqa: E402
-from llada_jax.configs import ConfigError  # noqa: E402
-from llada_jax.convert import convert as conv  # noqa: E402
-from llada_jax.convert import verify as ver  # noqa: E402
-from llada_jax.convert.mapping import MappingError  # noqa: E402
-from llada_jax.convert.sources import ConversionError  # noqa: E402
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--kind", choices=conv.KINDS)
-  p.add_argument("--src", required=True, help="source checkpoint (dir, .gguf, .pth) or, with "
-                 "--export-torch, a converted checkpoint")
-  p.add_argument("--out", required=True)
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  p.add_argument("--verify", action="store_true", help="compare logits with the PyTorch reference")
-  p.add_argument("--whisper", help="whisper_llada: base Whisper checkpoint")
-  p.add_argument("--llm", help="whisper_llada: base LLM checkpoint")
-  p.add_argument("--trust-pickle", action="store_true",
-                 help="allow full unpickling of torch files (can run code: trusted files only)")
-  p.add_argument("--mask-id", type=int, help="mask token id when making a LLaDA from a LLaMA")
-  p.add_argument("--qformer-heads", type=int, default=12)
-  p.add_argument("--lora-alpha", type=float, default=32.0)
-  p.add_argument("--export-torch", action="store_true")
-  p.add_argument("--overwrite", action="store_true")
-  args = p.parse_args(argv)
-  if not args.export_torch and args.kind is None:
-    p.error("--kind is required (unless --export-torch)")
-  return args
-
-
-def run_verify(args, plan: conv.Plan) -> dict:
-  source, table, _ = plan.steps[0]
-  if args.kind == "whisper":
-    return ver.verify_whisper(source, args.out)
-  if args.kind in ("llada", "llama"):
-    return ver.verify_lm(source, table, args.out)
-  raise ConversionError("--verify checks whisper, llada and llama conversions; for whisper_llada "
-                        "verify the base --whisper and --llm conversions")
-
-
-def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  args = parse_args(argv)
-  start = time.time()
-  try:
-    if args.export_torch:
-      out = conv.export_torch(args.src, args.out, overwrite=args.overwrite)
-      print(f"exported {args.src} → {out} in {time.time() - start:.1f}s")
-      return 0
-    plan = conv.convert(args.kind, args.src, args.out, dtype=args.dtype, whisper=args.whisper,
-                 llm=args.llm, trust_pickle=args.trust_pickle, mask_id=args.mask_id,
-                 qformer_heads=args.qformer_heads, lora_alpha=args.lora_alpha,
-                 overwrite=args.overwrite)
-    print(f"converted {args.src} → {args.out} in {time.time() - start:.1f}s", file=sys.stderr)
-    if args.verify:
-      metrics = run_verify(args, plan)
-      print(json.dumps(metrics))
-      if not ver.within_tolerance(metrics, args.dtype):
-        print(f"verify: outside tolerance {ver.TOLERANCE[args.dtype]}", file=sys.stderr)
-        return 1
-    return 0
-  except (ConversionError, MappingError, CheckpointError, ConfigError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-
+from llada_jax.convert.cli import main
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -21,7 +21,8 @@ from flax import nnx
 from llada_jax import checkpoint, configs
 from llada_jax.configs import LMConfig, LoRAConfig, QFormerConfig, RopeScaling, WhisperConfig
 from llada_jax.convert import mapping as maps
-from llada_jax.convert.sources import TOKENIZER_FILE_NAMES, ConversionError, Source, open_source
+from llada_jax.convert import open_source
+from llada_jax.convert.source import TOKENIZER_FILE_NAMES, ConversionError, Source
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from llada_jax.convert.sources import ConversionError, Source, read_bytes, read_json
+from llada_jax.convert.source import ConversionError, Source, read_bytes, read_json
 
 SUPPORTED_BINARY_VERSIONS = (4, 5, 6)
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: ml_dtypes.bfloat16}

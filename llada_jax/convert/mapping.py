@@ -16,7 +16,7 @@ import typing as tp
 import numpy as np
 from flax import nnx
 
-from llada_jax.whisper import Buffer
+from llada_jax.layers import Buffer
 
 
 class MappingError(ValueError):

@@ -16,7 +16,7 @@ import numpy as np
 from llada_jax import checkpoint
 from llada_jax.configs import LMConfig, WhisperConfig
 from llada_jax.convert import mapping as maps
-from llada_jax.convert.sources import Source
+from llada_jax.convert.source import Source
 
 # Past these the conversion is called wrong (and tools/convert.py exits non-zero).
 TOLERANCE = {"float32": {"max_abs_diff": 1e-3, "top1_agreement": 1.0},

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from llada_jax import checkpoint, sharding, text
-from llada_jax.convert.sources import TOKENIZER_FILE_NAMES
+from llada_jax.convert.source import TOKENIZER_FILE_NAMES
 from llada_jax.train import batches
 from llada_jax.train import config as config_lib
 from llada_jax.train.checkpoints import Checkpoints
