@@ -18,6 +18,7 @@ system:
 setup: $(STAMP)
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 demo: setup

@@ -5,13 +5,13 @@
 
 A run is a file in configs/ (`def config() -> TrainConfig`; a bare name such as `paper` or `tiny`
 resolves there) or a .json dump of one; `--set` overrides dotted keys, type-checked
-(`--set optimizer.peak_lr=1e-4 mesh=1,-1,1 data.train=/data/LibriSpeech/train-960`). Writes DIR/metrics.jsonl, DIR/tb (TensorBoard),
-DIR/checkpoints (orbax; last k + best by validation loss) and DIR/train.log. `--resume` continues
-from the newest complete checkpoint exactly where it stopped (weights, optimizer, RNG, data order).
-At the end the best checkpoint (by validation loss; else the last) is exported to DIR/model, a
-self-contained checkpoint for `llada_jax.load` and `eval.py --checkpoint DIR/model` (`--no-export`
-skips it; `python -c "from llada_jax.train.export import export_run; export_run(DIR, OUT)"` does it
-later).
+(`--set optimizer.peak_lr=1e-4 mesh=1,-1,1 data.train=/data/LibriSpeech/train-960`). Writes
+DIR/metrics.jsonl, DIR/tb (TensorBoard), DIR/checkpoints (orbax; last k + best by validation loss)
+and DIR/train.log. `--resume` continues from the newest complete checkpoint exactly where it stopped
+(weights, optimizer, RNG, data order). At the end the best checkpoint (by validation loss; else the
+last) is exported to DIR/model, a self-contained checkpoint for `llada_jax.load` and `eval.py
+--checkpoint DIR/model` (`--no-export` skips it; `python -c "from llada_jax.train.export import
+export_run; export_run(DIR, OUT)"` does it later).
 
 Multi-host (see docs/training.md): every host runs this same command. With JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID set, or LLADA_DISTRIBUTED=1 where JAX can detect the cluster

@@ -1,6 +1,7 @@
 """Conversion throughput and peak memory on a random LLaDA-layout sharded checkpoint (≥ 2 B params).
 
-  python benchmarks/bench_convert.py [--params 2.1e9] [--dtype bfloat16] [--workdir /tmp/bench_convert]
+  python benchmarks/bench_convert.py [--params 2.1e9] [--dtype bfloat16] [--workdir
+  /tmp/bench_convert]
 
 Writes a GSAI-ML/LLaDA-shaped checkpoint (bf16 safetensors shards, LLaDA names and config.json),
 converts it with tools/convert.py in a child process, and reports wall time, MB/s and the child's

@@ -58,12 +58,10 @@ from flax import nnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llada_jax.configs import (LMConfig, QFormerConfig, WhisperConfig,  # noqa: E402
-                               WhisperLLaDAConfig)
+from llada_jax.configs import LMConfig, QFormerConfig, WhisperConfig, WhisperLLaDAConfig  # noqa: E402
 from llada_jax.convert import mapping as maps  # noqa: E402
 from llada_jax.convert.convert import hf_llama_json  # noqa: E402
-from llada_jax.decoding import (DeliberationSettings, DiffusionSettings, decode,  # noqa: E402
-                                deliberate, greedy)
+from llada_jax.decoding import DeliberationSettings, DiffusionSettings, decode, deliberate, greedy  # noqa: E402
 from llada_jax.transformer import Transformer  # noqa: E402
 from llada_jax.whisper_llada import WhisperLLaDA  # noqa: E402
 
@@ -295,7 +293,8 @@ def strategies(args) -> dict[str, tp.Callable]:
 def forward_gflop(c: LMConfig, batch: int, tokens: int, logits_tokens: int) -> float:
   """Matmul FLOPs of one LM forward (2 per multiply-add): projections, attention scores and
   values, and the head over `logits_tokens`. Counted by hand: XLA's GPU cost analysis misses the
-  batch dimension of some library calls (it reported 5× fewer FLOPs for batch 32 than 32 × batch 1)."""
+  batch dimension of some library calls (it reported 5× fewer FLOPs for batch 32 than 32 × batch
+  1)."""
   q, kv = c.n_heads * c.dim_per_head, c.n_kv_heads * c.dim_per_head
   per_layer = c.d_model * (2 * q + 2 * kv) + 3 * c.d_model * c.mlp_hidden
   attention = 2 * 2 * tokens * tokens * q

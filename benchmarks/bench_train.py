@@ -40,8 +40,13 @@ def jax_side(batch: int, seed: int = 0):
   from flax import nnx
 
   from llada_jax import sharding
-  from llada_jax.configs import (LMConfig, LoRAConfig, QFormerConfig, WhisperConfig,
-                                 WhisperLLaDAConfig)
+  from llada_jax.configs import (
+    LMConfig,
+    LoRAConfig,
+    QFormerConfig,
+    WhisperConfig,
+    WhisperLLaDAConfig,
+  )
   from llada_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
   from llada_jax.train.step import Trainer
   from llada_jax.whisper_llada import WhisperLLaDA
@@ -105,7 +110,6 @@ class LoRALinear:
 
 
 def torch_side(batch: int, data: dict, seed: int = 0):
-  import numpy as np
   import torch
   import torch.nn.functional as F
   from torch import nn

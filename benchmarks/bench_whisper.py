@@ -35,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from llada_jax import text
+from llada_jax.audio import load_audio
+from llada_jax.data import librispeech
+from llada_jax.evaluation import cli
+from llada_jax.testing.torch_whisper import TorchWhisper
 
-from llada_jax import evaluation, text  # noqa: E402
-from llada_jax.audio import load_audio  # noqa: E402
-from llada_jax.data import librispeech  # noqa: E402
-from llada_jax.testing.torch_whisper import TorchWhisper  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_en_source() -> Path:
@@ -77,7 +77,7 @@ def prepare(args) -> tuple[Path, Path, Path]:
 def run_jax(ckpt: Path, data: Path, out: Path, batch: int, limit: int, full_30s: bool) -> dict:
   argv = ["--quiet", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out),
           "--strategy", "whisper", "--batch-size", str(batch), "--limit", str(limit)]
-  summary = evaluation.run(evaluation.parse_args(argv + ([] if full_30s else ["--bucketed"])))
+  summary = cli.evaluate(cli.parse_args(argv + ([] if full_30s else ["--bucketed"])))
   if summary["num_errors"]:
     raise RuntimeError(f"{summary['num_errors']} error records in {out}")
   hyps = [line for line in (out / "hyps.jsonl").read_text().splitlines()]

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_decode as bd  # noqa: E402
+
 from llada_jax.decoding import DiffusionSettings, decode  # noqa: E402
 
 

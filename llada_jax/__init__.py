@@ -1,4 +1,5 @@
-"""llada-jax: Whisper-LLaDA (audio-conditioned diffusion LLM for ASR and deliberation) in JAX/Flax NNX.
+"""llada-jax: Whisper-LLaDA (audio-conditioned diffusion LLM for ASR and deliberation) in JAX/Flax
+NNX.
 
     import llada_jax
     t = llada_jax.Transcriber.open("ckpt/whisper-llada")      # any converted checkpoint
@@ -11,12 +12,18 @@
 from llada_jax.checkpoint import load
 
 # Configs
-from llada_jax.configs import (LMConfig, LoRAConfig, QFormerConfig, WhisperConfig,
-                               WhisperLLaDAConfig)
+from llada_jax.configs import LMConfig, LoRAConfig, QFormerConfig, WhisperConfig, WhisperLLaDAConfig
 
 # Decoding (one jitted loop per call)
-from llada_jax.decoding import (DeliberationSettings, DiffusionSettings, decode, deliberate,
-                                generate, greedy, whisper_greedy)
+from llada_jax.decoding import (
+                               DeliberationSettings,
+                               DiffusionSettings,
+                               decode,
+                               deliberate,
+                               generate,
+                               greedy,
+                               whisper_greedy,
+)
 
 # Transcription: audio in, text out
 from llada_jax.inference import LLaDASettings, Transcriber, WhisperSettings

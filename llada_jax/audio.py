@@ -1,7 +1,7 @@
 """Audio files → mono float32 at the model's sample rate.
 
-Every failure is an `AudioError` that names the file, so a data pipeline can turn one bad utterance into
-an error record instead of a crash.
+Every failure is an `AudioError` that names the file, so a data pipeline can turn one bad utterance
+into an error record instead of a crash.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ class AudioError(ValueError):
 
 
 def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
-  """Any libsndfile format (flac, wav, ogg; 8/16/24-bit or float; any rate) → float32 [n] at `sr`."""
+  """Any libsndfile format (flac, wav, ogg; 8/16/24-bit or float; any rate) → float32 [n] at
+  `sr`."""
   path = os.fspath(path)
   if not os.path.exists(path):
     raise AudioError(f"{path}: no such file")
@@ -36,7 +37,8 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     # samples, so the message mentions both.
     raise AudioError(f"{path}: not readable as audio (corrupt, not audio, or a FLAC with no "
                      f"samples): {e}") from e
-  # A truncated FLAC/wav decodes its intact part without an error; the header still has the full count.
+  # A truncated FLAC/wav decodes its intact part without an error; the header still has the full
+  # count.
   if header.frames > 0 and data.shape[0] < header.frames:
     raise AudioError(f"{path}: truncated: header says {header.frames} frames, decoded "
                      f"{data.shape[0]}")
@@ -56,7 +58,8 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.nda
 
 
 def int16_to_float32(audio: np.ndarray) -> np.ndarray:
-  """PCM int16 (as tensorflow-datasets stores audio) → float32 in [-1, 1), as libsndfile scales it."""
+  """PCM int16 (as tensorflow-datasets stores audio) → float32 in [-1, 1), as libsndfile scales
+  it."""
   return np.asarray(audio).astype(np.float32) / 32768.0
 
 

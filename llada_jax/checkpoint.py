@@ -6,8 +6,8 @@
     OUT/tokenizer*.json …  the tokenizer files
 
 Weights are written in parts so that converting an 8B model never holds more than one part (plus one
-source shard) in memory. Everything is written to a temp folder beside OUT and renamed into place only
-when complete, so a crash or a bad checkpoint never leaves a half-written OUT.
+source shard) in memory. Everything is written to a temp folder beside OUT and renamed into place
+only when complete, so a crash or a bad checkpoint never leaves a half-written OUT.
 """
 
 from __future__ import annotations

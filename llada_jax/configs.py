@@ -86,7 +86,8 @@ class WhisperConfig:
 
 @dataclasses.dataclass(frozen=True)
 class QFormerConfig:
-  """Window-level Q-Former (SALMONN / Diffusion-ASR): BERT layers with cross-attention per window."""
+  """Window-level Q-Former (SALMONN / Diffusion-ASR): BERT layers with cross-attention per
+  window."""
 
   encoder_width: int = 1280  # = Whisper d_model
   out_dim: int = 4096  # = LM d_model
@@ -119,7 +120,8 @@ class QFormerConfig:
     return int(round(self.frames_per_30s * self.window_seconds / 30.0))
 
   def num_windows(self, frames: int) -> int:
-    """Windows that fit in `frames` encoder frames; the remainder is dropped as torch unfold does."""
+    """Windows that fit in `frames` encoder frames; the remainder is dropped as torch unfold
+    does."""
     return frames // self.window_frames
 
   @classmethod
@@ -167,8 +169,8 @@ class RopeScaling:
 class LMConfig:
   """LLaMA-shaped transformer: LLaDA when `causal=False`, LLaMA (the AR baseline) when True.
 
-  Projection names follow HF LLaMA (`q_proj`… `gate_proj`, `up_proj`, `down_proj`); LLaDA's own names
-  (`ff_proj` = gate, `up_proj`, `ff_out` = down, `attn_out` = o) are mapped by the converter.
+  Projection names follow HF LLaMA (`q_proj`… `gate_proj`, `up_proj`, `down_proj`); LLaDA's own
+  names (`ff_proj` = gate, `up_proj`, `ff_out` = down, `attn_out` = o) are mapped by the converter.
   """
 
   vocab_size: int = 126464
@@ -260,7 +262,8 @@ class WhisperLLaDAConfig:
 
   @classmethod
   def paper(cls, **lm_kw) -> WhisperLLaDAConfig:
-    """Whisper-large-v3 + Q-Former + LLaDA-8B-Instruct + LoRA (q/k/v, r 8, α 32): the paper's model."""
+    """Whisper-large-v3 + Q-Former + LLaDA-8B-Instruct + LoRA (q/k/v, r 8, α 32): the paper's
+    model."""
     return cls(whisper=WhisperConfig.whisper_large_v3(), qformer=QFormerConfig.paper(),
                lm=LMConfig.llada_8b_instruct(lora=LoRAConfig(), **lm_kw))
 

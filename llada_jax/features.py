@@ -1,10 +1,10 @@
 """Whisper's log-mel spectrogram in JAX, matching transformers' WhisperFeatureExtractor.
 
 The reference (transformers, torch path) pads/trims each utterance to 30 s of 16 kHz audio, takes a
-400-point STFT with a periodic Hann window, hop 160, centred with reflect padding, keeps the power of the
-first 3000 of its 3001 frames, projects onto Slaney mel filters, then log10(max(x, 1e-10)), floors at
-(utterance max − 8) and maps (x + 4) / 4. The utterance max is taken over everything that reaches the
-floor, zero padding included, so we take it over the same frames.
+400-point STFT with a periodic Hann window, hop 160, centred with reflect padding, keeps the power
+of the first 3000 of its 3001 frames, projects onto Slaney mel filters, then log10(max(x, 1e-10)),
+floors at (utterance max − 8) and maps (x + 4) / 4. The utterance max is taken over everything that
+reaches the floor, zero padding included, so we take it over the same frames.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ CHUNK_FRAMES = CHUNK_SAMPLES // HOP  # 3000
 
 
 def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
-  # Slaney scale: linear below 1 kHz, logarithmic above (transformers' hertz_to_mel(mel_scale="slaney")).
+  # Slaney scale: linear below 1 kHz, logarithmic above (transformers'
+  # hertz_to_mel(mel_scale="slaney")).
   freq = np.asarray(freq, dtype=np.float64)
   logstep = 27.0 / np.log(6.4)
   return np.where(freq >= 1000.0, 15.0 + np.log(np.maximum(freq, 1e-300) / 1000.0) * logstep,
@@ -65,9 +66,9 @@ def num_frames(num_samples: int) -> int:
   """Smallest even frame count (≤ 3000) whose log-mel covers `num_samples` as the 30 s one does.
 
   The last frame reads 40 samples past `frames * 160`, which reflect padding mirrors from inside the
-  clip; keeping > 200 zeros after the audio keeps them zero, so the short spectrogram equals the first
-  frames of the 30 s one (only the utterance max could differ, and only for audio quieter than the
-  −10 floor of the padding)."""
+  clip; keeping > 200 zeros after the audio keeps them zero, so the short spectrogram equals the
+  first frames of the 30 s one (only the utterance max could differ, and only for audio quieter than
+  the −10 floor of the padding)."""
   frames = -(-(int(num_samples) + N_FFT // 2 + 1) // HOP)
   frames += frames % 2  # Whisper's second conv has stride 2
   return min(max(frames, 2), CHUNK_FRAMES)
@@ -75,7 +76,8 @@ def num_frames(num_samples: int) -> int:
 
 def pad_or_trim(audio: list[np.ndarray] | np.ndarray, num_samples: int = CHUNK_SAMPLES
                 ) -> tuple[np.ndarray, np.ndarray]:
-  """Variable-length 1-D arrays → (float32 [B, num_samples], zero-padded or trimmed; int32 lengths)."""
+  """Variable-length 1-D arrays → (float32 [B, num_samples], zero-padded or trimmed; int32
+  lengths)."""
   if isinstance(audio, np.ndarray) and audio.ndim == 1:
     audio = [audio]
   out = np.zeros((len(audio), num_samples), np.float32)
@@ -95,8 +97,8 @@ def log_mel(audio: jax.Array, n_mels: int = 80, frames: int | None = None) -> ja
   """Whisper log-mel: audio float [B, N] at 16 kHz → float32 [B, n_mels, frames].
 
   `frames=None` pads/trims to 30 s → 3000 frames, exactly as Whisper was trained. An even `frames`
-  pads/trims to `frames * 160` samples instead: cheaper for short audio on CPU, identical to the first
-  `frames` frames of the 30 s version when the audio fits (see `num_frames`).
+  pads/trims to `frames * 160` samples instead: cheaper for short audio on CPU, identical to the
+  first `frames` frames of the 30 s version when the audio fits (see `num_frames`).
   """
   if audio.ndim != 2:
     raise ValueError(f"log_mel: expected audio [B, N], got shape {audio.shape}")

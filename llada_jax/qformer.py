@@ -1,9 +1,9 @@
 """Window-level Q-Former projector (SALMONN, as used by Diffusion-ASR).
 
-Whisper frames are cut into non-overlapping windows of `QFormerConfig.window_frames` (17 for 0.333 s);
-each window is summarised by `num_queries` learned queries through BERT layers (self-attention over
-the queries, cross-attention to the window's frames, FFN, all post-LN), then a Linear maps the queries
-to the LM width. 30 s of audio → 88 windows × 4 queries = 352 LM embeddings.
+Whisper frames are cut into non-overlapping windows of `QFormerConfig.window_frames` (17 for 0.333
+s); each window is summarised by `num_queries` learned queries through BERT layers (self-attention
+over the queries, cross-attention to the window's frames, FFN, all post-LN), then a Linear maps the
+queries to the LM width. 30 s of audio → 88 windows × 4 queries = 352 LM embeddings.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from llada_jax.layers import LayerNorm, Linear, attention, check_array, dtype_of
 
 
 def cut_windows(frames: jax.Array, window: int) -> jax.Array:
-  """[B, T, C] → [B * (T // window), window, C]; the remainder is dropped, as torch `unfold` does."""
+  """[B, T, C] → [B * (T // window), window, C]; the remainder is dropped, as torch `unfold`
+  does."""
   b, t, c = frames.shape
   n = t // window
   if n == 0:
@@ -67,7 +68,8 @@ class QFormerLayer(nnx.Module):
 
 
 class WindowQFormer(nnx.Module):
-  """Encoder frames [B, T, encoder_width] → LM embeddings [B, (T // window) * num_queries, out_dim]."""
+  """Encoder frames [B, T, encoder_width] → LM embeddings [B, (T // window) * num_queries,
+  out_dim]."""
 
   def __init__(self, config: QFormerConfig, *, rngs: nnx.Rngs):
     c = self.config = config

@@ -1,8 +1,8 @@
 """Logical axis names → mesh axes.
 
-Every weight carries its logical axis names (variable metadata `logical_axes`, e.g. `('embed', 'mlp')`);
-activations are constrained by name through `constrain`. A `ShardingConfig` maps names to the mesh
-axes `data`, `fsdp`, `tensor`; changing parallelism means changing rules, never model code.
+Every weight carries its logical axis names (variable metadata `logical_axes`, e.g. `('embed',
+'mlp')`); activations are constrained by name through `constrain`. A `ShardingConfig` maps names to
+the mesh axes `data`, `fsdp`, `tensor`; changing parallelism means changing rules, never model code.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 MESH_AXES = ("data", "fsdp", "tensor")
 MeshAxes = str | tuple[str, ...] | None
 
-# Weight axes and activation axes are named apart (as MaxText does) so that, e.g., FSDP can shard the
-# `embed` dimension of weights while activations keep `act_embed` whole.
+# Weight axes and activation axes are named apart (as MaxText does) so that, e.g., FSDP can shard
+# the `embed` dimension of weights while activations keep `act_embed` whole.
 WEIGHT_AXES = ("vocab", "embed", "mlp", "q_heads", "kv_heads", "norm", "conv_in", "lora_rank",
                "positions", "queries", "qformer_embed", "qformer_mlp", "qformer_heads")
 ACTIVATION_AXES = ("batch", "length", "act_embed", "act_mlp", "act_heads", "act_vocab")

@@ -1,11 +1,11 @@
 """LLaMA-shaped transformer: LLaDA (bidirectional) or LLaMA (causal, the Whisper-LLaMA baseline).
 
-Attribute names follow HF LLaMA (`embed_tokens`, `layers[i].self_attn.q_proj`, `mlp.gate_proj`, `norm`,
-`lm_head`); the converter maps LLaDA's own names onto them.
+Attribute names follow HF LLaMA (`embed_tokens`, `layers[i].self_attn.q_proj`, `mlp.gate_proj`,
+`norm`, `lm_head`); the converter maps LLaDA's own names onto them.
 
 A `KVCache` serves both decoders: AR decoding writes each new token's K/V (`update_cache=True`);
-diffusion decoding with a prefix cache (Fast-dLLM) computes the prompt + audio K/V once and then runs
-every denoising step over the response only, attending to the cached prefix without writing.
+diffusion decoding with a prefix cache (Fast-dLLM) computes the prompt + audio K/V once and then
+runs every denoising step over the response only, attending to the cached prefix without writing.
 """
 
 from __future__ import annotations
@@ -170,12 +170,12 @@ class Transformer(nnx.Module):
     """Run the stack.
 
     tokens [B, T] int or embeds [B, T, D]; positions [B, T] (default: cache_index + arange(T));
-    key_mask [B, T] bool, True for real tokens (default all True). With `cache`, the new tokens sit at
-    slots [cache_index, cache_index + T) and attend to every valid cached slot; the updated cache is
-    returned as `(logits, cache)` (unchanged when `update_cache=False`).
+    key_mask [B, T] bool, True for real tokens (default all True). With `cache`, the new tokens sit
+    at slots [cache_index, cache_index + T) and attend to every valid cached slot; the updated cache
+    is returned as `(logits, cache)` (unchanged when `update_cache=False`).
 
-    `logits_from` (static) projects only positions [logits_from, T) onto the vocabulary: decoding and
-    the losses only read the response's logits, and on small-LM / large-vocab models (SmolLM2:
+    `logits_from` (static) projects only positions [logits_from, T) onto the vocabulary: decoding
+    and the losses only read the response's logits, and on small-LM / large-vocab models (SmolLM2:
     49k × 576) the head over the prompt + audio prefix would cost more than the transformer.
     """
     c = self.config
@@ -223,7 +223,8 @@ class Transformer(nnx.Module):
 
 
 def add_lora(model: nnx.Module, rngs: nnx.Rngs, config=None) -> nnx.Module:
-  """Attach LoRA adapters to the LM's target projections (config defaults to `model.config.lora`)."""
+  """Attach LoRA adapters to the LM's target projections (config defaults to
+  `model.config.lora`)."""
   lm = model if isinstance(model, Transformer) else model.lm
   config = config or lm.config.lora
   if config is None:

@@ -1,4 +1,5 @@
-"""The demo's report (llada_jax.evaluation.report): which utterances count, each system's first pass, aliases, findings.
+"""The demo's report (llada_jax.evaluation.report): which utterances count, each system's first
+pass, aliases, findings.
 
 The hypotheses are built so every error count is known: the references are four distinct words
 ("alpha bravo charlie delta" …) and a hypothesis with k of them replaced by "zulu" has k errors.

@@ -16,12 +16,12 @@ import pytest
 import soundfile as sf
 
 from llada_jax import features, text
+from llada_jax.audio import load_audio
+from llada_jax.data import librispeech
 from llada_jax.evaluation import RunSettings, cli, outputs, runner
 from llada_jax.inference import transcriber as transcriber_lib
 from llada_jax.inference.long_audio import chunk_windows, merge_chunks
 from llada_jax.inference.whisper import WhisperSettings, bucket_widths
-from llada_jax.audio import load_audio
-from llada_jax.data import librispeech
 from llada_jax.testing.torch_whisper import TorchWhisper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +124,19 @@ def test_default_30s_input_matches_stock_transformers(tiny, corpus, tmp_path):
   ref = TorchWhisper(*tiny)
   audios = [load_audio(u.path) for u in librispeech.scan_librispeech(corpus).utterances[:4]]
   assert [r["hyp"] for r in records] == ref.loop(audios)
+
+
+def test_transcriber_api_on_paths_and_arrays(tiny, corpus, parity_run, tmp_path):
+  """llada_jax.Transcriber: paths or arrays in, eval.py's texts out; a bad path names the file."""
+  import llada_jax
+
+  utts = librispeech.scan_librispeech(corpus).utterances[:3]
+  t = llada_jax.Transcriber.open(tiny[0], llada_jax.WhisperSettings(bucketed=True),
+                                 batch_size=2)
+  texts = t([utts[0].path, load_audio(utts[1].path), Path(utts[2].path)])
+  assert texts == [{r["id"]: r["hyp"] for r in parity_run[2]}[u.id] for u in utts]
+  with pytest.raises(transcriber_lib.UtteranceError, match="nope.flac"):
+    t([str(tmp_path / "nope.flac")])
 
 
 def test_summary_fields_and_timing(parity_run):
@@ -313,7 +326,8 @@ def test_broken_specs_exit_cleanly(tiny, tmp_path):
 
 
 class EchoTranscriber(transcriber_lib.Transcriber):
-  """A model-free transcriber capped at 30 s, as the Whisper-LLaDA ones are: echoes the reference."""
+  """A model-free transcriber capped at 30 s, as the Whisper-LLaDA ones are: echoes the
+  reference."""
 
   name = "echo"
   max_seconds = 30.0

@@ -1,4 +1,5 @@
-"""LibriSpeech-layout scanning and the tensorflow-datasets ArrayRecord builder/reader (no TensorFlow)."""
+"""LibriSpeech-layout scanning and the tensorflow-datasets ArrayRecord builder/reader (no
+TensorFlow)."""
 
 import os
 import shutil

@@ -120,7 +120,8 @@ def test_sentence_filter():
 
 
 def test_closed_vocabulary(tmp_path):
-  """--vocab-size keeps the sentences made only of the N most frequent words (ties: alphabetical)."""
+  """--vocab-size keeps the sentences made only of the N most frequent words (ties:
+  alphabetical)."""
   (tmp_path / "t.txt").write_text("The cat sat. The cat ran far. A dog sat down. The dog ran.\n")
   everything = [t for _, t in mc.sentences_from([str(tmp_path / "t.txt")])]
   # counts: THE 3, CAT 2, DOG 2, RAN 2, SAT 2, then A, DOWN, FAR once each

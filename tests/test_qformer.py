@@ -1,4 +1,5 @@
-"""Window Q-Former vs transformers' Blip2QFormerModel + torch F.unfold, written as SALMONN does it."""
+"""Window Q-Former vs transformers' Blip2QFormerModel + torch F.unfold, written as SALMONN does
+it."""
 
 import jax.numpy as jnp
 import numpy as np

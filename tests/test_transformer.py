@@ -135,8 +135,9 @@ def test_ar_kv_cache_matches_full_forward(tokens):
 def test_bidirectional_prefix_cache_matches_full_forward(tokens):
   """Fast-dLLM prefix cache: K/V from one full forward; later steps run the suffix only.
 
-  In a bidirectional model the prefix K/V depend on the suffix, so the cache is exact when the suffix
-  is unchanged (checked here) and an approximation once suffix tokens change (Fast-dLLM's trade).
+  In a bidirectional model the prefix K/V depend on the suffix, so the cache is exact when the
+  suffix is unchanged (checked here) and an approximation once suffix tokens change (Fast-dLLM's
+  trade).
   """
   cfg = LMConfig.tiny_test(causal=False)
   model = Transformer(cfg, rngs=nnx.Rngs(0))

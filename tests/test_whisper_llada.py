@@ -1,4 +1,5 @@
-"""The Whisper-LLaDA composite: splicing, frozen encoder, causal (Whisper-LLaMA) variant, sharding."""
+"""The Whisper-LLaDA composite: splicing, frozen encoder, causal (Whisper-LLaMA) variant,
+sharding."""
 
 import jax
 import jax.numpy as jnp

@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Synthesize a small LibriSpeech-layout corpus with espeak-ng: real audio files, real transcripts.
 
-    python tools/make_corpus.py --out runs/corpus --num-train 400 --num-dev 50 --num-test 50 --seed 0
+    python tools/make_corpus.py --out runs/corpus --num-train 400 --num-dev 50 --num-test 50 --seed
+    0
 
-Writes OUT/{train-clean,dev-clean,test-clean}/SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac (16 kHz, 16-bit)
-with SPEAKER-CHAPTER.trans.txt beside them, and OUT/corpus.json describing how it was made.
+Writes OUT/{train-clean,dev-clean,test-clean}/SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac (16 kHz,
+16-bit) with SPEAKER-CHAPTER.trans.txt beside them, and OUT/corpus.json describing how it was made.
 
 Text: `--text FILE…`, else the Debian `fortunes` files (/usr/share/games/fortunes), else the dataset
-descriptions that ship inside the tensorflow-datasets wheel. Sentences are filtered to what espeak-ng
-reads the way the transcript spells it: 3–25 words of plain English letters and punctuation, no digits,
-abbreviations or all-caps acronyms. Splits have disjoint sentences and disjoint speakers (a speaker is
-one espeak voice + variant), as LibriSpeech's do; speed varies per utterance.
+descriptions that ship inside the tensorflow-datasets wheel. Sentences are filtered to what
+espeak-ng reads the way the transcript spells it: 3–25 words of plain English letters and
+punctuation, no digits, abbreviations or all-caps acronyms. Splits have disjoint sentences and
+disjoint speakers (a speaker is one espeak voice + variant), as LibriSpeech's do; speed varies per
+utterance.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16000
+from llada_jax.audio import SAMPLE_RATE
+
 VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan",
           "en-gb-x-gbcwmd")
 VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 6))
@@ -80,8 +83,8 @@ def read_paragraphs(path: str) -> list[str]:
 
 
 def transcript(sentence: str, max_words: int = 25) -> str | None:
-  """LibriSpeech-style transcript (UPPERCASE words and apostrophes) or None if espeak-ng would not say
-  exactly these words."""
+  """LibriSpeech-style transcript (UPPERCASE words and apostrophes) or None if espeak-ng would not
+  say exactly these words."""
   if not _ALLOWED.match(sentence):
     return None
   words = _WORD.findall(sentence.replace("-", " "))

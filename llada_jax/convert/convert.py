@@ -165,7 +165,8 @@ def plan(kind: str, src: str | Path, *, dtype: str = "float32", whisper: str | P
     fmt = "llada" if source.kind_hint == "llada" else "hf_llama"
     info = {"format": fmt, "kind_hint": source.kind_hint, "config": source.config}
     return Plan(cfg, [(source, table, everything)], source, info)
-  # whisper_llada: the trained tensors of a Diffusion-ASR .pth over base Whisper and LLM checkpoints.
+  # whisper_llada: the trained tensors of a Diffusion-ASR .pth over base Whisper and LLM
+  # checkpoints.
   if source.kind_hint != "diffusion_asr":
     raise ConversionError(f"{source.path}: --kind whisper_llada needs a Diffusion-ASR training "
                           f"checkpoint (.pth), this looks like {source.kind_hint!r}")

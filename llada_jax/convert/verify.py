@@ -1,4 +1,5 @@
-"""`--verify`: the converted JAX model against the PyTorch reference built from the *source* tensors.
+"""`--verify`: the converted JAX model against the PyTorch reference built from the *source*
+tensors.
 
 The reference gets the source tensors renamed only (no transposes), so a wrong transform or a
 swapped tensor in our tables shows up as a logit difference. LLaDA's reference is transformers'

@@ -1,4 +1,5 @@
-"""Scan a LibriSpeech-layout folder: SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.{flac,wav,ogg} + transcripts.
+"""Scan a LibriSpeech-layout folder: SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.{flac,wav,ogg} +
+transcripts.
 
 Layout (as in the official tarballs, one split folder such as `LibriSpeech/test-clean`):
 
@@ -19,7 +20,8 @@ AUDIO_EXTS = (".flac", ".wav", ".ogg")  # preference order when one id has sever
 
 
 class CorpusError(ValueError):
-  """The corpus spec is not a LibriSpeech folder, or (with strict=True) the folder holds bad data."""
+  """The corpus spec is not a LibriSpeech folder, or (with strict=True) the folder holds bad
+  data."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +159,8 @@ def scan_librispeech(root: str | os.PathLike, strict: bool = False) -> Scan:
 
 def split_folders(root: str | os.PathLike) -> dict[str, str]:
   """Split folders under a LibriSpeech root ("test-clean" → "test_clean", "train-clean-100" →
-  "train_clean100", tfds' names), also looking inside a `LibriSpeech/` folder as the tarballs unpack."""
+  "train_clean100", tfds' names), also looking inside a `LibriSpeech/` folder as the tarballs
+  unpack."""
   root = os.fspath(root)
   if not os.path.isdir(root):
     raise CorpusError(f"{root}: not a folder")

@@ -1,18 +1,20 @@
-"""grain pipeline: a speech source → shuffled, host-sharded, length-bucketed batches of 16 kHz audio.
+"""grain pipeline: a speech source → shuffled, host-sharded, length-bucketed batches of 16 kHz
+audio.
 
-Batches have a static batch size and one of a few fixed sample counts (the buckets), so a jitted step
-compiles once per bucket and never again: the last batch of a bucket is padded with `valid=False` rows.
+Batches have a static batch size and one of a few fixed sample counts (the buckets), so a jitted
+step compiles once per bucket and never again: the last batch of a bucket is padded with
+`valid=False` rows.
 
 Bucketing is planned from per-utterance lengths (file headers, or the lengths stored by the tfds
 builder) for the *global* batch, and each host takes its own rows of every global batch. Slicing the
-examples per host first and bucketing locally would hand hosts different bucket shapes at the same step,
-which a multi-host jit cannot run. The plan is a pure function of (seed, epoch), so a grain
-`MapDataset` over batch numbers is random-access and its iterator state (`get_state`/`set_state`) is just
-the next batch number: resuming replays exactly the same batches.
+examples per host first and bucketing locally would hand hosts different bucket shapes at the same
+step, which a multi-host jit cannot run. The plan is a pure function of (seed, epoch), so a grain
+`MapDataset` over batch numbers is random-access and its iterator state (`get_state`/`set_state`) is
+just the next batch number: resuming replays exactly the same batches.
 
 Batches are dicts of numpy arrays and lists:
-  audio [B, S] float32, audio_len [B] int32, valid [B] bool, index [B] int64 (source index, -1 = pad),
-  ids / text / speaker: lists of B str ("" for padding),
+  audio [B, S] float32, audio_len [B] int32, valid [B] bool, index [B] int64 (source index, -1 =
+  pad), ids / text / speaker: lists of B str ("" for padding),
   errors: ErrorRecords of the rows that failed to decode, epoch and step: ints.
 """
 
@@ -41,7 +43,8 @@ class PipelineConfig:
   seed: int = 0
   shuffle: bool = True
   num_epochs: int | None = 1  # None: repeat forever, reshuffled every epoch
-  # Longer than the last bucket: "trim" as Whisper's feature extractor does, or "drop" (an error record).
+  # Longer than the last bucket: "trim" as Whisper's feature extractor does, or "drop" (an error
+  # record).
   too_long: str = "trim"
   num_threads: int = 2  # grain read threads, each decoding whole batches
   prefetch: int = 4
@@ -193,7 +196,8 @@ def plan_epoch(bucket_of: np.ndarray, num_buckets: int, global_batch: int, seed:
 
 
 class AudioBatches:
-  """This host's batches of a source: iterate for numpy dicts; `iterator()` for a checkpointable one."""
+  """This host's batches of a source: iterate for numpy dicts; `iterator()` for a checkpointable
+  one."""
 
   def __init__(self, source: Source, config: PipelineConfig = PipelineConfig(),
                process_index: int | None = None, process_count: int | None = None):

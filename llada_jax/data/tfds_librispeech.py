@@ -1,13 +1,13 @@
 """LibriSpeech-layout folders → tensorflow-datasets ArrayRecord, and a TensorFlow-free reader.
 
-`tfds.features.Audio` needs TensorFlow just to be constructed, so this builder stores audio as a plain
-`Tensor(shape=(None,), dtype=int16)` at 16 kHz; everything here runs with tensorflow-datasets alone.
-Reading goes through `tfds.data_source(...)`: ArrayRecord random access, which grain shuffles and shards
-without TensorFlow.
+`tfds.features.Audio` needs TensorFlow just to be constructed, so this builder stores audio as a
+plain `Tensor(shape=(None,), dtype=int16)` at 16 kHz; everything here runs with tensorflow-datasets
+alone. Reading goes through `tfds.data_source(...)`: ArrayRecord random access, which grain shuffles
+and shards without TensorFlow.
 
-Examples are written in scan order (`disable_shuffling`, integer keys) so the per-example sample counts
-saved in the dataset's metadata line up with data-source indices: the pipeline plans length buckets
-from them without decoding a single record.
+Examples are written in scan order (`disable_shuffling`, integer keys) so the per-example sample
+counts saved in the dataset's metadata line up with data-source indices: the pipeline plans length
+buckets from them without decoding a single record.
 """
 
 from __future__ import annotations
@@ -20,8 +20,14 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from llada_jax.audio import (SAMPLE_RATE, AudioError, float32_to_int16, int16_to_float32, load_audio,
-                             resample)
+from llada_jax.audio import (
+  SAMPLE_RATE,
+  AudioError,
+  float32_to_int16,
+  int16_to_float32,
+  load_audio,
+  resample,
+)
 from llada_jax.data import librispeech
 
 log = logging.getLogger(__name__)
@@ -39,7 +45,8 @@ class LibriSpeechFolderConfig(tfds.core.BuilderConfig):
 
 
 class LibriSpeechFolder(tfds.core.GeneratorBasedBuilder):
-  """Any LibriSpeech-layout corpus (the real one or a synthetic one) as ArrayRecord, no TensorFlow."""
+  """Any LibriSpeech-layout corpus (the real one or a synthetic one) as ArrayRecord, no
+  TensorFlow."""
 
   name = BUILDER_NAME
   VERSION = tfds.core.Version("1.0.0")
@@ -102,8 +109,8 @@ class LibriSpeechFolder(tfds.core.GeneratorBasedBuilder):
           raise
         errors.append([utt.id, utt.path, str(e)])
         continue
-      # Integer keys in scan order: with disable_shuffling the writer sorts by key, so index i of the
-      # prepared split is lengths[i].
+      # Integer keys in scan order: with disable_shuffling the writer sorts by key, so index i of
+      # the prepared split is lengths[i].
       key = len(lengths)
       lengths.append(int(audio.shape[0]))
       yield key, {"audio": float32_to_int16(audio), "text": utt.text, "speaker_id": utt.speaker,
@@ -115,7 +122,8 @@ class LibriSpeechFolder(tfds.core.GeneratorBasedBuilder):
 
 def prepare(root: str | os.PathLike, data_dir: str | os.PathLike, strict: bool = False
             ) -> LibriSpeechFolder:
-  """Builds `librispeech_folder` from the LibriSpeech-layout folders under `root` into `data_dir`."""
+  """Builds `librispeech_folder` from the LibriSpeech-layout folders under `root` into
+  `data_dir`."""
   builder = LibriSpeechFolder(data_dir=os.fspath(data_dir), strict=strict)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(root)))

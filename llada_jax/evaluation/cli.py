@@ -121,7 +121,8 @@ def settings(args: argparse.Namespace) -> tuple[WhisperSettings | LLaDASettings,
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-  """Open the checkpoint's transcriber and run; the summary (EvalError / ModelError on bad input)."""
+  """Open the checkpoint's transcriber and run; the summary (EvalError / ModelError on bad
+  input)."""
   from llada_jax.inference import Transcriber
 
   start = time.perf_counter()

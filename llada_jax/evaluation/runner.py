@@ -20,7 +20,7 @@ from llada_jax.audio import SAMPLE_RATE, AudioError
 from llada_jax.data import pipeline
 from llada_jax.evaluation import outputs
 from llada_jax.evaluation.inputs import EvalError, open_data, read_first_pass
-from llada_jax.inference.transcriber import (Transcriber, UtteranceError, batch_buckets)
+from llada_jax.inference.transcriber import Transcriber, UtteranceError, batch_buckets
 
 log = logging.getLogger(__name__)
 

@@ -118,7 +118,7 @@ class Transcriber(abc.ABC):
                hypotheses: tp.Sequence[str] | None = None) -> list[str]:
     """Texts for audio files or float32 16 kHz arrays (and, for deliberation, their first-pass
     `hypotheses`); raises the first utterance's error."""
-    from llada_jax.data.pipeline import AudioBatches, ArraySource, PipelineConfig
+    from llada_jax.data.pipeline import ArraySource, AudioBatches, PipelineConfig
 
     source = ArraySource(audio)
     if hypotheses is not None and len(hypotheses) != len(source):

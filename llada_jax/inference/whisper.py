@@ -28,7 +28,7 @@ from llada_jax.audio import SAMPLE_RATE
 from llada_jax.configs import WhisperConfig
 from llada_jax.features import CHUNK_SAMPLES, HOP, N_FFT
 from llada_jax.inference.long_audio import chunk_windows, merge_chunks
-from llada_jax.inference.transcriber import Result, Transcriber, UtteranceError
+from llada_jax.inference.transcriber import Result, Transcriber
 
 log = logging.getLogger(__name__)
 

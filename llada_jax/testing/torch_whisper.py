@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-HOP = 160  # samples per mel frame
+from llada_jax.audio import SAMPLE_RATE
+from llada_jax.features import HOP
 
 
 class TorchWhisper:

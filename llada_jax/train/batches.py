@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from llada_jax import features, sharding, text
-from llada_jax.data.pipeline import PipelineConfig
 from llada_jax.configlib import ConfigError
+from llada_jax.data.pipeline import PipelineConfig
 from llada_jax.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
