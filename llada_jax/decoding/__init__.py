@@ -1,8 +1,11 @@
-"""Jitted batch decoding: masked diffusion (LLaDA, Whisper-LLaDA, deliberation) and greedy AR."""
+"""Jitted batch decoding: masked diffusion (LLaDA, Whisper-LLaDA, deliberation) and greedy AR
+(Whisper, Whisper-LLaMA)."""
 
-from llada_jax.decoding.ar import greedy
+# Masked diffusion
 from llada_jax.decoding.diffusion import (DeliberationSettings, DiffusionSettings,
                                           adaptive_gen_length, decode, deliberate, generate)
+# Greedy autoregressive
+from llada_jax.decoding.greedy_loop import greedy, whisper_greedy
 
 __all__ = ["DeliberationSettings", "DiffusionSettings", "adaptive_gen_length", "decode",
-           "deliberate", "generate", "greedy"]
+           "deliberate", "generate", "greedy", "whisper_greedy"]
