@@ -5,13 +5,12 @@ converter maps checkpoints by name: torch `weight` is our `kernel` (Linear, tran
 conv, [out, in, k] → [k, in, out]), `scale` (LayerNorm) or `embedding` (tables). The output projection
 is tied to `decoder.embed_tokens`, as in every released Whisper.
 
-Decoding keeps its KV cache as a plain pytree (`DecoderCache`), not module state, so the whole greedy
-loop is one `lax.while_loop` with static shapes.
+Decoding keeps its KV cache as a plain pytree (`DecoderCache`), not module state, so the whole
+greedy loop (`llada_jax.decoding.whisper_greedy`) is one `lax.while_loop` with static shapes.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import flax.struct
@@ -296,93 +295,3 @@ def encode_in_groups(model: Whisper, mel: jax.Array, rows: int | None) -> jax.Ar
     return model.encode(mel)
   out = jax.lax.map(model.encode, mel.reshape(b // rows, rows, *mel.shape[1:]))
   return out.reshape(b, *out.shape[2:])
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id", "with_probs",
-                                             "encoder_rows"))
-def _greedy(graphdef, state, mel, prompt_ids, max_new_tokens: int, eos_id: int, bias=None,
-            first_bias=None, with_probs: bool = False, encoder_rows: int | None = None):
-  model = nnx.merge(graphdef, state)
-  batch, prompt_len = prompt_ids.shape
-
-  def pick(logits, add):
-    # `add`: Whisper's token suppression as an additive 0 / -inf logit bias. The probability is the
-    # softmax over the biased logits: the distribution greedy decoding actually chose from.
-    logits = logits if add is None else logits + add
-    token = jnp.argmax(logits, -1).astype(jnp.int32)
-    prob = jnp.exp(jnp.max(logits, -1) - jax.nn.logsumexp(logits, -1))
-    return token, prob
-
-  # The last new token is never fed back, so the cache needs one slot less than the output.
-  cache = model.init_cache(batch, prompt_len + max_new_tokens - 1,
-                           encode_in_groups(model, mel, encoder_rows))
-  logits, cache = model.decode_step(prompt_ids, cache, 0)
-  first, first_p = pick(logits[:, -1], first_bias if first_bias is not None else bias)
-  tokens = jnp.full((batch, max_new_tokens), eos_id, jnp.int32).at[:, 0].set(first)
-  probs = jnp.ones((batch, max_new_tokens), jnp.float32).at[:, 0].set(first_p)
-
-  def cond(carry):
-    _, _, _, i, done = carry
-    return (i < max_new_tokens) & ~jnp.all(done)
-
-  def body(carry):
-    tokens, probs, cache, i, done = carry
-    prev = jax.lax.dynamic_index_in_dim(tokens, i - 1, axis=1)  # [B, 1]
-    logits, cache = model.decode_step(prev, cache, prompt_len + i - 1)
-    tok, p = pick(logits[:, -1], bias)
-    nxt = jnp.where(done, eos_id, tok)
-    tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, i))
-    probs = jax.lax.dynamic_update_slice(probs, jnp.where(done, 1.0, p)[:, None], (0, i))
-    return tokens, probs, cache, i + 1, done | (nxt == eos_id)
-
-  tokens, probs, *_ = jax.lax.while_loop(
-      cond, body, (tokens, probs, cache, jnp.int32(1), first == eos_id))
-  return (tokens, probs) if with_probs else tokens
-
-
-def suppress_bias(vocab_size: int, ids) -> np.ndarray | None:
-  """Additive logit bias float32 [vocab]: -inf at `ids` (Whisper's SuppressTokens), else 0."""
-  ids = [int(i) for i in (ids or ()) if 0 <= int(i) < vocab_size]
-  if not ids:
-    return None
-  bias = np.zeros((vocab_size,), np.float32)
-  bias[ids] = -np.inf
-  return bias
-
-
-def greedy_decode(model: Whisper, mel: jax.Array, prompt_ids: jax.Array, max_new_tokens: int,
-                  eos_id: int, *, suppress_ids=None, begin_suppress_ids=None,
-                  return_probs: bool = False, encoder_rows: int | None = None):
-  """Batched greedy decoding → new tokens [B, max_new_tokens]; a row is EOS from its first EOS on.
-
-  `suppress_ids` are never emitted; `begin_suppress_ids` additionally not as the first new token
-  (Whisper's SuppressTokens / SuppressBlank: the CTranslate2 config's `suppress_ids` and
-  `suppress_ids_begin`). `return_probs=True` returns (tokens, probs float32 [B, max_new_tokens]):
-  each greedy token's softmax probability (1.0 after the row's EOS). `encoder_rows`: encode that
-  many rows at a time (`encode_in_groups`; 1 is fastest on CPU).
-
-  One jitted `lax.while_loop`, compiled once per (model structure, shapes, max_new_tokens, eos_id).
-  """
-  cfg = model.config
-  check_array("prompt_ids", prompt_ids, ndim=2, dtypes=("integer",))
-  if max_new_tokens < 1:
-    raise ValueError(f"greedy_decode: max_new_tokens must be ≥ 1, got {max_new_tokens}")
-  if prompt_ids.shape[1] + max_new_tokens - 1 > cfg.max_target_positions:
-    raise ValueError(f"prompt_ids: {prompt_ids.shape[1]} prompt + {max_new_tokens} new tokens "
-                     f"exceed max_target_positions {cfg.max_target_positions} "
-                     f"(shape {tuple(prompt_ids.shape)})")
-  bias = suppress_bias(cfg.vocab_size, suppress_ids)
-  first_bias = suppress_bias(cfg.vocab_size,
-                             list(suppress_ids or ()) + list(begin_suppress_ids or ()))
-  if first_bias is not None and bias is None:
-    bias = np.zeros_like(first_bias)
-  graphdef, state = nnx.split(model)
-  kw = {}
-  if bias is not None:  # no bias: the exact graph (and cache entry) of plain greedy decoding
-    kw = dict(bias=jnp.asarray(bias), first_bias=jnp.asarray(first_bias))
-  if return_probs:
-    kw["with_probs"] = True
-  if encoder_rows is not None:
-    kw["encoder_rows"] = int(encoder_rows)
-  return _greedy(graphdef, state, jnp.asarray(mel), jnp.asarray(prompt_ids, jnp.int32),
-                 max_new_tokens=max_new_tokens, eos_id=eos_id, **kw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from flax import nnx
 from llada_jax import sharding, whisper
 from llada_jax.configs import WhisperConfig
 from llada_jax.convert.mapping import HF_WHISPER, DictSource, load_into
+from llada_jax.decoding import greedy_loop, whisper_greedy
 
 TOL = 1e-4
 SOURCE = 100  # encoder positions of the test models: 200 mel frames keep HF's fixed-length check cheap
@@ -139,7 +141,7 @@ def torch_greedy(ref, mel: np.ndarray, prompt: np.ndarray, steps: int, eos: int)
   return torch.stack(out, 1).numpy()
 
 
-def test_greedy_matches_torch_and_stops_at_eos(tiny):
+def test_greedy_matches_torch_and_stops_at_eos(tiny, caplog):
   ours, ref = tiny
   mel = random_mel(2, 80, ours.config.max_mel_frames, seed=6)
   prompt = np.array([[1, 5], [1, 5]], np.int64)
@@ -149,11 +151,14 @@ def test_greedy_matches_torch_and_stops_at_eos(tiny):
   # An EOS the model really emits mid-sequence in row 0, so stopping and EOS padding are exercised.
   eos = int(free[0, 3])
   want = torch_greedy(ref, mel, prompt, steps, eos=eos)
-  got = whisper.greedy_decode(ours, jnp.asarray(mel), jnp.asarray(prompt, jnp.int32), steps, eos)
-  np.testing.assert_array_equal(np.asarray(got), want)
-  assert (np.asarray(got)[0, 3:] == eos).all()
-  whisper.greedy_decode(ours, jnp.asarray(mel), jnp.asarray(prompt, jnp.int32), steps, eos)
-  assert whisper._greedy._cache_size() == 1, "same shapes must not recompile"
+  with caplog.at_level(logging.INFO, logger="llada_jax.decoding.greedy_loop"):
+    got = whisper_greedy(ours, jnp.asarray(mel), jnp.asarray(prompt, jnp.int32), steps, eos)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert (np.asarray(got)[0, 3:] == eos).all()
+    whisper_greedy(ours, jnp.asarray(mel), jnp.asarray(prompt, jnp.int32), steps, eos)
+  assert greedy_loop._whisper_greedy._cache_size() == 1, "same shapes must not recompile"
+  logged = [r.getMessage() for r in caplog.records if "compiling Whisper greedy" in r.getMessage()]
+  assert len(logged) == 1 and "batch 2, prompt 2, mel frames 200" in logged[0]
 
 
 def test_bad_inputs_raise(tiny):
@@ -179,7 +184,7 @@ def test_bad_inputs_raise(tiny):
   with pytest.raises(ValueError, match=r"decoder_ids: .*cache length 4 \(shape \(1, 2\)\)"):
     ours.decode_step(jnp.zeros((1, 2), jnp.int32), cache, 3)
   with pytest.raises(ValueError, match=r"prompt_ids: .*\(1, 60\)"):
-    whisper.greedy_decode(ours, mel, jnp.zeros((1, 60), jnp.int32), 10, 2)
+    whisper_greedy(ours, mel, jnp.zeros((1, 60), jnp.int32), 10, 2)
 
 
 def test_weights_carry_logical_axes(tiny):

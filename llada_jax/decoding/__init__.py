@@ -1,10 +1,21 @@
-"""Jitted batch decoding: masked diffusion (LLaDA, Whisper-LLaDA, deliberation) and greedy AR."""
+"""Jitted batch decoding: masked diffusion (LLaDA, Whisper-LLaDA, deliberation) and greedy AR
+(Whisper, Whisper-LLaMA)."""
 
-from llada_jax.decoding.ar import greedy
-from llada_jax.decoding.diffusion import (MASKING, REMASKING, STRATEGIES, DeliberationSettings,
-                                          DiffusionSettings,
-                                          adaptive_gen_length, decode, deliberate, generate)
+# Masked diffusion
+from llada_jax.decoding.diffusion import (
+  MASKING,
+  REMASKING,
+  STRATEGIES,
+  DeliberationSettings,
+  DiffusionSettings,
+  adaptive_gen_length,
+  decode,
+  deliberate,
+  generate,
+)
 
-__all__ = ["DeliberationSettings", "DiffusionSettings", "adaptive_gen_length", "decode",
-           "deliberate", "generate", "greedy"]
-from llada_jax.whisper import greedy_decode as whisper_greedy  # noqa: E402  (until the greedy-loop merge)
+# Greedy autoregressive
+from llada_jax.decoding.greedy_loop import greedy, whisper_greedy
+
+__all__ = ["MASKING", "REMASKING", "STRATEGIES", "DeliberationSettings", "DiffusionSettings",
+           "adaptive_gen_length", "decode", "deliberate", "generate", "greedy", "whisper_greedy"]

@@ -13,6 +13,10 @@ masked response tokens. The rules follow the published code exactly:
 - Fast-dLLM (options, off by default): confidence-threshold commits, a prefix KV cache and the dual
   cache (the masked suffix's K/V cached too, so a cached step runs the current block alone).
 
+Which positions each block covers and how many steps it gets is a `schedules.Schedule` (LLaDA
+blocks, deliberation sub-blocks, masked-subset deliberation); this module holds the settings, the
+engine that runs any schedule, and the entry points that pick one.
+
 Blocks advance in lockstep over the batch (a row that finished its block waits, committing
 nothing), because a prefix cache is shared by the batch. Waiting never changes a row's tokens, and
 each row's noise is indexed by its own count of forwards, so a row's output does not depend on the
@@ -33,6 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from llada_jax.decoding.schedules import Blocks, MaskedSubset, Schedule, StepRules, SubBlocks
+from llada_jax.decoding.scores import (CONFIDENCE, GUMBEL, batch_uniform, gumbel_argmax,
+                                       probability, rank, row_keys)
+# Still importable from here, where they were before scores.py (tests' reference loops use them).
+from llada_jax.decoding.scores import MASKING_SCORES, mask_hypothesis, row_uniform  # noqa: F401
 from llada_jax.layers import check_array
 from llada_jax.transformer import KVCache, Transformer, init_cache
 
@@ -140,44 +149,6 @@ def adaptive_gen_length(seconds, tokens_per_second: float = 5.0,
   return next((b for b in fit if b >= need), fit[-1])
 
 
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-  """Static description of one denoising run (a jit static argument).
-
-  layout: "blocks" (LLaDA's fixed blocks of `block_length`), "chunks" (deliberation sub-blocks:
-  each row's length split in `num_blocks`, each masked on entry) or "masked" (one block over the
-  row's length, pre-masked; steps = min(steps, masked count) per row).
-  """
-
-  layout: str
-  num_blocks: int
-  block_length: int
-  steps: int  # per block ("blocks", "chunks"); a cap ("masked")
-  remasking: str
-  temperature: float
-  threshold: float | None
-  cache: bool
-  mask_id: int
-  eos_id: int | None = None
-  cfg_scale: float = 0.0
-  dual_cache: bool = False  # "blocks" layout: a cached step runs [block start, end) alone
-
-  @property
-  def max_offset(self) -> int:
-    """Furthest cache window start after the prefix: the last block's (blocks layout only)."""
-    return (self.num_blocks - 1) * self.block_length if self.layout == "blocks" else 0
-
-  @property
-  def window(self) -> int | None:
-    """Width of a cached step's window: the block (dual cache) or None (block start → end)."""
-    return self.block_length if self.dual_cache and self.layout == "blocks" else None
-
-  @property
-  def cache_pad(self) -> int:
-    """Cache slots past the response: an R-wide window starting at the last block needs them."""
-    return 0 if self.window else self.max_offset
-
-
 @flax.struct.dataclass
 class _State:
   tokens: jax.Array  # [B, R] int32 response
@@ -188,173 +159,60 @@ class _State:
   limit: jax.Array  # [B] int32 … for at most `limit` steps
   count: jax.Array  # [B] int32 forwards in which the row had masks to fill: indexes its noise
   done: jax.Array  # [B] bool: will not change again
-  anchor: jax.Array  # [B, R] tokens when the current sub-block was entered ("chunks" layout)
+  anchor: jax.Array  # [B, R] tokens when the current block was entered (`Schedule.leave`)
   keys: jax.Array  # [B] per-row PRNG keys
   cache: KVCache | None
 
 
-# --- noise -------------------------------------------------------------------------------------
-# Noise is a pure function of (row key, row's forward count, stream, response position), so a row
-# gets the same noise alone or in any batch, and a plain reference loop can ask for the same arrays.
-GUMBEL, CONFIDENCE, MASKING_SCORES = 0, 1, 2
-
-
-def row_uniform(key: jax.Array, count, stream: int, positions: jax.Array,
-                tail: tuple[int, ...] = ()) -> jax.Array:
-  """Uniform [0, 1) float32 noise [len(positions), *tail] for one row."""
-  k = jax.random.fold_in(jax.random.fold_in(key, count), stream)
-  return jax.vmap(lambda p: jax.random.uniform(jax.random.fold_in(k, p), tail))(positions)
-
-
-def _batch_uniform(keys, counts, stream, positions, tail=()):
-  one = lambda key, count: row_uniform(key, count, stream, positions, tail)
-  return jax.vmap(one)(keys, counts)
-
-
-def row_keys(key: jax.Array | None, batch: int) -> jax.Array:
-  """One key per row: `key` may be a single key (split per row) or already [B] keys."""
-  if key is None:
-    key = jax.random.key(0)
-  key = jnp.asarray(key)
-  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.wrap_key_data(key)
-  if key.shape == ():
-    return jax.random.split(key, batch)
-  if key.shape != (batch,):
-    raise ValueError(f"key: expected a single key or {batch} row keys, got shape {key.shape}")
-  return key
-
-
-def gumbel_argmax(logits: jax.Array, u: jax.Array, temperature: float) -> jax.Array:
-  """LLaDA's Gumbel-max, `argmax(exp(l) / (-log u) ** T)`, taken in log space.
-
-  LLaDA computes it in float64 (low-precision Gumbel-max hurts masked diffusion, arXiv 2409.02908).
-  JAX has no float64 without the global `jax_enable_x64` switch, so we use the monotone equivalent
-  `argmax(l - T * log(-log u))`: it never overflows (exp(l) does above l ≈ 709) and picks the same
-  token as the float64 formula up to float32 rounding of the scores.
-  """
-  if temperature == 0:
-    return jnp.argmax(logits, -1).astype(jnp.int32)
-  return jnp.argmax(logits - temperature * jnp.log(-jnp.log(u)), -1).astype(jnp.int32)
-
-
-def _probability(logits: jax.Array, ids: jax.Array) -> jax.Array:
-  """softmax(logits)[ids] without materialising the [B, T, V] probabilities."""
-  picked = jnp.take_along_axis(logits, ids[..., None], -1)[..., 0]
-  return jnp.exp(picked - jax.nn.logsumexp(logits, axis=-1))
-
-
-def _rank(scores: jax.Array, descending: bool) -> jax.Array:
-  """Rank of each entry along the last axis; ties rank the lower index first (torch.topk's usual
-  and lax.top_k's documented order)."""
-  order = jnp.argsort(-scores if descending else scores, axis=-1, stable=True)
-  return jnp.argsort(order, axis=-1).astype(jnp.int32)
-
-
 # --- the engine -------------------------------------------------------------------------------
-def _bounds(plan: _Plan, block, length):
-  """Per-row [start, end) of `block` in response coordinates."""
-  if plan.layout == "blocks":
-    start = jnp.broadcast_to(block * plan.block_length, length.shape)
-    return start, start + plan.block_length
-  if plan.layout == "chunks":
-    # Diffusion-ASR: chunk_size = L // num_chunks; the last chunk takes the remainder.
-    size = length // plan.num_blocks
-    start = block * size
-    return start, jnp.where(block == plan.num_blocks - 1, length, start + size)
-  return jnp.zeros_like(length), length
-
-
-def _in_block(plan, block, length, valid):
-  start, end = _bounds(plan, block, length)
-  pos = jnp.arange(valid.shape[1])
-  return valid & (pos >= start[:, None]) & (pos < end[:, None])
-
-
-def _enter(plan: _Plan, tokens, block, length, valid):
-  """Start `block`: mask it (deliberation sub-blocks) and schedule its commits.
-
-  Returns tokens and per-row (base, rem, limit): step i commits base + (i < rem) tokens, for at
-  most `limit` steps. The references count the masks to schedule over the block (LLaDA) or the
-  whole response (Diffusion-ASR deliberation, where only the sub-block is masked anyway).
-  """
-  inside = _in_block(plan, block, length, valid)
-  if plan.layout == "chunks":
-    tokens = jnp.where(inside & (block < plan.num_blocks), plan.mask_id, tokens)
-  masks = valid & (tokens == plan.mask_id)
-  masked = jnp.sum(masks & inside if plan.layout == "blocks" else masks, axis=1).astype(jnp.int32)
-  if plan.threshold is not None:
+def _enter(sched: Schedule, tokens, block, length, valid):
+  """Start `block`. Returns tokens and per-row (base, rem, limit): step i commits
+  base + (i < rem) tokens (LLaDA `get_num_transfer_tokens`), for at most `limit` steps."""
+  tokens, masked, limit = sched.enter(tokens, block, length, valid)
+  rules = sched.rules
+  if rules.threshold is not None:
     # Fast-dLLM loops until the block is filled; every step commits ≥ 1 token, so the response
     # length bounds it (and stops a model that keeps proposing the mask token itself).
     limit = jnp.full_like(masked, tokens.shape[1])
-  elif plan.layout == "masked":  # Diffusion-ASR: steps = min(steps, number of masked tokens)
-    limit = jnp.minimum(plan.steps, masked)
-  else:
-    limit = jnp.full_like(masked, plan.steps)
-  if plan.eos_id is not None:  # Diffusion-ASR: after the block that committed an EOS, stop
-    limit = jnp.where(jnp.any(valid & (tokens == plan.eos_id), axis=1), 0, limit)
+  if rules.eos_id is not None:  # Diffusion-ASR: after the block that committed an EOS, stop
+    limit = jnp.where(jnp.any(valid & (tokens == rules.eos_id), axis=1), 0, limit)
   per = jnp.maximum(limit, 1)
   return tokens, masked // per, masked % per, limit
 
 
-def _candidates(plan: _Plan, tokens, block, step, length, valid):
-  """Masked positions that may be committed this step.
-
-  LLaDA gives confidence −∞ only *beyond* the block, so a mask left over from an earlier block
-  (the model proposed the mask token itself) competes again; Fast-dLLM's cached steps see only the
-  window from the block start. Deliberation has no block restriction.
-  """
-  masks = valid & (tokens == plan.mask_id)
-  if plan.layout != "blocks":
-    return masks
-  start, end = _bounds(plan, block, length)
-  pos = jnp.arange(tokens.shape[1])
-  cand = masks & (pos < end[:, None])
-  if plan.cache:
-    cand &= (pos >= start[:, None]) | (step == 0)
-  return cand
-
-
-def _active(plan: _Plan, st, length, valid):
+def _active(sched: Schedule, st, length, valid):
   """[B] rows that take this step: work left in their block and steps left in its schedule."""
-  if plan.layout == "blocks" and plan.threshold is not None:
-    work = _in_block(plan, st.block, length, valid) & (st.tokens == plan.mask_id)
-  else:
-    work = _candidates(plan, st.tokens, st.block, st.step, length, valid)
+  work = sched.work(st.tokens, st.block, st.step, length, valid)
   return jnp.any(work, axis=1) & (st.step < st.limit)
 
 
-def _done(plan: _Plan, st, length, valid):
+def _done(sched: Schedule, st, length, valid):
   """[B] rows that will not change again."""
-  left = jnp.any(valid & (st.tokens == plan.mask_id), axis=1)
-  final = st.block >= (plan.num_blocks - 1 if plan.layout == "chunks" else 0)
-  done = (~left & final) | (st.block >= plan.num_blocks)
-  if plan.eos_id is not None:
-    stopped = jnp.any(valid & (st.tokens == plan.eos_id), axis=1)
-    done |= stopped & ~_active(plan, st, length, valid)
+  rules = sched.rules
+  left = jnp.any(valid & (st.tokens == rules.mask_id), axis=1)
+  done = (~left & sched.final(st.block)) | (st.block >= sched.num_blocks)
+  if rules.eos_id is not None:
+    stopped = jnp.any(valid & (st.tokens == rules.eos_id), axis=1)
+    done |= stopped & ~_active(sched, st, length, valid)
   return done
 
 
-def _settle(plan: _Plan, st, length, valid):
+def _settle(sched: Schedule, st, length, valid):
   """Move on while no row has work in the current block (rows advance in lockstep)."""
 
   def idle(s):
-    return (s.block < plan.num_blocks) & ~jnp.any(_active(plan, s, length, valid))
+    return (s.block < sched.num_blocks) & ~jnp.any(_active(sched, s, length, valid))
 
   def next_block(s):
-    tokens = s.tokens
-    if plan.layout == "chunks":
-      # Diffusion-ASR copies back only the sub-block (`supervision_ids[:, start:end] = x[...]`):
-      # a left-over mask elsewhere that this sub-block's steps filled reverts to the mask.
-      tokens = jnp.where(_in_block(plan, s.block, length, valid), tokens, s.anchor)
+    tokens = sched.leave(s.tokens, s.anchor, s.block, length, valid)
     block = s.block + 1
     anchor = tokens
-    tokens, base, rem, limit = _enter(plan, tokens, block, length, valid)
+    tokens, base, rem, limit = _enter(sched, tokens, block, length, valid)
     return s.replace(block=block, step=jnp.int32(0), tokens=tokens, base=base, rem=rem,
                      limit=limit, anchor=anchor)
 
   st = jax.lax.while_loop(idle, next_block, st)
-  return st.replace(done=_done(plan, st, length, valid))
+  return st.replace(done=_done(sched, st, length, valid))
 
 
 def _fill_after_eos(tokens, eos_id):
@@ -362,30 +220,32 @@ def _fill_after_eos(tokens, eos_id):
 
 
 def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.Array,
-             length: jax.Array, keys: jax.Array, plan: _Plan) -> jax.Array:
+             length: jax.Array, keys: jax.Array, sched: Schedule) -> jax.Array:
   """Fill the masks of `tokens` [B, R]. prefix [B or 2B (CFG), P, D]; valid [B, R] marks real
   response positions (others are key-masked and never change); length [B] = valid.sum(1)."""
   b, r = tokens.shape
   p = prefix.shape[1]
-  cfg = plan.cfg_scale > 0
+  rules = sched.rules
+  cfg = rules.cfg_scale > 0
   both = (lambda x: jnp.concatenate([x, x], 0)) if cfg else (lambda x: x)
   prefix_mask = jnp.ones(prefix.shape[:2], bool)
-  max_off = plan.max_offset
-  cache_len = p + r + plan.cache_pad
+  max_off = sched.max_offset
+  # Cache slots past the response: an R-wide window starting at the last block needs them.
+  cache_len = p + r + (0 if sched.window else max_off)
 
   def pick(logits, positions, st):
     """Logits [B(·2), T, V] at response `positions` [T] → proposals and confidences [B, T]."""
     if cfg:  # LLaDA: un + (cfg + 1) * (cond − un), the unconditional half has the prompt masked
       cond, un = jnp.split(logits, 2, axis=0)
-      logits = un + (plan.cfg_scale + 1) * (cond - un)
+      logits = un + (rules.cfg_scale + 1) * (cond - un)
     u = None
-    if plan.temperature > 0:
-      u = _batch_uniform(st.keys, st.count, GUMBEL, positions, (logits.shape[-1],))
-    x0 = gumbel_argmax(logits, u, plan.temperature)
-    if plan.remasking == "low_confidence":
-      conf = _probability(logits, x0)
+    if rules.temperature > 0:
+      u = batch_uniform(st.keys, st.count, GUMBEL, positions, (logits.shape[-1],))
+    x0 = gumbel_argmax(logits, u, rules.temperature)
+    if rules.remasking == "low_confidence":
+      conf = probability(logits, x0)
     else:
-      conf = _batch_uniform(st.keys, st.count, CONFIDENCE, positions)
+      conf = batch_uniform(st.keys, st.count, CONFIDENCE, positions)
     return x0, conf
 
   def full_forward(st, cache=None):
@@ -396,7 +256,7 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
     return lm(embeds=embeds, key_mask=key_mask, cache=cache, cache_index=0, logits_from=p)
 
   def propose(st):
-    if not plan.cache:
+    if not rules.cache:
       logits, _ = full_forward(st)
       return *pick(logits, jnp.arange(r), st), None
 
@@ -408,8 +268,8 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
     def block_only(st):
       # Dual cache: the block alone runs; prefix, earlier blocks and the still-masked suffix are
       # read from the K/V written by the block's first step (the suffix's are stale, as Fast-dLLM).
-      w = plan.window
-      off = jnp.minimum(st.block, plan.num_blocks - 1) * w
+      w = sched.window
+      off = sched.window_start(st.block)
       window = jax.lax.dynamic_slice_in_dim(st.tokens, off, w, axis=1)
       window_valid = jax.lax.dynamic_slice_in_dim(valid, off, w, axis=1)
       logits, _ = lm(embeds=lm.embed(both(window)), key_mask=both(window_valid), cache=st.cache,
@@ -422,9 +282,9 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
     def suffix(st):
       # Only [block start, end) runs, over the cached prefix. The window is R wide for every block
       # (static shapes): past the response it holds key-masked filler whose outputs are dropped.
-      off = jnp.minimum(st.block, plan.num_blocks - 1) * plan.block_length if max_off else 0
+      off = sched.window_start(st.block) if max_off else 0
       pad = lambda x, v: jnp.concatenate([x, jnp.full((x.shape[0], max_off), v, x.dtype)], 1)
-      window = jax.lax.dynamic_slice_in_dim(pad(st.tokens, plan.mask_id), off, r, axis=1)
+      window = jax.lax.dynamic_slice_in_dim(pad(st.tokens, rules.mask_id), off, r, axis=1)
       window_valid = jax.lax.dynamic_slice_in_dim(pad(valid, False), off, r, axis=1)
       logits, _ = lm(embeds=lm.embed(both(window)), key_mask=both(window_valid), cache=st.cache,
                      cache_index=p + off, update_cache=False)
@@ -434,57 +294,58 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
           jnp.concatenate([jnp.zeros((b, max_off), x.dtype), x], 1), max_off - off, r, axis=1)
       return back(x0), back(conf), st.cache
 
-    return jax.lax.cond(st.step == 0, refresh, block_only if plan.window else suffix, st)
+    return jax.lax.cond(st.step == 0, refresh, block_only if sched.window else suffix, st)
 
   def body(st: _State) -> _State:
     x0, conf, cache = propose(st)
-    active = _active(plan, st, length, valid)
-    candidates = _candidates(plan, st.tokens, st.block, st.step, length, valid) & active[:, None]
+    active = _active(sched, st, length, valid)
+    candidates = sched.candidates(st.tokens, st.block, st.step, length, valid) & active[:, None]
     conf = jnp.where(candidates, conf, -jnp.inf)
-    rank = _rank(conf, descending=True)
-    if plan.threshold is None:
+    order = rank(conf, descending=True)
+    if rules.threshold is None:
       k = st.base + (st.step < st.rem)
-      commit = candidates & (rank < k[:, None])
+      commit = candidates & (order < k[:, None])
     else:  # Fast-dLLM: the most confident token, plus every one at or above the threshold
-      commit = candidates & ((rank == 0) | (conf >= plan.threshold))
+      commit = candidates & ((order == 0) | (conf >= rules.threshold))
     tokens = jnp.where(commit, x0, st.tokens)
-    if plan.eos_id is not None:
-      tokens = _fill_after_eos(tokens, plan.eos_id)
+    if rules.eos_id is not None:
+      tokens = _fill_after_eos(tokens, rules.eos_id)
     st = st.replace(tokens=tokens, step=st.step + 1, cache=cache,
                     count=st.count + active)
-    return _settle(plan, st, length, valid)
+    return _settle(sched, st, length, valid)
 
   anchor = tokens
-  tokens, base, rem, limit = _enter(plan, tokens, jnp.int32(0), length, valid)
+  tokens, base, rem, limit = _enter(sched, tokens, jnp.int32(0), length, valid)
   cache = None
-  if plan.cache:
+  if rules.cache:
     cache = init_cache(lm.config, prefix.shape[0], cache_len)
   st = _State(tokens=tokens, block=jnp.int32(0), step=jnp.int32(0), base=base, rem=rem,
               limit=limit, count=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
               anchor=anchor, keys=keys, cache=cache)
-  st = _settle(plan, st, length, valid)
+  st = _settle(sched, st, length, valid)
   st = jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, st)
   return st.tokens
 
 
 # --- entry points -----------------------------------------------------------------------------
-def _needs_key(plan: _Plan, key, what: str):
-  if key is None and (plan.temperature > 0 or plan.remasking == "random"):
+def _needs_key(rules: StepRules, key, what: str):
+  if key is None and (rules.temperature > 0 or rules.remasking == "random"):
     raise ValueError(f"{what}: temperature > 0 or random remasking needs a PRNG `key`")
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "plan", "gen_length"))
-def _generate(graphdef, state, prompt_ids, keys, plan: _Plan, gen_length: int):
+@functools.partial(jax.jit, static_argnames=("graphdef", "sched", "gen_length"))
+def _generate(graphdef, state, prompt_ids, keys, sched: Schedule, gen_length: int):
   lm = nnx.merge(graphdef, state)
   b, p = prompt_ids.shape
   log.info("compiling LLaDA generate: batch %d, prompt %d, gen_length %d, %s", b, p, gen_length,
-           plan)
+           sched)
+  rules = sched.rules
   prefix = lm.embed(prompt_ids)
-  if plan.cfg_scale > 0:
-    prefix = jnp.concatenate([prefix, lm.embed(jnp.full_like(prompt_ids, plan.mask_id))], 0)
-  tokens = jnp.full((b, gen_length), plan.mask_id, jnp.int32)
+  if rules.cfg_scale > 0:
+    prefix = jnp.concatenate([prefix, lm.embed(jnp.full_like(prompt_ids, rules.mask_id))], 0)
+  tokens = jnp.full((b, gen_length), rules.mask_id, jnp.int32)
   valid = jnp.ones((b, gen_length), bool)
-  out = _denoise(lm, prefix, tokens, valid, jnp.full((b,), gen_length, jnp.int32), keys, plan)
+  out = _denoise(lm, prefix, tokens, valid, jnp.full((b,), gen_length, jnp.int32), keys, sched)
   return jnp.concatenate([prompt_ids, out], axis=1)
 
 
@@ -502,29 +363,28 @@ def generate(model: Transformer, prompt_ids: jax.Array, *, steps: int = 128, gen
   _check_common("generate", remasking, temperature, threshold)
   _check_blocks("generate", steps, gen_length, block_length)
   _check_dual("generate", cache, dual_cache)
-  num_blocks = gen_length // block_length
-  plan = _Plan(layout="blocks", num_blocks=num_blocks, block_length=block_length,
-               steps=steps // num_blocks, remasking=remasking, temperature=float(temperature),
-               threshold=threshold, cache=cache, mask_id=mask_id, cfg_scale=float(cfg_scale),
-               dual_cache=dual_cache)
-  _needs_key(plan, key, "generate")
+  rules = StepRules(remasking=remasking, temperature=float(temperature), threshold=threshold,
+                    cache=cache, mask_id=mask_id, cfg_scale=float(cfg_scale))
+  sched = Blocks.from_lengths(rules, gen_length=gen_length, block_length=block_length,
+                              steps=steps, dual_cache=dual_cache)
+  _needs_key(rules, key, "generate")
   prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
   graphdef, state = nnx.split(model)
-  return _generate(graphdef, state, prompt_ids, row_keys(key, prompt_ids.shape[0]), plan=plan,
+  return _generate(graphdef, state, prompt_ids, row_keys(key, prompt_ids.shape[0]), sched=sched,
                    gen_length=gen_length)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "plan", "gen_length"))
-def _decode(graphdef, state, mel, prompt_ids, keys, plan: _Plan, gen_length: int):
+@functools.partial(jax.jit, static_argnames=("graphdef", "sched", "gen_length"))
+def _decode(graphdef, state, mel, prompt_ids, keys, sched: Schedule, gen_length: int):
   model = nnx.merge(graphdef, state)
   prefix = model.prefix_embeds(prompt_ids, mel)  # once: prompt + audio never change
   b, p, _ = prefix.shape
   log.info("compiling Whisper-LLaDA decode: batch %d, prefix %d, gen_length %d, %s", b, p,
-           gen_length, plan)
-  tokens = jnp.full((b, gen_length), plan.mask_id, jnp.int32)
+           gen_length, sched)
+  tokens = jnp.full((b, gen_length), sched.rules.mask_id, jnp.int32)
   valid = jnp.ones((b, gen_length), bool)
   return _denoise(model.lm, prefix, tokens, valid, jnp.full((b,), gen_length, jnp.int32), keys,
-                  plan)
+                  sched)
 
 
 def decode(model, mel: jax.Array, prompt_ids: jax.Array, *,
@@ -537,55 +397,31 @@ def decode(model, mel: jax.Array, prompt_ids: jax.Array, *,
   check_array("prompt_ids", prompt_ids, ndim=2, dtypes=("integer",))
   check_array("mel", mel, ndim=3)
   s, lm_cfg = settings, model.config.lm
-  num_blocks = s.gen_length // s.block_length
-  plan = _Plan(layout="blocks", num_blocks=num_blocks, block_length=s.block_length,
-               steps=s.steps // num_blocks, remasking=s.remasking, temperature=float(s.temperature),
-               threshold=s.threshold, cache=s.cache, mask_id=lm_cfg.mask_id,
-               eos_id=lm_cfg.eos_id if s.eos_rule else None, dual_cache=s.dual_cache)
-  _needs_key(plan, key, "decode")
+  rules = StepRules(remasking=s.remasking, temperature=float(s.temperature),
+                    threshold=s.threshold, cache=s.cache, mask_id=lm_cfg.mask_id,
+                    eos_id=lm_cfg.eos_id if s.eos_rule else None)
+  sched = Blocks.from_lengths(rules, gen_length=s.gen_length, block_length=s.block_length,
+                              steps=s.steps, dual_cache=s.dual_cache)
+  _needs_key(rules, key, "decode")
   prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
   graphdef, state = nnx.split(model)
   return _decode(graphdef, state, jnp.asarray(mel), prompt_ids,
-                 row_keys(key, prompt_ids.shape[0]), plan=plan, gen_length=s.gen_length)
+                 row_keys(key, prompt_ids.shape[0]), sched=sched, gen_length=s.gen_length)
 
 
-def mask_hypothesis(scores: jax.Array, hyp_len: jax.Array, counts: jax.Array) -> jax.Array:
-  """[B, R] bool: each row's `counts` lowest-scoring positions among its first `hyp_len`.
-
-  Diffusion-ASR: topk(largest=False) of the confidences, or randperm(L)[:k], which is the k lowest
-  of L uniform scores.
-  """
-  valid = jnp.arange(scores.shape[1]) < hyp_len[:, None]
-  rank = _rank(jnp.where(valid, scores, jnp.inf), descending=False)
-  return valid & (rank < counts[:, None])
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "plan", "masking", "mask_counts"))
-def _deliberate(graphdef, state, mel, prompt_ids, hyp_ids, hyp_len, keys, plan: _Plan,
-                masking: str, mask_counts: tuple[int, ...]):
+@functools.partial(jax.jit, static_argnames=("graphdef", "sched"))
+def _deliberate(graphdef, state, mel, prompt_ids, hyp_ids, hyp_len, keys, sched: Schedule):
   model = nnx.merge(graphdef, state)
   lm = model.lm
   prefix = model.prefix_embeds(prompt_ids, mel)
   b, p, _ = prefix.shape
   r = hyp_ids.shape[1]
-  log.info("compiling Whisper-LLaDA deliberation: batch %d, prefix %d, hypothesis bucket %d, "
-           "masking %s, %s", b, p, r, masking, plan)
+  log.info("compiling Whisper-LLaDA deliberation: batch %d, prefix %d, hypothesis bucket %d, %s",
+           b, p, r, sched)
   # Padding past a row's hypothesis is key-masked: batch 1 in the paper has no padding at all.
   valid = jnp.arange(r) < hyp_len[:, None]
-  tokens = hyp_ids
-  if plan.layout == "masked":
-    counts = jnp.asarray(mask_counts, jnp.int32)[hyp_len]  # Python's int(L * ratio), exactly
-    if masking == "low_confidence":
-      # One forward with the response filled with pad tokens (the model must not see the answer);
-      # a hypothesis token's score is its probability there.
-      pads = jnp.full_like(hyp_ids, lm.config.pad_id)
-      embeds = jnp.concatenate([prefix, lm.embed(pads)], axis=1)
-      key_mask = jnp.concatenate([jnp.ones((b, p), bool), valid], axis=1)
-      scores = _probability(lm(embeds=embeds, key_mask=key_mask, logits_from=p), hyp_ids)
-    else:
-      scores = _batch_uniform(keys, jnp.zeros((b,), jnp.int32), MASKING_SCORES, jnp.arange(r))
-    tokens = jnp.where(mask_hypothesis(scores, hyp_len, counts), plan.mask_id, tokens)
-  return _denoise(lm, prefix, tokens, valid, hyp_len, keys, plan)
+  tokens = sched.start(lm, prefix, hyp_ids, valid, hyp_len, keys)
+  return _denoise(lm, prefix, tokens, valid, hyp_len, keys, sched)
 
 
 def deliberate(model, mel: jax.Array | None, prompt_ids: jax.Array, hyp_ids: jax.Array,
@@ -596,12 +432,13 @@ def deliberate(model, mel: jax.Array | None, prompt_ids: jax.Array, hyp_ids: jax
   hyp_ids [B, R] right-padded to a bucket R, hyp_len [B] real lengths; positions ≥ hyp_len are
   key-masked and returned unchanged. `mel=None`: text-only deliberation (no audio embeddings).
 
-  - diffusion: k = int(L · mask_ratio) tokens masked (random, or the k least probable under one
-    forward with the response filled with pad tokens), then `min(steps, k)` denoising steps.
-  - semi_ar: as Diffusion-ASR's code, each of `num_chunks` sub-blocks (size L // num_chunks, the
-    last takes the remainder) is fully masked in turn, left to right, with the corrected earlier
-    sub-blocks and the original later ones visible, and denoised for `steps // num_chunks` steps;
-    `mask_ratio` and `masking` are not used (as in their code).
+  - diffusion (`schedules.MaskedSubset`): k = int(L · mask_ratio) tokens masked (random, or the
+    k least probable under one forward with the response filled with pad tokens), then
+    `min(steps, k)` denoising steps.
+  - semi_ar (`schedules.SubBlocks`): as Diffusion-ASR's code, each of `num_chunks` sub-blocks
+    (size L // num_chunks, the last takes the remainder) is fully masked in turn, left to right,
+    with the corrected earlier sub-blocks and the original later ones visible, and denoised for
+    `steps // num_chunks` steps; `mask_ratio` and `masking` are not used (as in their code).
   """
   check_array("prompt_ids", prompt_ids, ndim=2, dtypes=("integer",))
   check_array("hyp_ids", hyp_ids, ndim=2, dtypes=("integer",))
@@ -616,17 +453,17 @@ def deliberate(model, mel: jax.Array | None, prompt_ids: jax.Array, hyp_ids: jax
     if b and (lens.min() < 0 or lens.max() > r):
       raise ValueError(f"hyp_len {lens.tolist()}: expected 0 ≤ length ≤ bucket {r}")
   s, lm_cfg = settings, model.config.lm
-  semi = s.strategy == "semi_ar"
-  plan = _Plan(layout="chunks" if semi else "masked", num_blocks=s.num_chunks if semi else 1,
-               block_length=0, steps=s.steps // s.num_chunks if semi else s.steps,
-               remasking=s.remasking, temperature=float(s.temperature), threshold=s.threshold,
-               cache=s.cache, mask_id=lm_cfg.mask_id)
-  masking = "none" if semi else s.masking
-  if key is None and masking == "random":
-    raise ValueError("deliberate: random masking needs a PRNG `key`")
-  _needs_key(plan, key, "deliberate")
-  counts = tuple(int(n * s.mask_ratio) for n in range(r + 1))
+  rules = StepRules(remasking=s.remasking, temperature=float(s.temperature),
+                    threshold=s.threshold, cache=s.cache, mask_id=lm_cfg.mask_id)
+  sched: Schedule
+  if s.strategy == "semi_ar":
+    sched = SubBlocks(rules=rules, num_chunks=s.num_chunks, steps=s.steps // s.num_chunks)
+  else:
+    sched = MaskedSubset(rules=rules, steps=s.steps, masking=s.masking, mask_ratio=s.mask_ratio)
+    if key is None and s.masking == "random":
+      raise ValueError("deliberate: random masking needs a PRNG `key`")
+  _needs_key(rules, key, "deliberate")
   graphdef, state = nnx.split(model)
   return _deliberate(graphdef, state, None if mel is None else jnp.asarray(mel),
                      jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(hyp_ids, jnp.int32), hyp_len,
-                     row_keys(key, b), plan=plan, masking=masking, mask_counts=counts)
+                     row_keys(key, b), sched=sched)
