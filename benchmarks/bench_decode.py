@@ -55,15 +55,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from llada_jax.configs import LMConfig, QFormerConfig, WhisperConfig, WhisperLLaDAConfig  # noqa: E402
-from llada_jax.convert import mapping as maps  # noqa: E402
-from llada_jax.convert.convert import hf_llama_json  # noqa: E402
-from llada_jax.decoding import DeliberationSettings, DiffusionSettings, decode, deliberate, greedy  # noqa: E402
-from llada_jax.transformer import Transformer  # noqa: E402
-from llada_jax.whisper_llada import WhisperLLaDA  # noqa: E402
+from llada_jax.configs import LMConfig, QFormerConfig, WhisperConfig, WhisperLLaDAConfig
+from llada_jax.convert import mapping as maps
+from llada_jax.convert.convert import hf_llama_json
+from llada_jax.decoding import DeliberationSettings, DiffusionSettings, decode, deliberate, greedy
+from llada_jax.transformer import Transformer
+from llada_jax.whisper_llada import WhisperLLaDA
 
 PROMPT_LEN = 16  # LLaDA's chat template around "Transcribe the audio:" is about this long
 MELS_PER_SECOND = 100
@@ -354,8 +351,8 @@ def flops_report(model: WhisperLLaDA, prefix: jax.Array, gen_length: int, batch:
     parts.append(f"batch {b}: {gflop:.2f} GFLOP in {sec * 1e3:.0f} ms = {gflop / sec:.0f} GFLOP/s "
                  f"({100 * gflop / sec / rates[best]:.0f} % of peak)")
   return (f"One exact denoising step ({prefix.shape[1] + gen_length}-token forward, response "
-          f"logits; matmul FLOPs counted by hand): " + "; ".join(parts) + f". {jnp.dtype(dtype).name} matmul "
-          f"peak: {rates[best]:.0f} GFLOP/s (jnp.dot {best}²; " +
+          f"logits; matmul FLOPs counted by hand): " + "; ".join(parts) +
+          f". {jnp.dtype(dtype).name} matmul peak: {rates[best]:.0f} GFLOP/s (jnp.dot {best}²; " +
           ", ".join(f"{n}²: {r:.0f}" for n, r in rates.items()) + ")")
 
 

@@ -121,7 +121,7 @@ def torch_side(batch: int, data: dict, seed: int = 0):
 
   torch.manual_seed(seed)
   s = SIZES
-  w, q, l = s["whisper"], s["qformer"], s["lm"]
+  w, q, lm_cfg = s["whisper"], s["qformer"], s["lm"]
   encoder = WhisperEncoder(HFWhisperConfig(
       num_mel_bins=w["n_mels"], d_model=w["d_model"], encoder_layers=w["encoder_layers"],
       encoder_attention_heads=w["encoder_heads"], encoder_ffn_dim=w["encoder_ffn_dim"],
@@ -131,12 +131,13 @@ def torch_side(batch: int, data: dict, seed: int = 0):
       num_attention_heads=q["num_heads"], intermediate_size=q["intermediate_size"],
       encoder_hidden_size=w["d_model"], cross_attention_frequency=1))
   query = nn.Parameter(torch.randn(1, 4, q["hidden_size"]) * 0.02)
-  proj = nn.Linear(q["hidden_size"], l["d_model"])
+  proj = nn.Linear(q["hidden_size"], lm_cfg["d_model"])
   lm = LlamaModel(LlamaConfig(
-      vocab_size=l["vocab_size"], hidden_size=l["d_model"], num_hidden_layers=l["n_layers"],
-      num_attention_heads=l["n_heads"], num_key_value_heads=l["n_kv_heads"],
-      intermediate_size=l["mlp_hidden"], rope_theta=10000.0, attn_implementation="sdpa"))
-  lm_head = nn.Linear(l["d_model"], l["vocab_size"], bias=False)
+      vocab_size=lm_cfg["vocab_size"], hidden_size=lm_cfg["d_model"],
+      num_hidden_layers=lm_cfg["n_layers"],
+      num_attention_heads=lm_cfg["n_heads"], num_key_value_heads=lm_cfg["n_kv_heads"],
+      intermediate_size=lm_cfg["mlp_hidden"], rope_theta=10000.0, attn_implementation="sdpa"))
+  lm_head = nn.Linear(lm_cfg["d_model"], lm_cfg["vocab_size"], bias=False)
   for p in list(encoder.parameters()) + list(lm.parameters()) + list(lm_head.parameters()):
     p.requires_grad_(False)
   for layer in lm.layers:
@@ -150,7 +151,7 @@ def torch_side(batch: int, data: dict, seed: int = 0):
   audio = torch.tensor(data["audio"])
   prompt = torch.tensor(data["prompt"]).long()
   response = torch.tensor(data["response"]).long()
-  mask_id = l["vocab_size"] - 1
+  mask_id = lm_cfg["vocab_size"] - 1
   win = 17
 
   def log_mel(x):

@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+import bench_decode as bd  # a sibling script: python puts benchmarks/ on the path first
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import bench_decode as bd  # noqa: E402
-
-from llada_jax.decoding import DiffusionSettings, decode  # noqa: E402
+from llada_jax.decoding import DiffusionSettings, decode
 
 
 def main(argv=None) -> int:

@@ -180,7 +180,8 @@ def load(path: str | Path, *, mesh: jax.sharding.Mesh | None = None,
   if mesh is not None:
     shardings = dict(nnx.to_flat_state(sharding.state_shardings(
         state, mesh, rules or sharding.ShardingConfig.fsdp_tp())))
-    targets = {n: jax.ShapeDtypeStruct(flat[k].shape, flat[k].dtype, sharding=shardings[k].get_value())
+    targets = {n: jax.ShapeDtypeStruct(flat[k].shape, flat[k].dtype,
+                                       sharding=shardings[k].get_value())
                for n, k in names.items()}
   stored = read_index(path)["params"]
   missing = sorted(set(names) - set(stored))

@@ -108,7 +108,10 @@ def log_mel(audio: jax.Array, n_mels: int = 80, frames: int | None = None) -> ja
   num_samples = frames * HOP
   audio = audio.astype(jnp.float32)
   n = audio.shape[1]
-  audio = audio[:, :num_samples] if n >= num_samples else jnp.pad(audio, ((0, 0), (0, num_samples - n)))
+  if n >= num_samples:
+    audio = audio[:, :num_samples]
+  else:
+    audio = jnp.pad(audio, ((0, 0), (0, num_samples - n)))
   half = N_FFT // 2
   padded = jnp.pad(audio, ((0, 0), (half, half)), mode="reflect")
   # The STFT yields frames + 1 frames; Whisper drops the last, so we never compute it.

@@ -57,8 +57,10 @@ class QFormerLayer(nnx.Module):
     self.self_attn = BertAttention(c, c.hidden_size, rngs=rngs)
     self.cross_attn = BertAttention(c, c.encoder_width, rngs=rngs)
     # The query FFN (BLIP-2's `intermediate_query`/`output_query`): the one applied to query tokens.
-    self.fc1 = Linear(c.hidden_size, c.intermediate_size, axes=("qformer_embed", "qformer_mlp"), **kw)
-    self.fc2 = Linear(c.intermediate_size, c.hidden_size, axes=("qformer_mlp", "qformer_embed"), **kw)
+    self.fc1 = Linear(c.hidden_size, c.intermediate_size, axes=("qformer_embed", "qformer_mlp"),
+                      **kw)
+    self.fc2 = Linear(c.intermediate_size, c.hidden_size, axes=("qformer_mlp", "qformer_embed"),
+                      **kw)
     self.ffn_norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
 
   def __call__(self, x: jax.Array, frames: jax.Array) -> jax.Array:
@@ -74,8 +76,9 @@ class WindowQFormer(nnx.Module):
   def __init__(self, config: QFormerConfig, *, rngs: nnx.Rngs):
     c = self.config = config
     # BLIP-2 / SALMONN initialise the queries with std = initializer_range (0.02).
-    self.query_tokens = param(rngs, nnx.initializers.normal(0.02), (1, c.num_queries, c.hidden_size),
-                              dtype_of(c.param_dtype), (None, "queries", "qformer_embed"))
+    self.query_tokens = param(rngs, nnx.initializers.normal(0.02),
+                              (1, c.num_queries, c.hidden_size), dtype_of(c.param_dtype),
+                              (None, "queries", "qformer_embed"))
     self.input_norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
     self.layers = nnx.List([QFormerLayer(c, rngs=rngs) for _ in range(c.num_layers)])
     self.proj = Linear(c.hidden_size, c.out_dim, axes=("qformer_embed", "embed"), use_bias=True,

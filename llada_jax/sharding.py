@@ -187,6 +187,6 @@ def batch_sharding(mesh: Mesh, config: ShardingConfig, shape: tp.Sequence[int]) 
   axes = spec[0] if isinstance(spec[0], tuple) else ((spec[0],) if spec[0] else ())
   ways = math.prod(mesh.shape[a] for a in axes)
   if shape[0] % ways:
-    raise ValueError(f"batch of shape {tuple(shape)}: batch size {shape[0]} is not divisible by the "
-                     f"{ways} data-parallel shards of mesh axes {axes}")
+    raise ValueError(f"batch of shape {tuple(shape)}: batch size {shape[0]} is not divisible by "
+                     f"the {ways} data-parallel shards of mesh axes {axes}")
   return NamedSharding(mesh, spec)

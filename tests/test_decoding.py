@@ -20,10 +20,22 @@ from flax import nnx
 
 from llada_jax import sharding
 from llada_jax.configs import LMConfig, WhisperLLaDAConfig
-from llada_jax.decoding import (DeliberationSettings, DiffusionSettings, adaptive_gen_length,
-                                decode, deliberate, generate, greedy)
-from llada_jax.decoding.diffusion import (CONFIDENCE, GUMBEL, MASKING_SCORES, gumbel_argmax,
-                                          row_uniform)
+from llada_jax.decoding import (
+  DeliberationSettings,
+  DiffusionSettings,
+  adaptive_gen_length,
+  decode,
+  deliberate,
+  generate,
+  greedy,
+)
+from llada_jax.decoding.diffusion import (
+  CONFIDENCE,
+  GUMBEL,
+  MASKING_SCORES,
+  gumbel_argmax,
+  row_uniform,
+)
 from llada_jax.transformer import Transformer, init_cache
 from llada_jax.whisper_llada import WhisperLLaDA
 

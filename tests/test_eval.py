@@ -36,11 +36,11 @@ pytestmark = pytest.mark.skipif(CT2 is None or not (CT2 / "model.bin").is_file()
 
 @pytest.fixture(scope="module", autouse=True)
 def _forget_compilations():
-  """Leave jit caches as found: tests/test_whisper.py counts greedy_decode's compiled entries."""
+  """Leave jit caches as found: tests/test_whisper.py counts whisper_greedy's compiled entries."""
   yield
-  from llada_jax import whisper
+  from llada_jax.decoding import greedy_loop
 
-  whisper._greedy.clear_cache()
+  greedy_loop._whisper_greedy.clear_cache()
   transcriber_lib._EXECUTABLES.clear()
 
 
@@ -379,7 +379,7 @@ def test_chunk_windows_cover_with_overlap():
   assert wins == [(0, 30 * sr), (20 * sr, 45 * sr)]
   wins = chunk_windows(95 * sr)
   assert wins[0][0] == 0 and wins[-1][1] == 95 * sr
-  for (s0, e0), (s1, e1) in zip(wins, wins[1:]):
+  for (_, e0), (s1, e1) in zip(wins, wins[1:]):
     assert e0 - s1 == 10 * sr and e1 - s1 <= 30 * sr
 
 
@@ -431,44 +431,3 @@ def test_long_audio_is_chunked_and_merged(tiny, tmp_path):
   assert len(hyp) <= 1.2 * len(ref.split()), "overlap words duplicated"
   assert summary["wer"] < 0.35
   assert rec["confidences"] is None and rec["seconds"] == pytest.approx(audio.shape[0] / 16000)
-
-
-# ------------------------------------------------------------------------------------------------
-# greedy_decode's additions used by the strategy: suppression, probabilities, row-group encoding
-
-
-def test_greedy_suppression_probabilities_and_row_groups():
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-
-  from llada_jax import whisper
-  from llada_jax.configs import WhisperConfig
-
-  cfg = WhisperConfig.tiny_test(max_source_positions=50)
-  model = whisper.Whisper(cfg, rngs=nnx.Rngs(0))
-  for path, var in nnx.iter_graph(model):  # larger weights: std-0.02 init repeats one token
-    if isinstance(var, nnx.Param) and var.ndim > 1:
-      var[...] = var[...] * 8.0
-  rng = np.random.default_rng(0)
-  mel = jnp.asarray(rng.standard_normal((4, cfg.n_mels, 100)).astype(np.float32))
-  prompt = jnp.asarray([[1, 3]] * 4, jnp.int32)
-  eos, n = cfg.eos_token_id, 6
-  plain = np.asarray(whisper.greedy_decode(model, mel, prompt, n, eos))
-  tokens, probs = whisper.greedy_decode(model, mel, prompt, n, eos, return_probs=True,
-                                        encoder_rows=1)
-  np.testing.assert_array_equal(np.asarray(tokens), plain)
-  # Each probability is the softmax of the full (uncached) forward at that position.
-  full = model(mel, jnp.concatenate([prompt, jnp.asarray(plain[:, :-1])], axis=1))
-  softmax = np.asarray(jax.nn.softmax(full[:, 1:], -1))
-  want = np.take_along_axis(softmax, plain[..., None], -1)[..., 0]
-  live = np.cumsum(plain == eos, axis=1) - (plain == eos) == 0  # up to and including the first EOS
-  np.testing.assert_allclose(np.asarray(probs)[live], want[live], rtol=1e-4, atol=1e-6)
-  assert (np.asarray(probs)[~live] == 1.0).all()
-  # Suppressed ids never come out; begin-suppressed ids only not first.
-  banned = sorted({int(t) for t in plain[:, 1:3].ravel()} - {eos})
-  first = sorted({int(t) for t in plain[:, 0]} - {eos} - set(banned))
-  out = np.asarray(whisper.greedy_decode(model, mel, prompt, n, eos, suppress_ids=banned,
-                                         begin_suppress_ids=first))
-  assert not np.isin(out, banned).any() and not np.isin(out[:, 0], first).any()
-  assert first and np.isin(plain[:, 0], first).any()  # the test bans something greedy chose

@@ -34,7 +34,8 @@ def speech(tmp_path_factory):
 def test_mel_filters_match_transformers(n_mels):
   from transformers.audio_utils import mel_filter_bank
   ref = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0,
-                        max_frequency=8000.0, sampling_rate=16000, norm="slaney", mel_scale="slaney")
+                        max_frequency=8000.0, sampling_rate=16000, norm="slaney",
+                        mel_scale="slaney")
   np.testing.assert_allclose(features.mel_filters(n_mels), ref, rtol=0, atol=1e-12)
 
 

@@ -107,7 +107,8 @@ def test_noise_at_snr(tmp_path):
 
 
 def test_sentence_filter():
-  assert mc.transcript("She didn't want to leave the garden.") == "SHE DIDN'T WANT TO LEAVE THE GARDEN"
+  want = "SHE DIDN'T WANT TO LEAVE THE GARDEN"
+  assert mc.transcript("She didn't want to leave the garden.") == want
   assert mc.transcript("A well-known fact, really!") == "A WELL KNOWN FACT REALLY"
   assert mc.transcript("Mr. Smith arrived late.") is None  # abbreviation
   assert mc.transcript("The NASA engineers met twice.") is None  # acronym

@@ -29,7 +29,8 @@ def test_matches_the_loop_and_counts():
   np.testing.assert_allclose(got["ci95"], ci, rtol=1e-12)
   assert got["p_better"] == pytest.approx(p)
   assert got["relative_gain"] == pytest.approx(1 - other.sum() / base.sum())
-  assert got["improved"] == int((other < base).sum()) and got["worsened"] == int((other > base).sum())
+  assert got["improved"] == int((other < base).sum())
+  assert got["worsened"] == int((other > base).sum())
 
 
 def test_a_gain_carried_by_one_utterance_is_not_significant():

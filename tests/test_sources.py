@@ -122,7 +122,8 @@ def _llada_state(layers=2, d=16, mlp=24, vocab=32) -> dict[str, torch.Tensor]:
     state.update({f"{b}.ff_proj.weight": w(mlp, d), f"{b}.up_proj.weight": w(mlp, d),
                   f"{b}.ff_out.weight": w(d, mlp), f"{b}.attn_norm.weight": w(d),
                   f"{b}.ff_norm.weight": w(d)})
-  state.update({"model.transformer.ln_f.weight": w(d), "model.transformer.ff_out.weight": w(vocab, d)})
+  state.update({"model.transformer.ln_f.weight": w(d),
+                "model.transformer.ff_out.weight": w(vocab, d)})
   return state
 
 
@@ -221,7 +222,8 @@ def _hf_whisper_to_ct2(state: dict, n_enc: int, n_dec: int, heads: int, *,
   if positions:
     v["encoder/position_encodings/encodings"] = sd["model.encoder.embed_positions.weight"]
   if quantize:  # int8 with one scale per output row, as CTranslate2's int8 quantisation
-    for name in [n for n, a in v.items() if "/layer_" in n and n.endswith("/weight") and a.ndim == 2]:
+    for name in [n for n, a in v.items()
+                 if "/layer_" in n and n.endswith("/weight") and a.ndim == 2]:
       scale = 127.0 / np.abs(v[name]).max(axis=1)
       v[name] = np.round(v[name] * scale[:, None]).astype(np.int8)
       v[f"{name}_scale"] = scale.astype(np.float32)
@@ -235,7 +237,8 @@ def _write_tiny_ct2(directory: Path, model, **kw) -> dict[str, np.ndarray]:
                                  c.encoder_attention_heads, **kw)
   _write_ct2(directory / "model.bin", variables,
              aliases=[("decoder/projection/weight", "decoder/embeddings/weight")])
-  (directory / "config.json").write_text(json.dumps({"suppress_ids": [5], "suppress_ids_begin": [7]}))
+  (directory / "config.json").write_text(json.dumps({"suppress_ids": [5],
+                                                    "suppress_ids_begin": [7]}))
   (directory / "tokenizer.json").write_text(json.dumps({"added_tokens": [
     {"id": 1, "content": "<|endoftext|>"}, {"id": 2, "content": "<|startoftranscript|>"}]}))
   return variables
@@ -305,13 +308,16 @@ def ct2_tiny_en() -> Path:
 def test_ct2_real_tiny_en_layout(ct2_tiny_en):
   src = open_source(ct2_tiny_en)
   c = src.config
-  assert (c["d_model"], c["encoder_layers"], c["decoder_layers"], c["vocab_size"]) == (384, 4, 4, 51864)
-  assert (c["encoder_attention_heads"], c["num_mel_bins"], c["max_source_positions"]) == (6, 80, 1500)
+  assert (c["d_model"], c["encoder_layers"], c["decoder_layers"], c["vocab_size"]) == \
+      (384, 4, 4, 51864)
+  assert (c["encoder_attention_heads"], c["num_mel_bins"], c["max_source_positions"]) == \
+      (6, 80, 1500)
   assert (c["decoder_start_token_id"], c["eos_token_id"]) == (50257, 50256)
   assert src.metadata["binary_version"] == 6
   assert src.dtype("model.encoder.conv1.weight") == np.float16
   assert src.get("model.encoder.conv1.weight", native=True).dtype == np.float16
-  assert "model.encoder.layers.0.self_attn.k_proj.bias" not in src.keys()  # zero in CT2, absent in HF
+  # zero in CT2, absent in HF
+  assert "model.encoder.layers.0.self_attn.k_proj.bias" not in src.keys()
   assert [p.name for p in src.tokenizer_files] == ["tokenizer.json", "vocabulary.txt"]
   # The stored encoder table is Whisper's sinusoids, to float16 precision.
   np.testing.assert_allclose(src.get("model.encoder.embed_positions.weight"),
@@ -328,7 +334,8 @@ def _speech(tmp_path: Path, text: str) -> np.ndarray:
   return soxr.resample(audio, rate, 16000)
 
 
-def _greedy(model, features: torch.Tensor, start: list[int], eos: int, max_new: int = 48) -> list[int]:
+def _greedy(model, features: torch.Tensor, start: list[int], eos: int,
+            max_new: int = 48) -> list[int]:
   from transformers.modeling_outputs import BaseModelOutput
   with torch.no_grad():
     encoded = BaseModelOutput(last_hidden_state=model.model.encoder(features).last_hidden_state)
@@ -383,7 +390,8 @@ def test_gguf_smollm2_keys_shapes_and_config(smollm2):
   assert src.kind_hint == "gguf_llama"
   c = src.config
   assert (c["num_hidden_layers"], c["hidden_size"], c["vocab_size"]) == (30, 576, 49152)
-  assert (c["num_attention_heads"], c["num_key_value_heads"], c["intermediate_size"]) == (9, 3, 1536)
+  assert (c["num_attention_heads"], c["num_key_value_heads"], c["intermediate_size"]) == \
+      (9, 3, 1536)
   assert c["tie_word_embeddings"] and c["model_type"] == "llama"
   assert c["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in c
   json.dumps(c)  # plain JSON, ready to write next to converted weights
@@ -502,7 +510,7 @@ def test_corrupt_ct2_names_the_file(tmp_path, damage):
   data = bytearray(path.read_bytes())
   if damage == "version":
     data[0:4] = struct.pack("<I", 99)
-  elif damage == "rank":  # first variable: 4-byte version, 2+12 spec, 4 revision, 4 count, 2+19 name
+  elif damage == "rank":  # 1st variable: 4-byte version, 2+12 spec, 4 revision, 4 count, 2+19 name
     data[4 + 14 + 4 + 4 + 2 + len("decoder/activation") + 1] = 200
   else:
     data = data[: len(data) // 2]

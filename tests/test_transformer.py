@@ -55,7 +55,8 @@ def torch_logits(ref, tokens, key_valid=None, bidirectional=False):
     # An additive float mask: with a *boolean* 4-D mask, transformers 5's eager attention adds the
     # bools to the scores (True → +1, False → +0), which is bidirectional when all True but does not
     # mask padding.
-    mask = torch.zeros(b, 1, t, t).masked_fill(~valid[:, None, None, :], torch.finfo(torch.float32).min)
+    mask = torch.zeros(b, 1, t, t).masked_fill(~valid[:, None, None, :],
+                                               torch.finfo(torch.float32).min)
   with torch.no_grad():
     return ref(input_ids=ids, attention_mask=mask).logits.float().numpy()
 

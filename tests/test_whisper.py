@@ -1,4 +1,5 @@
-"""Whisper encoder/decoder parity with transformers' PyTorch Whisper on tiny random models (fp32)."""
+"""Whisper encoder/decoder parity with transformers' PyTorch Whisper on tiny random models
+(fp32)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from llada_jax.convert.mapping import HF_WHISPER, DictSource, load_into
 from llada_jax.decoding import greedy_loop, whisper_greedy
 
 TOL = 1e-4
-SOURCE = 100  # encoder positions of the test models: 200 mel frames keep HF's fixed-length check cheap
+SOURCE = 100  # encoder positions of the test models: 200 mel frames keep HF's fixed length cheap
 
 
 def ours_config(n_mels: int = 80, source: int = SOURCE) -> WhisperConfig:
@@ -197,3 +198,36 @@ def test_weights_carry_logical_axes(tiny):
   params = {path for path, _ in nnx.to_flat_state(nnx.state(ours, nnx.Param))}
   assert ("encoder", "embed_positions", "embedding") not in params
   assert ("decoder", "embed_positions", "embedding") in params
+
+
+# ------------------------------------------------------------------------------------------------
+# whisper_greedy's additions used by the first pass: suppression, probabilities, row-group encoding
+
+
+def test_greedy_suppression_probabilities_and_row_groups():
+  cfg = WhisperConfig.tiny_test(max_source_positions=50)
+  model = whisper.Whisper(cfg, rngs=nnx.Rngs(0))
+  for _, var in nnx.iter_graph(model):  # larger weights: std-0.02 init repeats one token
+    if isinstance(var, nnx.Param) and var.ndim > 1:
+      var[...] = var[...] * 8.0
+  rng = np.random.default_rng(0)
+  mel = jnp.asarray(rng.standard_normal((4, cfg.n_mels, 100)).astype(np.float32))
+  prompt = jnp.asarray([[1, 3]] * 4, jnp.int32)
+  eos, n = cfg.eos_token_id, 6
+  plain = np.asarray(whisper_greedy(model, mel, prompt, n, eos))
+  tokens, probs = whisper_greedy(model, mel, prompt, n, eos, return_probs=True, encoder_rows=1)
+  np.testing.assert_array_equal(np.asarray(tokens), plain)
+  # Each probability is the softmax of the full (uncached) forward at that position.
+  full = model(mel, jnp.concatenate([prompt, jnp.asarray(plain[:, :-1])], axis=1))
+  softmax = np.asarray(jax.nn.softmax(full[:, 1:], -1))
+  want = np.take_along_axis(softmax, plain[..., None], -1)[..., 0]
+  live = np.cumsum(plain == eos, axis=1) - (plain == eos) == 0  # up to and including the first EOS
+  np.testing.assert_allclose(np.asarray(probs)[live], want[live], rtol=1e-4, atol=1e-6)
+  assert (np.asarray(probs)[~live] == 1.0).all()
+  # Suppressed ids never come out; begin-suppressed ids only not first.
+  banned = sorted({int(t) for t in plain[:, 1:3].ravel()} - {eos})
+  first = sorted({int(t) for t in plain[:, 0]} - {eos} - set(banned))
+  out = np.asarray(whisper_greedy(model, mel, prompt, n, eos, suppress_ids=banned,
+                                         begin_suppress_ids=first))
+  assert not np.isin(out, banned).any() and not np.isin(out[:, 0], first).any()
+  assert first and np.isin(plain[:, 0], first).any()  # the test bans something greedy chose

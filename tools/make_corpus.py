@@ -131,11 +131,12 @@ def _synthesize(job: dict) -> dict:
   rng = np.random.default_rng(job["seed"])
   with tempfile.TemporaryDirectory() as tmp:
     wav = os.path.join(tmp, "u.wav")
-    cmd = ["espeak-ng", "-v", f"{job['voice']}+{job['variant']}", "-s", str(job["speed"]), "-w", wav,
-           "--stdin"]
+    cmd = ["espeak-ng", "-v", f"{job['voice']}+{job['variant']}", "-s", str(job["speed"]),
+           "-w", wav, "--stdin"]
     proc = subprocess.run(cmd, input=job["sentence"].encode(), capture_output=True, timeout=60)
     if proc.returncode != 0 or not os.path.exists(wav):
-      raise RuntimeError(f"espeak-ng failed for {job['id']}: {proc.stderr.decode(errors='replace')}")
+      raise RuntimeError(f"espeak-ng failed for {job['id']}: "
+                         f"{proc.stderr.decode(errors='replace')}")
     audio, rate = sf.read(wav, dtype="float32")
   if audio.ndim > 1:
     audio = audio.mean(axis=1)

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.per_device_batch * shape[0] * shape[1]
     cfg = dataclasses.replace(base, mesh=shape, batch_size=batch * base.grad_accum)
     mcfg = cfg.resolved_model()
-    model = nnx.eval_shape(lambda: WhisperLLaDA(mcfg, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda mcfg=mcfg: WhisperLLaDA(mcfg, rngs=nnx.Rngs(0)))
     mesh = sharding.make_mesh(shape, devices=jax.devices()[:n])
     trainer = Trainer(cfg, model, mesh, prompt_len=args.prompt_len, abstract=True)
     t0 = time.perf_counter()

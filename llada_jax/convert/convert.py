@@ -105,20 +105,22 @@ def _lm_from_source(src: Source, kind: str, dtype: str, mask_id: int | None
   if src.kind_hint in _LLAMA_SOURCES:
     causal = kind in ("llama",)
     if not causal and mask_id is None:
-      raise ConversionError(f"{src.path}: turning a causal LLaMA into a bidirectional LLaDA needs a "
-                            "mask token: pass --mask-id")
+      raise ConversionError(f"{src.path}: turning a causal LLaMA into a bidirectional LLaDA needs "
+                            "a mask token: pass --mask-id")
     cfg = llama_config(src.config, dtype, causal=causal, mask_id=mask_id)
     table = maps.HF_LLAMA
     if cfg.tie_embeddings:  # some tied checkpoints still store the head: the same tensor twice
       table = table + maps.Mapping(rules=(), skip=(r"^lm_head\.weight$",))
     return cfg, table
-  raise ConversionError(f"{src.path}: a {src.kind_hint!r} checkpoint is not an LM for --kind {kind}")
+  raise ConversionError(f"{src.path}: a {src.kind_hint!r} checkpoint is not an LM for --kind "
+                        f"{kind}")
 
 
 def _qformer_from_pth(src: Source, encoder_width: int, out_dim: int, dtype: str,
                       num_heads: int) -> QFormerConfig:
   keys = src.keys()
-  layers = {int(m.group(1)) for k in keys if (m := re.match(r"adapter\.bert\.encoder\.layer\.(\d+)\.", k))}
+  layer = re.compile(r"adapter\.bert\.encoder\.layer\.(\d+)\.")
+  layers = {int(m.group(1)) for k in keys if (m := layer.match(k))}
   queries = src.shape("speech_query_tokens")
   fc1 = src.shape("adapter.bert.encoder.layer.0.intermediate_query.dense.weight")
   return QFormerConfig(encoder_width=encoder_width, out_dim=out_dim, hidden_size=queries[-1],
@@ -174,14 +176,16 @@ def plan(kind: str, src: str | Path, *, dtype: str = "float32", whisper: str | P
     raise ConversionError("--kind whisper_llada needs --whisper SRC and --llm SRC as well as --src")
   w_src, l_src = open_source(whisper), open_source(llm, trust_pickle=trust_pickle)
   if w_src.kind_hint not in _WHISPER_SOURCES:
-    raise ConversionError(f"{w_src.path}: --whisper is not a Whisper checkpoint ({w_src.kind_hint})")
+    raise ConversionError(f"{w_src.path}: --whisper is not a Whisper checkpoint "
+                          f"({w_src.kind_hint})")
   w_cfg = whisper_config(w_src.config, dtype)
   lm_cfg, lm_table = _lm_from_source(l_src, "llada", dtype, mask_id)
   lm_cfg = dataclasses.replace(lm_cfg, lora=_lora_from_pth(source, lora_alpha))
   q_cfg = _qformer_from_pth(source, w_cfg.d_model, lm_cfg.d_model, dtype, qformer_heads)
   cfg = configs.WhisperLLaDAConfig(whisper=w_cfg, qformer=q_cfg, lm=lm_cfg)
   trained = maps.DIFFUSION_ASR_QFORMER.under("projector.") + maps.DIFFUSION_ASR_LORA.under("lm.")
-  info = {"format": "diffusion_asr", "whisper": {"kind_hint": w_src.kind_hint, "config": w_src.config},
+  info = {"format": "diffusion_asr",
+          "whisper": {"kind_hint": w_src.kind_hint, "config": w_src.config},
           "llm": {"format": "llada" if l_src.kind_hint == "llada" else "hf_llama",
                   "kind_hint": l_src.kind_hint, "config": l_src.config}}
   return Plan(cfg, [
@@ -210,7 +214,8 @@ def convert(kind: str, src: str | Path, out: str | Path, *, overwrite: bool = Fa
     writer = checkpoint.PartWriter(tmp / "params", part_bytes)
     # Check every source's names and shapes before the first byte is written.
     for source, table, keep in p.steps:
-      maps.check(source, table, {n: t for n, t in targets.items() if keep(n)}, what=str(source.path))
+      maps.check(source, table, {n: t for n, t in targets.items() if keep(n)},
+                 what=str(source.path))
     for source, table, keep in p.steps:
       subset = {n: t for n, t in targets.items() if keep(n)}
       maps.convert(source, table, subset, writer.add, what=str(source.path))

@@ -55,7 +55,8 @@ import numpy as np
 from llada_jax.convert.source import ConversionError, Source, read_bytes, read_json
 
 SUPPORTED_BINARY_VERSIONS = (4, 5, 6)
-_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: ml_dtypes.bfloat16}
+_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16,
+           5: ml_dtypes.bfloat16}
 # CTranslate2's ActivationType enum, as transformers names the same functions.
 _ACTIVATIONS = {0: "relu", 1: "gelu_pytorch_tanh", 2: "silu", 3: "gelu", 4: "quick_gelu", 5: "tanh"}
 _MAX_RANK = 8  # more is not a real tensor: the header is corrupt
@@ -84,8 +85,8 @@ class _HeaderReader:
     pos = self.f.tell()
     data = self.f.read(n)
     if len(data) != n:
-      raise ConversionError(f"{self.path}: corrupt or truncated CTranslate2 file: {what} at byte {pos} "
-                            f"runs past the end ({self.size} bytes)")
+      raise ConversionError(f"{self.path}: corrupt or truncated CTranslate2 file: {what} at byte "
+                            f"{pos} runs past the end ({self.size} bytes)")
     return struct.unpack("<" + fmt, data)
 
   def string(self, what: str) -> str:
@@ -97,13 +98,14 @@ class _HeaderReader:
     try:
       return raw.split(b"\0", 1)[0].decode("utf-8")
     except UnicodeDecodeError:
-      raise ConversionError(f"{self.path}: corrupt CTranslate2 header: {what} is not UTF-8") from None
+      raise ConversionError(f"{self.path}: corrupt CTranslate2 header: {what} is not "
+                            f"UTF-8") from None
 
   def skip(self, nbytes: int, what: str) -> int:
     start = self.f.tell()
     if start + nbytes > self.size:
-      raise ConversionError(f"{self.path}: truncated CTranslate2 file: {what} needs {nbytes} bytes at "
-                            f"byte {start}, file has {self.size}")
+      raise ConversionError(f"{self.path}: truncated CTranslate2 file: {what} needs {nbytes} bytes "
+                            f"at byte {start}, file has {self.size}")
     self.f.seek(nbytes, 1)
     return start
 
@@ -130,12 +132,13 @@ class CT2File:
     name = r.string("variable name")
     (rank,) = r.unpack("B", f"rank of {name!r}")
     if rank > _MAX_RANK:
-      raise ConversionError(f"{self.path}: corrupt CTranslate2 header: variable {name!r} has rank {rank}")
+      raise ConversionError(f"{self.path}: corrupt CTranslate2 header: variable {name!r} has rank "
+                            f"{rank}")
     shape = tuple(r.unpack(f"{rank}I", f"dims of {name!r}")) if rank else ()
     dtype_id, nbytes = r.unpack("BI", f"dtype and size of {name!r}")
     if dtype_id not in _DTYPES:
-      raise ConversionError(f"{self.path}: corrupt CTranslate2 header: variable {name!r} has unknown "
-                            f"dtype id {dtype_id}")
+      raise ConversionError(f"{self.path}: corrupt CTranslate2 header: variable {name!r} has "
+                            f"unknown dtype id {dtype_id}")
     dtype = np.dtype(_DTYPES[dtype_id])
     if nbytes != dtype.itemsize * math.prod(shape):
       raise ConversionError(f"{self.path}: corrupt CTranslate2 header: variable {name!r} {shape} "
@@ -167,7 +170,8 @@ class CT2File:
       return data
     scale_name = self.resolve(name) + "_scale"
     if scale_name not in self.variables:
-      raise ConversionError(f"{self.path}: variable {name!r} is {data.dtype} but has no {scale_name!r}")
+      raise ConversionError(f"{self.path}: variable {name!r} is {data.dtype} but has no "
+                            f"{scale_name!r}")
     scale = self.read(scale_name).astype(np.float32)
     if scale.ndim == 1:  # one scale per output row
       scale = scale[slice(*rows) if rows else slice(None)].reshape((-1,) + (1,) * (data.ndim - 1))
@@ -193,7 +197,8 @@ def whisper_sinusoids(length: int, channels: int, max_timescale: float = 10000.0
 
 @dataclasses.dataclass(frozen=True)
 class _Piece:
-  """Where a transformers tensor comes from: rows of a CT2 variable, or generated (variable None)."""
+  """Where a transformers tensor comes from: rows of a CT2 variable, or generated (variable
+  None)."""
   variable: str | None
   rows: tuple[int, int] | None
   shape: tuple[int, ...]
@@ -295,7 +300,8 @@ class _WhisperPlan:
       hf, ct = f"model.decoder.layers.{i}", f"decoder/layer_{i}"
       self._attention(hf, ct)
       self._linear(f"{hf}.encoder_attn.q_proj", f"{ct}/attention/linear_0")
-      self._fused([f"{hf}.encoder_attn.k_proj", f"{hf}.encoder_attn.v_proj"], f"{ct}/attention/linear_1")
+      self._fused([f"{hf}.encoder_attn.k_proj", f"{hf}.encoder_attn.v_proj"],
+                  f"{ct}/attention/linear_1")
       self._linear(f"{hf}.encoder_attn.out_proj", f"{ct}/attention/linear_2")
       self._norm(f"{hf}.encoder_attn_layer_norm", f"{ct}/attention/layer_norm")
       self._ffn(hf, ct)
@@ -329,8 +335,8 @@ class CT2WhisperSource(Source):
     self.path = directory
     self._file = CT2File(directory / "model.bin")
     if self._file.spec != "WhisperSpec":
-      raise ConversionError(f"{directory / 'model.bin'}: CTranslate2 spec {self._file.spec!r}: only "
-                            "WhisperSpec is supported")
+      raise ConversionError(f"{directory / 'model.bin'}: CTranslate2 spec {self._file.spec!r}: "
+                            "only WhisperSpec is supported")
     self.kind_hint = "ct2_whisper"
     plan = _WhisperPlan(self._file)
     self._pieces, self.aliases = plan.pieces, plan.aliases

@@ -175,7 +175,8 @@ def convert(source: TensorSource, mapping: Mapping, targets: Targets,
 BASE_WEIGHTS = nnx.Any(nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)), Buffer)
 
 
-def model_targets(model: nnx.Module, kinds=BASE_WEIGHTS) -> dict[str, tuple[tuple[int, ...], tp.Any]]:
+def model_targets(model: nnx.Module, kinds=BASE_WEIGHTS
+                  ) -> dict[str, tuple[tuple[int, ...], tp.Any]]:
   """{target name: (shape, dtype)} of the model's weights of `kinds` (base weights by default)."""
   state = nnx.state(model, kinds)
   return {path_to_str(path): (tuple(v.shape), v.dtype) for path, v in nnx.to_flat_state(state)}
@@ -325,7 +326,8 @@ HF_WHISPER = WHISPER_ENCODER + Mapping(
 )
 
 # Whisper-LLaDA keeps only the encoder; a full Whisper checkpoint's decoder is skipped on purpose.
-WHISPER_ENCODER_ONLY = WHISPER_ENCODER + Mapping(rules=(), skip=(r"^model\.decoder\.", r"^proj_out\."))
+WHISPER_ENCODER_ONLY = WHISPER_ENCODER + Mapping(rules=(),
+                                                 skip=(r"^model\.decoder\.", r"^proj_out\."))
 
 
 def _bert_attention(src: str, dst: str, self_name: str) -> list[Rule]:

@@ -83,7 +83,7 @@ class Source(abc.ABC):
   def __repr__(self) -> str:
     return f"{type(self).__name__}({str(self.path)!r}, kind_hint={self.kind_hint!r})"
 
-  def close(self) -> None:
+  def close(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing
     """Release memory maps and loaded shards (a no-op where nothing is held)."""
 
   def __enter__(self):
@@ -149,8 +149,8 @@ def torch_load(path: Path, *, trust_pickle: bool) -> tp.Any:
 
 
 def _refusal_reason(e: Exception) -> str:
-  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-  unsupported = [l for l in lines if "Unsupported global" in l]
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  unsupported = [ln for ln in lines if "Unsupported global" in ln]
   return (unsupported or lines or [type(e).__name__])[0]
 
 

@@ -78,7 +78,8 @@ def _read_transcripts(path: str, prefix: str, errors: list[ErrorRecord]) -> dict
   return texts
 
 
-def _scan_chapter(root: str, speaker: str, chapter: str, errors: list[ErrorRecord]) -> list[Utterance]:
+def _scan_chapter(root: str, speaker: str, chapter: str, errors: list[ErrorRecord]
+                  ) -> list[Utterance]:
   folder = os.path.join(root, speaker, chapter)
   prefix = f"{speaker}-{chapter}-"
   try:
@@ -164,7 +165,8 @@ def split_folders(root: str | os.PathLike) -> dict[str, str]:
   root = os.fspath(root)
   if not os.path.isdir(root):
     raise CorpusError(f"{root}: not a folder")
-  base = os.path.join(root, "LibriSpeech") if os.path.isdir(os.path.join(root, "LibriSpeech")) else root
+  nested = os.path.join(root, "LibriSpeech")
+  base = nested if os.path.isdir(nested) else root
   out = {}
   for name in sorted(os.listdir(base)):
     path = os.path.join(base, name)

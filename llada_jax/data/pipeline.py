@@ -219,8 +219,8 @@ class AudioBatches:
     if config.too_long == "drop" and too_long.shape[0]:
       bucket_of[too_long] = -1
       for i in too_long:
-        self.errors.append(ErrorRecord(_id_of(source, int(i)), _path_of(source, int(i)),
-                                       f"{lengths[i]} samples > last bucket {buckets[-1]}: dropped"))
+        reason = f"{lengths[i]} samples > last bucket {buckets[-1]}: dropped"
+        self.errors.append(ErrorRecord(_id_of(source, int(i)), _path_of(source, int(i)), reason))
     self._bucket_of = bucket_of
     self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self.num_usable = int((bucket_of >= 0).sum())
@@ -265,8 +265,8 @@ class AudioBatches:
         if audio.ndim != 1 or audio.shape[0] == 0:
           raise AudioError(f"{item['id']}: audio of shape {audio.shape}")
       except AudioError as e:
-        batch["errors"].append(ErrorRecord(_id_of(self.source, int(idx)), _path_of(self.source,
-                                                                                   int(idx)), str(e)))
+        batch["errors"].append(ErrorRecord(_id_of(self.source, int(idx)),
+                                           _path_of(self.source, int(idx)), str(e)))
         continue
       # Header lengths can be off by a sample after resampling; the bucket width is the contract.
       n = min(audio.shape[0], width)

@@ -54,8 +54,8 @@ class LibriSpeechFolder(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [LibriSpeechFolderConfig(name="default")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Point the manual dir at a LibriSpeech root: the folder holding split folders (test-clean, "
-      "dev-clean, train-clean-100, …) or the `LibriSpeech/` folder the tarballs unpack to, or at one "
-      "split folder (SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac + SPEAKER-CHAPTER.trans.txt).")
+      "dev-clean, train-clean-100, …) or the `LibriSpeech/` folder the tarballs unpack to, or at "
+      "one split folder (SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac + SPEAKER-CHAPTER.trans.txt).")
 
   @tfds.core.utils.classproperty
   @classmethod

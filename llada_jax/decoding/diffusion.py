@@ -38,10 +38,20 @@ import numpy as np
 from flax import nnx
 
 from llada_jax.decoding.schedules import Blocks, MaskedSubset, Schedule, StepRules, SubBlocks
-from llada_jax.decoding.scores import (CONFIDENCE, GUMBEL, batch_uniform, gumbel_argmax,
-                                       probability, rank, row_keys)
+
 # Still importable from here, where they were before scores.py (tests' reference loops use them).
-from llada_jax.decoding.scores import MASKING_SCORES, mask_hypothesis, row_uniform  # noqa: F401
+from llada_jax.decoding.scores import (  # noqa: F401
+  CONFIDENCE,
+  GUMBEL,
+  MASKING_SCORES,
+  batch_uniform,
+  gumbel_argmax,
+  mask_hypothesis,
+  probability,
+  rank,
+  row_keys,
+  row_uniform,
+)
 from llada_jax.layers import check_array
 from llada_jax.transformer import KVCache, Transformer, init_cache
 

@@ -108,8 +108,8 @@ def _alias_of(name: str, results: dict) -> str:
 
 
 def table(results: dict) -> str:
-  rows = ["| system | WER % | first pass | rel. vs first pass [95 % CI] | utts better / worse | RTF "
-          "| steps |", "|---|---|---|---|---|---|---|"]
+  rows = ["| system | WER % | first pass | rel. vs first pass [95 % CI] | utts better / worse | "
+          "RTF | steps |", "|---|---|---|---|---|---|---|"]
   for name, v in results.items():
     c = v["vs_first_pass"]
     rel = (f"{100 * c['relative_gain']:+.1f} % [{100 * c['ci95'][0]:+.1f}, "
@@ -142,7 +142,8 @@ def plots(out: Path, results: dict, gen_length: int) -> list[str]:
   cascade = any(k.startswith("cascade_") for k in results)
   fig, axes = plt.subplots(1, 3 if cascade else 2, figsize=(15 if cascade else 10, 4))
   a1, a2 = axes[:2]
-  pts = sorted((v["steps"], v["wer"]) for k, v in results.items() if k.startswith("diffusion_steps"))
+  pts = sorted((v["steps"], v["wer"]) for k, v in results.items()
+               if k.startswith("diffusion_steps"))
   a1.plot(*zip(*pts), "o-", label="Whisper-LLaDA diffusion")
   a1.axhline(results["whisper_cut"]["wer"], color="gray", ls=":", label="Whisper first pass")
   a1.axhline(results["llama_ar"]["wer"], color="k", ls="--", label="Whisper-LLaMA AR")
