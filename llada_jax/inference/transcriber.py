@@ -85,16 +85,20 @@ class Transcriber(abc.ABC):
 
   @staticmethod
   def open(checkpoint: str | os.PathLike, settings=None, *, batch_size: int = 16) -> Transcriber:
-    """The transcriber for a converted checkpoint: Whisper (`WhisperSettings`) or a Whisper-LLaDA /
-    Whisper-LLaMA (`LLaDASettings`); `settings=None` takes the defaults for its kind."""
+    """The transcriber the settings ask for: Whisper (`WhisperSettings`) or a Whisper-LLaDA /
+    Whisper-LLaMA (`LLaDASettings`); a checkpoint of another kind is a ModelError naming it.
+    `settings=None` takes the defaults for the checkpoint's kind."""
     from llada_jax import checkpoint as ckpt
     from llada_jax.configs import WhisperConfig
     from llada_jax.inference.llada import LLaDASettings, LLaDATranscriber
     from llada_jax.inference.whisper import WhisperSettings, WhisperTranscriber
 
-    if isinstance(ckpt.read_config(checkpoint), WhisperConfig):
-      return WhisperTranscriber(checkpoint, settings or WhisperSettings(), batch_size=batch_size)
-    return LLaDATranscriber(checkpoint, settings or LLaDASettings(), batch_size=batch_size)
+    if settings is None:
+      whisper = isinstance(ckpt.read_config(checkpoint), WhisperConfig)
+      settings = WhisperSettings() if whisper else LLaDASettings()
+    if isinstance(settings, WhisperSettings):
+      return WhisperTranscriber(checkpoint, settings, batch_size=batch_size)
+    return LLaDATranscriber(checkpoint, settings, batch_size=batch_size)
 
   @abc.abstractmethod
   def transcribe(self, batch: dict) -> list[Result | Exception]:
