@@ -1,12 +1,13 @@
 """Jitted batch decoding vs plain reference loops written from the published code.
 
 The references run one row at a time in NumPy, calling the model's forward once per step, and
-mirror line by line: LLaDA `generate.py::generate` (+ Fast-dLLM `generate.py`'s threshold rule and
-prefix cache), Diffusion-ASR `models/WhisperLLaDA.py::transcribe` (EOS rule) and
-`::transcribe_correction` (deliberation). torch RNG is replaced by the engine's own noise arrays
-(`row_uniform`), so random paths are compared exactly too. The engine always runs a batch of rows
-that differ (prompts, audio, hypothesis lengths), so every comparison is also a batch-invariance
-check. Models are tiny with weights ×5, so that the logits are peaked and decoding is not trivial.
+mirror line by line: LLaDA `generate.py::generate` (with its attention mask, `logits_eos_inf` and
+`confidence_eos_eot_inf`; + Fast-dLLM `generate.py`'s threshold rule and prefix cache),
+Diffusion-ASR `models/WhisperLLaDA.py::transcribe` (EOS rule) and `::transcribe_correction`
+(deliberation). torch RNG is replaced by the engine's own noise arrays (`row_uniform`), so random
+paths are compared exactly too. The engine always runs a batch of rows that differ (prompts, audio,
+hypothesis lengths), so every comparison is also a batch-invariance check. Models are tiny with
+weights ×5, so that the logits are peaked and decoding is not trivial.
 """
 
 import dataclasses
@@ -33,9 +34,12 @@ from llada_jax.decoding.diffusion import (
   CONFIDENCE,
   GUMBEL,
   MASKING_SCORES,
+  _eos_eot_inf,
+  _generate,
   gumbel_argmax,
   row_uniform,
 )
+from llada_jax.decoding.schedules import Blocks, StepRules
 from llada_jax.transformer import Transformer, init_cache
 from llada_jax.whisper_llada import WhisperLLaDA
 
@@ -74,6 +78,8 @@ KEYS = jax.random.split(jax.random.key(7), 4)  # one key per row
 
 # --- reference pieces: LLaDA generate.py, line by line in NumPy --------------------------------
 def add_gumbel_noise(logits, temperature, noise):
+  if temperature == 0:
+    return logits  # the very array, as LLaDA: `confidence_eos_eot_inf` relies on the aliasing
   logits = logits.astype(np.float64)
   noise = noise.astype(np.float64)  # LLaDA: torch.rand_like(float64); here the engine's draws
   gumbel_noise = (-np.log(noise)) ** temperature
@@ -116,15 +122,24 @@ class Noise:
     return g, c
 
 
-@nnx.jit
-def _lm_full(lm, prefix, response):
-  return lm(embeds=jnp.concatenate([prefix, lm.embed(response)], axis=1))
+def _key_mask(prefix, response_mask):
+  """[prefix, response] key mask; the prefix embeds are always real."""
+  if response_mask is None:
+    return None
+  return jnp.concatenate([jnp.ones(prefix.shape[:2], bool), response_mask != 0], axis=1)
 
 
 @nnx.jit
-def _lm_fill_cache(lm, prefix, response):
+def _lm_full(lm, prefix, response, response_mask=None):
+  return lm(embeds=jnp.concatenate([prefix, lm.embed(response)], axis=1),
+            key_mask=_key_mask(prefix, response_mask))
+
+
+@nnx.jit
+def _lm_fill_cache(lm, prefix, response, response_mask=None):
   embeds = jnp.concatenate([prefix, lm.embed(response)], axis=1)
-  return lm(embeds=embeds, cache=init_cache(lm.config, *embeds.shape[:2]), cache_index=0)
+  return lm(embeds=embeds, key_mask=_key_mask(prefix, response_mask),
+            cache=init_cache(lm.config, *embeds.shape[:2]), cache_index=0)
 
 
 @nnx.jit
@@ -143,19 +158,22 @@ class Forward:
   With `cache` (Fast-dLLM `generate_with_prefix_cache`): a block's first step is a full forward that
   writes the K/V cache, later steps run x[:, start:] only over the cached prefix. With
   `cache="dual"` (`generate_with_dual_cache`) later steps run x[:, start:end] only, over the cached
-  prefix and the cached (stale) suffix.
+  prefix and the cached (stale) suffix. `attention_mask` (LLaDA's, over the response tokens x)
+  key-masks the zeros; the cache keeps that mask for the later steps' cached keys. Logits come back
+  as a fresh writable array, as a torch model's output.
   """
 
   def __init__(self, lm, prefix, cache=False):
     self.lm, self.prefix, self.cache, self.kv = lm, prefix, cache, None
 
-  def __call__(self, response, first_in_block=True, start=0, end=None):
+  def __call__(self, response, first_in_block=True, start=0, end=None, attention_mask=None):
     response = jnp.asarray(response, jnp.int32)
+    mask = None if attention_mask is None else jnp.asarray(attention_mask)
     if not self.cache:
-      return np.asarray(_lm_full(self.lm, self.prefix, response))
+      return np.array(_lm_full(self.lm, self.prefix, response, mask))
     if first_in_block:
-      logits, self.kv = _lm_fill_cache(self.lm, self.prefix, response)
-      return np.asarray(logits)
+      logits, self.kv = _lm_fill_cache(self.lm, self.prefix, response, mask)
+      return np.array(logits)
     p = self.prefix.shape[1]
     stop = end if self.cache == "dual" else response.shape[1]
     logits = _lm_suffix(self.lm, response[:, start:stop], self.kv, p + start)
@@ -166,10 +184,17 @@ class Forward:
 
 def ref_generate(lm, prompt, steps, gen_length, block_length, temperature=0., cfg_scale=0.,
                  remasking="low_confidence", mask_id=MASK, noise=None, threshold=None,
-                 cache=False):
-  """LLaDA generate.py; `threshold` / `cache` as Fast-dLLM's generate(_with_prefix_cache)."""
+                 cache=False, attention_mask=None, logits_eos_inf=False,
+                 confidence_eos_eot_inf=False):
+  """LLaDA generate.py (its EOS 126081 / EoT 126348 are the LM config's ids here); `threshold` /
+  `cache` as Fast-dLLM's generate(_with_prefix_cache)."""
+  eos_id, eot_id = lm.config.eos_id, lm.config.eot_id
   x = np.full((1, prompt.shape[1] + gen_length), mask_id, dtype=np.int64)
   x[:, :prompt.shape[1]] = prompt.copy()
+
+  if attention_mask is not None:
+    attention_mask = np.concatenate([attention_mask, np.ones((prompt.shape[0], gen_length),
+                                                             dtype=attention_mask.dtype)], axis=-1)
 
   prompt_index = (x != mask_id)
   forward = Forward(lm, jnp.zeros((2 if cfg_scale > 0 else 1, 0, lm.config.d_model)), cache)
@@ -199,16 +224,26 @@ def ref_generate(lm, prompt, steps, gen_length, block_length, temperature=0., cf
         un_x = x.copy()
         un_x[prompt_index] = mask_id
         x_ = np.concatenate([x, un_x], axis=0)
-        logits = forward(x_, i == 0, start, end)
+        # (LLaDA leaves `attention_mask_` unbound without a mask, a NameError; here: no mask)
+        attention_mask_ = None
+        if attention_mask is not None:
+          attention_mask_ = np.concatenate([attention_mask, attention_mask], axis=0)
+        logits = forward(x_, i == 0, start, end, attention_mask=attention_mask_)
         logits, un_logits = logits[:1], logits[1:]
         logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
       else:
-        logits = forward(x, i == 0, start, end)
+        logits = forward(x, i == 0, start, end, attention_mask=attention_mask)
       g, c = noise(nfe) if noise is not None else (np.full(logits.shape, 0.5), None)
       nfe += 1
 
+      if logits_eos_inf:
+        logits[:, :, eos_id] = -np.inf
+
       logits_with_noise = add_gumbel_noise(logits, temperature=temperature, noise=g)
       x0 = np.argmax(logits_with_noise, axis=-1)  # b, l
+
+      if confidence_eos_eot_inf:
+        logits_with_noise[:, :, eos_id] = logits[:, :, eot_id] = -np.inf
 
       if remasking == 'low_confidence':
         p = softmax64(logits)
@@ -238,9 +273,12 @@ def ref_generate(lm, prompt, steps, gen_length, block_length, temperature=0., cf
 
 
 def ref_transcribe(model, mel, prompt, steps, gen_length, block_length, eos_id,
-                   mask_id=MASK, cache=False, threshold=None):
+                   mask_id=MASK, cache=False, threshold=None, logits_eos_inf=False,
+                   confidence_eos_eot_inf=False):
   """Diffusion-ASR transcribe (batch 1): [prompt, audio, response], with the EOS rule.
-  `threshold` / `cache`: Fast-dLLM's rules, as in `ref_generate`."""
+  `threshold` / `cache`: Fast-dLLM's rules, as in `ref_generate`; `logits_eos_inf` /
+  `confidence_eos_eot_inf`: LLaDA generate's lines at temperature 0, on the LM config's ids."""
+  lm_cfg = model.config.lm
   prefix = _prefix_embeds(model, jnp.asarray(prompt), jnp.asarray(mel))
   offset = prefix.shape[1]
   forward = Forward(model.lm, prefix, cache)
@@ -264,7 +302,11 @@ def ref_transcribe(model, mel, prompt, steps, gen_length, block_length, eos_id,
       if cache and i > 0:
         mask_index[:, :start] = False
       logits = forward(x[:, offset:], i == 0, start - offset, end - offset)
+      if logits_eos_inf:
+        logits[:, :, lm_cfg.eos_id] = -np.inf
       x0 = np.argmax(logits, axis=-1)
+      if confidence_eos_eot_inf:  # at T = 0 LLaDA's `logits_with_noise` is `logits`
+        logits[:, :, lm_cfg.eos_id] = logits[:, :, lm_cfg.eot_id] = -np.inf
       p = softmax64(logits)
       x0_p = np.take_along_axis(p, x0[..., None], -1)[..., 0]
       x0_p[:, end:] = -np.inf
@@ -409,6 +451,128 @@ def test_dual_cache_matches_reference_and_differs_from_prefix_cache(mode):
     np.testing.assert_array_equal(out[row:row + 1], want, err_msg=f"{mode}, row {row}")
 
 
+# LLaDA Appendix B.4 options, with EOS and EoT ids that the tiny LM proposes often (else they
+# would change nothing).
+EOS_EOT_MODES = {
+    "logits_eos_inf": dict(steps=16, gen_length=32, block_length=16, logits_eos_inf=True),
+    "confidence_eos_eot_inf": dict(steps=16, gen_length=32, block_length=16,
+                                   confidence_eos_eot_inf=True),
+    "confidence_eos_eot_inf_gumbel": dict(steps=16, gen_length=32, block_length=16,
+                                          temperature=0.7, confidence_eos_eot_inf=True),
+    "both_gumbel_cfg": dict(steps=8, gen_length=16, block_length=8, temperature=0.5,
+                            cfg_scale=1.0, logits_eos_inf=True, confidence_eos_eot_inf=True),
+}
+
+
+def frequent_ids(tokens):
+  """The two most frequent ids of `tokens`, most frequent first."""
+  ids, counts = np.unique(np.asarray(tokens), return_counts=True)
+  return [int(i) for i in ids[np.argsort(-counts, kind="stable")[:2]]]
+
+
+@pytest.fixture(scope="module")
+def lm_eos_eot(lm):
+  """`lm`'s weights, with EOS / EoT set to the two tokens that it generates most."""
+  prompts = jax.random.randint(jax.random.key(3), (2, 6), 0, 126)
+  out = generate(lm, prompts, mask_id=MASK, steps=16, gen_length=32, block_length=16)[:, 6:]
+  eos, eot = frequent_ids(out)
+  model = Transformer(LMConfig.tiny_test(eos_id=eos, eot_id=eot), rngs=nnx.Rngs(0))
+  nnx.update(model, nnx.state(lm))
+  return model
+
+
+@pytest.mark.parametrize("mode", list(EOS_EOT_MODES))
+def test_eos_eot_inf_match_llada_reference(lm_eos_eot, mode):
+  kw = EOS_EOT_MODES[mode]
+  lm = lm_eos_eot
+  prompts = np.asarray(jax.random.randint(jax.random.key(3), (2, 6), 0, 126))
+  out = np.asarray(generate(lm, prompts, mask_id=MASK, key=KEYS[:2], **engine_kw(kw)))
+  off = {k: v for k, v in kw.items() if not k.endswith("_inf")}
+  assert (out != np.asarray(generate(lm, prompts, mask_id=MASK, key=KEYS[:2],
+                                     **engine_kw(off)))).any()  # the option matters here
+  if kw.get("logits_eos_inf"):
+    assert (out[:, 6:] != lm.config.eos_id).all()
+  for row in range(2):
+    noise = Noise(KEYS[row], 6, kw["gen_length"], 128)
+    want = ref_generate(lm, prompts[row:row + 1], noise=noise, **kw)
+    np.testing.assert_array_equal(out[row:row + 1], want, err_msg=f"{mode}, row {row}")
+
+
+def test_confidence_eos_eot_inf_follows_llada_aliasing(lm_eos_eot):
+  """At T = 0 LLaDA's `logits_with_noise` *is* `logits`, so EOS and EoT both leave the confidence
+  softmax; at T > 0 only EoT does. Removing EOS at T > 0 too changes this test's tokens, so the
+  reference comparison above tells the two readings apart."""
+  lm = lm_eos_eot
+  eos, eot = lm.config.eos_id, lm.config.eot_id
+  assert _eos_eot_inf(eos, eot, 0.0, False, True) == dict(logits_inf=(), confidence_inf=(eos, eot))
+  assert _eos_eot_inf(eos, eot, 0.7, False, True) == dict(logits_inf=(), confidence_inf=(eot,))
+  assert _eos_eot_inf(eos, eot, 0.7, True, False) == dict(logits_inf=(eos,), confidence_inf=())
+  kw = EOS_EOT_MODES["confidence_eos_eot_inf_gumbel"]
+  prompts = jax.random.randint(jax.random.key(3), (2, 6), 0, 126)
+  out = generate(lm, prompts, mask_id=MASK, key=KEYS[:2], **kw)
+  rules = StepRules(remasking="low_confidence", temperature=kw["temperature"], threshold=None,
+                    cache=False, mask_id=MASK, confidence_inf=(eos, eot))
+  sched = Blocks.from_lengths(rules, gen_length=32, block_length=16, steps=16)
+  both = _generate(*nnx.split(lm), prompts, jnp.ones(prompts.shape, bool), KEYS[:2],
+                   sched=sched, gen_length=32)
+  assert (np.asarray(out) != np.asarray(both)).any()
+
+
+# LLaDA `main()`: prompts left-padded with the pad id, and the tokenizer's attention mask.
+# (mode, whether each row is also decoded alone: compiles per prompt length, so only in two modes)
+PAD_MODES = {
+    "plain": (dict(steps=16, gen_length=16, block_length=8), True),
+    "cfg_gumbel_random": (dict(steps=16, gen_length=16, block_length=8, cfg_scale=1.5,
+                               temperature=0.7, remasking="random"), False),
+    "cache": (dict(steps=8, gen_length=16, block_length=8, cache=True), True),
+    "dual_cache_cfg": (dict(steps=8, gen_length=16, block_length=8, cache="dual", cfg_scale=1.0),
+                       False),
+}
+
+
+@pytest.fixture(scope="module")
+def padded_prompts(lm):
+  """Prompts of 6, 3 and 4 tokens left-padded to 6 with the pad id; their 0/1 mask."""
+  lens = (6, 3, 4)
+  raw = np.asarray(jax.random.randint(jax.random.key(11), (3, 6), 3, 120))
+  ids = np.full((3, 6), lm.config.pad_id)
+  mask = np.zeros((3, 6), np.int32)
+  for row, n in enumerate(lens):
+    ids[row, 6 - n:] = raw[row, :n]
+    mask[row, 6 - n:] = 1
+  return ids, mask, raw, lens
+
+
+@pytest.mark.parametrize("mode", list(PAD_MODES))
+def test_left_padded_batch_matches_reference_and_rows_alone(lm, padded_prompts, mode):
+  """Token-exact vs the reference loop given each row's mask (CFG doubles it; the caches keep it);
+  and each row gives the tokens it gives alone, unpadded. Positions run 0..L−1 over the padded
+  sequence, as in LLaDA's model: RoPE scores depend only on position differences, so a row and its
+  unpadded self agree up to float rounding, which the tiny model's peaked logits never feel."""
+  ids, mask, raw, lens = padded_prompts
+  kw, check_alone = PAD_MODES[mode]
+  given = mask.astype(bool) if kw.get("cache") else mask  # 0/1 or bool
+  out = np.asarray(generate(lm, ids, given, mask_id=MASK, key=KEYS[:3], **engine_kw(kw)))
+  seen = np.asarray(generate(lm, ids, mask_id=MASK, key=KEYS[:3], **engine_kw(kw)))
+  assert (out != seen).any()  # the padding matters when it is attended
+  for row, n in enumerate(lens):
+    noise = Noise(KEYS[row], 6, kw["gen_length"], 128)
+    want = ref_generate(lm, ids[row:row + 1], noise=noise, attention_mask=mask[row:row + 1], **kw)
+    np.testing.assert_array_equal(out[row:row + 1], want, err_msg=f"{mode}, row {row}")
+    if not check_alone:
+      continue
+    alone = np.asarray(generate(lm, raw[row:row + 1, :n], mask_id=MASK, key=KEYS[row:row + 1],
+                                **engine_kw(kw)))
+    np.testing.assert_array_equal(out[row, 6:], alone[0, n:], err_msg=f"{mode}, row {row} alone")
+
+
+def test_attention_mask_is_checked(lm):
+  prompts = jnp.zeros((2, 6), jnp.int32)
+  with pytest.raises(ValueError, match=r"attention_mask: expected shape \(2, 6\)"):
+    generate(lm, prompts, jnp.ones((2, 5), jnp.int32), mask_id=MASK, steps=8, gen_length=8,
+             block_length=8)
+
+
 def test_modes_differ_and_keys_are_deterministic(lm):
   prompts = jax.random.randint(jax.random.key(3), (2, 6), 0, 126)
   kw = dict(steps=16, gen_length=32, block_length=16, remasking="random")
@@ -441,7 +605,8 @@ def check_decode(model, audio, settings, eos_id):
     want = ref_transcribe(model, mel[row:row + 1], np.asarray(prompt[row:row + 1]),
                           settings.steps, settings.gen_length, settings.block_length, eos_id=eos_id,
                           cache="dual" if settings.dual_cache else settings.cache,
-                          threshold=settings.threshold)
+                          threshold=settings.threshold, logits_eos_inf=settings.logits_eos_inf,
+                          confidence_eos_eot_inf=settings.confidence_eos_eot_inf)
     np.testing.assert_array_equal(out[row:row + 1], want, err_msg=f"{settings}, row {row}")
   return out
 
@@ -473,6 +638,21 @@ def test_eos_rule(llada, audio):
   first = int(np.argmax(out[0] == eos))
   assert first < 10 and (out[0, first:] == eos).all()
   assert (free[first:] != eos).any()
+
+
+def test_decode_eos_eot_inf_match_reference(llada, audio):
+  """`DiffusionSettings` carries generate's Appendix B.4 options (with the EOS rule on, which
+  `logits_eos_inf` silences); EOS and EoT are set to the two tokens the model transcribes most, so
+  that the options matter."""
+  mel, prompt = audio
+  settings = DiffusionSettings(gen_length=16, steps=16, block_length=8)
+  eos, eot = frequent_ids(decode(llada, mel, prompt,
+                                 settings=dataclasses.replace(settings, eos_rule=False)))
+  model = WhisperLLaDA(WhisperLLaDAConfig.tiny_test(eos_id=eos, eot_id=eot), rngs=nnx.Rngs(0))
+  nnx.update(model, nnx.state(llada))
+  options = dataclasses.replace(settings, logits_eos_inf=True, confidence_eos_eot_inf=True)
+  out = check_decode(model, audio, options, eos)
+  assert (out != np.asarray(decode(model, mel, prompt, settings=settings))).any()
 
 
 def test_cache_with_one_step_per_block_is_exact(lm):

@@ -7,6 +7,8 @@ masked response tokens. The rules follow the published code exactly:
 - LLaDA `generate.py`: per block, `n // steps` tokens per step, the remainder `n % steps` one each
   to the earliest steps; confidence −∞ beyond the current block and on committed positions; the
   committed tokens are the top-k by confidence (ties: lower position first, as `lax.top_k`).
+  Its options: a prompt `attention_mask` (left-padded batches), `logits_eos_inf` and
+  `confidence_eos_eot_inf` (LLaDA Appendix B.4), classifier-free guidance.
 - Diffusion-ASR `models/WhisperLLaDA.py::transcribe`: once an EOS is committed at position j,
   positions j.. are all EOS; a row with no mask left is done.
 - Diffusion-ASR `transcribe_correction` (deliberation): see `deliberate`.
@@ -85,6 +87,8 @@ class DiffusionSettings:
   threshold: float | None = None  # Fast-dLLM parallel decoding (not in the paper)
   cache: bool = False  # Fast-dLLM prefix KV cache, refreshed per block (not in the paper)
   dual_cache: bool = False  # Fast-dLLM dual cache: the suffix after the block is cached too
+  logits_eos_inf: bool = False  # LLaDA Appendix B.4: EOS never proposed (not in the paper)
+  confidence_eos_eot_inf: bool = False  # LLaDA Appendix B.4: see `generate` (not in the paper)
 
   def __post_init__(self):
     _check_common("DiffusionSettings", self.remasking, self.temperature, self.threshold)
@@ -122,6 +126,20 @@ class DeliberationSettings:
       # Diffusion-ASR would divide by steps // num_chunks = 0.
       raise ValueError(f"DeliberationSettings: semi_ar needs steps {self.steps} ≥ num_chunks "
                        f"{self.num_chunks}")
+
+
+def _eos_eot_inf(eos_id: int, eot_id: int, temperature: float, logits_eos_inf: bool,
+                 confidence_eos_eot_inf: bool) -> dict[str, tuple[int, ...]]:
+  """`StepRules` fields for LLaDA's `logits_eos_inf` and `confidence_eos_eot_inf` (Appendix B.4)."""
+  confidence: tuple[int, ...] = ()
+  if confidence_eos_eot_inf:
+    # LLaDA runs `logits_with_noise[:, :, EOS] = logits[:, :, EoT] = -inf` after x0 is chosen,
+    # then takes the confidence from `softmax(logits)`. At temperature 0 `add_gumbel_noise`
+    # returns the very `logits` tensor, so both writes land in it: EOS and EoT get probability 0
+    # (and the rest is renormalised without them). At T > 0 `logits_with_noise` is a new float64
+    # tensor that nothing reads again, so only EoT is removed from the confidence softmax.
+    confidence = (eot_id,) if temperature > 0 else tuple(dict.fromkeys((eos_id, eot_id)))
+  return dict(logits_inf=(eos_id,) if logits_eos_inf else (), confidence_inf=confidence)
 
 
 def _check_dual(owner: str, cache: bool, dual_cache: bool) -> None:
@@ -230,15 +248,19 @@ def _fill_after_eos(tokens, eos_id):
 
 
 def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.Array,
-             length: jax.Array, keys: jax.Array, sched: Schedule) -> jax.Array:
+             length: jax.Array, keys: jax.Array, sched: Schedule,
+             prefix_mask: jax.Array | None = None) -> jax.Array:
   """Fill the masks of `tokens` [B, R]. prefix [B or 2B (CFG), P, D]; valid [B, R] marks real
-  response positions (others are key-masked and never change); length [B] = valid.sum(1)."""
+  response positions (others are key-masked and never change); length [B] = valid.sum(1);
+  prefix_mask [B, P] bool (default all True): prefix positions that are keys (False: padding,
+  key-masked in every forward and, through the cache's key mask, in every cached step)."""
   b, r = tokens.shape
   p = prefix.shape[1]
   rules = sched.rules
   cfg = rules.cfg_scale > 0
   both = (lambda x: jnp.concatenate([x, x], 0)) if cfg else (lambda x: x)
-  prefix_mask = jnp.ones(prefix.shape[:2], bool)
+  # LLaDA's CFG doubles the attention mask too: the unconditional half has the same padding.
+  prefix_mask = jnp.ones((b, p), bool) if prefix_mask is None else both(prefix_mask)
   max_off = sched.max_offset
   # Cache slots past the response: an R-wide window starting at the last block needs them.
   cache_len = p + r + (0 if sched.window else max_off)
@@ -248,11 +270,15 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
     if cfg:  # LLaDA: un + (cfg + 1) * (cond − un), the unconditional half has the prompt masked
       cond, un = jnp.split(logits, 2, axis=0)
       logits = un + (rules.cfg_scale + 1) * (cond - un)
+    if rules.logits_inf:  # LLaDA `logits_eos_inf`: before the proposal, so in the confidence too
+      logits = logits.at[..., jnp.asarray(rules.logits_inf)].set(-jnp.inf)
     u = None
     if rules.temperature > 0:
       u = batch_uniform(st.keys, st.count, GUMBEL, positions, (logits.shape[-1],))
     x0 = gumbel_argmax(logits, u, rules.temperature)
     if rules.remasking == "low_confidence":
+      if rules.confidence_inf:  # LLaDA `confidence_eos_eot_inf`: after the proposal
+        logits = logits.at[..., jnp.asarray(rules.confidence_inf)].set(-jnp.inf)
       conf = probability(logits, x0)
     else:
       conf = batch_uniform(st.keys, st.count, CONFIDENCE, positions)
@@ -344,7 +370,7 @@ def _needs_key(rules: StepRules, key, what: str):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sched", "gen_length"))
-def _generate(graphdef, state, prompt_ids, keys, sched: Schedule, gen_length: int):
+def _generate(graphdef, state, prompt_ids, prompt_mask, keys, sched: Schedule, gen_length: int):
   lm = nnx.merge(graphdef, state)
   b, p = prompt_ids.shape
   log.info("compiling LLaDA generate: batch %d, prompt %d, gen_length %d, %s", b, p, gen_length,
@@ -352,20 +378,37 @@ def _generate(graphdef, state, prompt_ids, keys, sched: Schedule, gen_length: in
   rules = sched.rules
   prefix = lm.embed(prompt_ids)
   if rules.cfg_scale > 0:
+    # LLaDA: `un_x[prompt_index] = mask_id`, prompt_index = x != mask_id: pads included.
     prefix = jnp.concatenate([prefix, lm.embed(jnp.full_like(prompt_ids, rules.mask_id))], 0)
   tokens = jnp.full((b, gen_length), rules.mask_id, jnp.int32)
   valid = jnp.ones((b, gen_length), bool)
-  out = _denoise(lm, prefix, tokens, valid, jnp.full((b,), gen_length, jnp.int32), keys, sched)
+  # Positions stay 0 .. P + gen_length − 1 over the padded sequence (the Transformer's default),
+  # padding or not. LLaDA's model (OLMo-derived `modeling_llada.py`) takes no position ids: its
+  # RoPE rotates q and k by their index in the sequence, and `attention_mask` only becomes an
+  # additive key bias; transformers' LLaMA forward too defaults to arange positions (only HF's
+  # own `generate` derives them from the mask, and LLaDA's generate calls the model directly).
+  # A left-padded row's tokens thus sit `pads` positions later than alone. RoPE scores depend
+  # only on position differences, so in exact arithmetic the row equals its unpadded self; in
+  # float the shifted rotations round differently, so tokens agree unless a near-tie flips.
+  out = _denoise(lm, prefix, tokens, valid, jnp.full((b,), gen_length, jnp.int32), keys, sched,
+                 prefix_mask=prompt_mask)
   return jnp.concatenate([prompt_ids, out], axis=1)
 
 
-def generate(model: Transformer, prompt_ids: jax.Array, *, steps: int = 128, gen_length: int = 128,
-             block_length: int = 128, temperature: float = 0.0, cfg_scale: float = 0.0,
-             remasking: str = "low_confidence", mask_id: int = 126336, key=None,
-             threshold: float | None = None, cache: bool = False,
-             dual_cache: bool = False) -> jax.Array:
+def generate(model: Transformer, prompt_ids: jax.Array, attention_mask: jax.Array | None = None,
+             *, steps: int = 128, gen_length: int = 128, block_length: int = 128,
+             temperature: float = 0.0, cfg_scale: float = 0.0, remasking: str = "low_confidence",
+             mask_id: int = 126336, logits_eos_inf: bool = False,
+             confidence_eos_eot_inf: bool = False, key=None, threshold: float | None = None,
+             cache: bool = False, dual_cache: bool = False) -> jax.Array:
   """LLaDA's reference `generate`, batched: prompt_ids [B, P] → int32 [B, P + gen_length].
 
+  `attention_mask` [B, P] (0/1 or bool, as a tokenizer's): prompts left-padded to P, as LLaDA's
+  `main()` does; padded positions are key-masked in every forward (CFG's unconditional half and
+  the KV caches included), the response is always attended. None: every position is real.
+  `logits_eos_inf`: the EOS logit (`model.config.eos_id`) is −∞ before tokens are proposed.
+  `confidence_eos_eot_inf`: after the proposal, the low-confidence softmax is taken without EoT
+  (`eot_id`), and without EOS too at temperature 0, as LLaDA's code does (see `_eos_eot_inf`).
   `key`: one PRNG key or [B] row keys (needed for temperature > 0 or random remasking).
   `threshold` / `cache` / `dual_cache`: Fast-dLLM options, off by default.
   """
@@ -373,15 +416,26 @@ def generate(model: Transformer, prompt_ids: jax.Array, *, steps: int = 128, gen
   _check_common("generate", remasking, temperature, threshold)
   _check_blocks("generate", steps, gen_length, block_length)
   _check_dual("generate", cache, dual_cache)
+  lm_cfg = model.config
   rules = StepRules(remasking=remasking, temperature=float(temperature), threshold=threshold,
-                    cache=cache, mask_id=mask_id, cfg_scale=float(cfg_scale))
+                    cache=cache, mask_id=mask_id, cfg_scale=float(cfg_scale),
+                    **_eos_eot_inf(lm_cfg.eos_id, lm_cfg.eot_id, temperature, logits_eos_inf,
+                                   confidence_eos_eot_inf))
   sched = Blocks.from_lengths(rules, gen_length=gen_length, block_length=block_length,
                               steps=steps, dual_cache=dual_cache)
   _needs_key(rules, key, "generate")
   prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+  if attention_mask is None:
+    prompt_mask = jnp.ones(prompt_ids.shape, bool)  # the same forwards as no mask at all
+  else:
+    check_array("attention_mask", attention_mask, ndim=2, dtypes=("integer", "bool"))
+    if tuple(attention_mask.shape) != prompt_ids.shape:
+      raise ValueError(f"attention_mask: expected shape {prompt_ids.shape} (prompt_ids), got "
+                       f"{tuple(attention_mask.shape)}")
+    prompt_mask = jnp.asarray(attention_mask) != 0
   graphdef, state = nnx.split(model)
-  return _generate(graphdef, state, prompt_ids, row_keys(key, prompt_ids.shape[0]), sched=sched,
-                   gen_length=gen_length)
+  return _generate(graphdef, state, prompt_ids, prompt_mask, row_keys(key, prompt_ids.shape[0]),
+                   sched=sched, gen_length=gen_length)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sched", "gen_length"))
@@ -409,7 +463,9 @@ def decode(model, mel: jax.Array, prompt_ids: jax.Array, *,
   s, lm_cfg = settings, model.config.lm
   rules = StepRules(remasking=s.remasking, temperature=float(s.temperature),
                     threshold=s.threshold, cache=s.cache, mask_id=lm_cfg.mask_id,
-                    eos_id=lm_cfg.eos_id if s.eos_rule else None)
+                    eos_id=lm_cfg.eos_id if s.eos_rule else None,
+                    **_eos_eot_inf(lm_cfg.eos_id, lm_cfg.eot_id, s.temperature, s.logits_eos_inf,
+                                   s.confidence_eos_eot_inf))
   sched = Blocks.from_lengths(rules, gen_length=s.gen_length, block_length=s.block_length,
                               steps=s.steps, dual_cache=s.dual_cache)
   _needs_key(rules, key, "decode")

@@ -32,6 +32,12 @@ class StepRules:
   mask_id: int
   eos_id: int | None = None  # Diffusion-ASR EOS rule: everything after a committed EOS is EOS
   cfg_scale: float = 0.0  # LLaDA classifier-free guidance (generate only)
+  # Token ids whose logits are −∞ before the proposal (argmax / Gumbel-max) and therefore in the
+  # confidence too: LLaDA `logits_eos_inf` (Appendix B.4).
+  logits_inf: tuple[int, ...] = ()
+  # Token ids whose logits are −∞ in the low-confidence softmax only, after the proposal: LLaDA
+  # `confidence_eos_eot_inf` (which ids depends on the temperature: see `diffusion._eos_eot_inf`).
+  confidence_inf: tuple[int, ...] = ()
 
 
 class Schedule(tp.Protocol):
