@@ -3,6 +3,8 @@
     OUT/config.json      the model config (`configs.to_dict`), tagged with its kind
     OUT/source.json      where the weights came from (format, source config) — used by export
     OUT/params/part-NNNNN  orbax checkpoints of {parameter path: array}, each at most `part_bytes`
+    OUT/source_extra.safetensors  (converted Diffusion-ASR .pth only) the file's tensors that the
+                         model does not use, kept so that export writes the file back whole
     OUT/tokenizer*.json …  the tokenizer files
 
 Weights are written in parts so that converting an 8B model never holds more than one part (plus one
@@ -135,23 +137,26 @@ def read_source_info(path: str | Path) -> dict:
   return json.loads(file.read_text()) if file.is_file() else {}
 
 
-def iter_params(path: str | Path, targets: dict[str, tp.Any] | None = None
-                ) -> tp.Iterator[tuple[str, tp.Any]]:
+def iter_params(path: str | Path, targets: dict[str, tp.Any] | None = None, *,
+                keep: tp.Callable[[str], bool] | None = None) -> tp.Iterator[tuple[str, tp.Any]]:
   """(name, array) for every stored parameter, one part in memory at a time.
 
   With `targets` ({name: ShapeDtypeStruct with sharding}), arrays are restored straight into their
-  shardings (each host reads only its shards).
+  shardings (each host reads only its shards). With `keep`, only the names it accepts come back,
+  and parts holding none of them are not read.
   """
   index = read_index(path)
   checkpointer = ocp.StandardCheckpointer()
   for part in range(index["parts"]):
     folder = Path(path).absolute() / "params" / f"part-{part:05d}"
     names = [n for n, meta in index["params"].items() if meta["part"] == part]
+    if keep is not None and not any(keep(n) for n in names):
+      continue
     if targets is None:
       restored = checkpointer.restore(folder)
     else:
       restored = checkpointer.restore(folder, {n: targets[n] for n in names if n in targets})
-    yield from restored.items()
+    yield from (item for item in restored.items() if keep is None or keep(item[0]))
 
 
 def model_class(config):

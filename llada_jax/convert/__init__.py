@@ -20,7 +20,8 @@ format read by its own module:
 
 Format modules import only `source`, never this package's namespace, so importing any of them (which
 runs this file first) finds nothing half-initialised. `convert` (source → our checkpoint), `mapping`
-(name tables), `verify` and `cli` sit on top.
+(name tables), `diffusion_asr` (the authors' training .pth, both ways), `verify` and `cli` sit on
+top.
 """
 
 from __future__ import annotations

@@ -3,9 +3,13 @@
   python tools/convert.py --kind {whisper,llada,llama,whisper_llada} --src SRC --out OUT
       [--dtype float32|bfloat16] [--verify] [--whisper SRC --llm SRC] [--trust-pickle]
   python tools/convert.py --export-torch --src OUT --out DIR
+  python tools/convert.py --export-torch --src WHISPER_LLADA_OUT --out x.pth
 
 `--kind llada` on a LLaMA-family source (HF or GGUF) makes a bidirectional LLaDA out of it (the
-AR→diffusion adaptation); it needs `--mask-id`.
+AR→diffusion adaptation); it needs `--mask-id`. `--export-torch` writes a folder of safetensors +
+config.json, except for a whisper_llada checkpoint: that becomes one .pth in the authors'
+Diffusion-ASR layout ({"model": trained Q-Former + LoRA tensors, "config", "epoch", ...}), which
+their inference.py loads over its own Whisper and LLaDA.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="allow full unpickling of torch files (can run code: trusted files only)")
   p.add_argument("--mask-id", type=int, help="mask token id when making a LLaDA from a LLaMA")
   p.add_argument("--qformer-heads", type=int, default=12)
-  p.add_argument("--lora-alpha", type=float, default=32.0)
+  p.add_argument("--lora-alpha", type=float, help="whisper_llada: LoRA alpha when the .pth's "
+                 "stored config has none (default 32); an error if it contradicts the stored one")
   p.add_argument("--export-torch", action="store_true")
   p.add_argument("--overwrite", action="store_true")
   args = p.parse_args(argv)

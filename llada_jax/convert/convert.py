@@ -2,8 +2,9 @@
 
 `convert(kind, src, out)` streams tensors from a `Source` through a mapping table into orbax parts
 (`checkpoint.PartWriter`); `export_torch(src, out)` writes safetensors + config in the source's own
-naming. Configs are derived from the source's config.json (or, for a Diffusion-ASR .pth, from tensor
-shapes).
+naming, or for whisper_llada one .pth in the authors' layout (`diffusion_asr`). Configs are derived
+from the source's config.json (or, for a Diffusion-ASR .pth, from tensor shapes and its stored
+config).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import typing as tp
 from pathlib import Path
 
@@ -19,9 +19,9 @@ import numpy as np
 from flax import nnx
 
 from llada_jax import checkpoint, configs
-from llada_jax.configs import LMConfig, LoRAConfig, QFormerConfig, RopeScaling, WhisperConfig
+from llada_jax.configs import LMConfig, RopeScaling, WhisperConfig, WhisperLLaDAConfig
+from llada_jax.convert import diffusion_asr, open_source
 from llada_jax.convert import mapping as maps
-from llada_jax.convert import open_source
 from llada_jax.convert.source import TOKENIZER_FILE_NAMES, ConversionError, Source
 
 log = logging.getLogger(__name__)
@@ -116,26 +116,6 @@ def _lm_from_source(src: Source, kind: str, dtype: str, mask_id: int | None
                         f"{kind}")
 
 
-def _qformer_from_pth(src: Source, encoder_width: int, out_dim: int, dtype: str,
-                      num_heads: int) -> QFormerConfig:
-  keys = src.keys()
-  layer = re.compile(r"adapter\.bert\.encoder\.layer\.(\d+)\.")
-  layers = {int(m.group(1)) for k in keys if (m := layer.match(k))}
-  queries = src.shape("speech_query_tokens")
-  fc1 = src.shape("adapter.bert.encoder.layer.0.intermediate_query.dense.weight")
-  return QFormerConfig(encoder_width=encoder_width, out_dim=out_dim, hidden_size=queries[-1],
-                       num_layers=len(layers), num_heads=num_heads, intermediate_size=fc1[0],
-                       num_queries=queries[1], dtype=dtype, param_dtype=dtype)
-
-
-def _lora_from_pth(src: Source, alpha: float) -> LoRAConfig | None:
-  found = sorted({m.group(1) for k in src.keys() if (m := re.search(r"\.(\w+_proj)\.lora_A\.", k))})
-  if not found:
-    return None
-  rank = next(src.shape(k)[0] for k in src.keys() if ".lora_A." in k)
-  return LoRAConfig(rank=rank, alpha=alpha, targets=tuple(found))
-
-
 @dataclasses.dataclass
 class Plan:
   """What to write: the config, and (source, mapping, target-name filter) triples in order."""
@@ -144,11 +124,14 @@ class Plan:
   steps: list[tuple[Source, maps.Mapping, tp.Callable[[str], bool]]]
   tokenizer: Source
   source_info: dict
+  # The source whose tensors that the mapping skips are kept beside params/ (Diffusion-ASR .pth).
+  extras: tuple[Source, maps.Mapping] | None = None
 
 
 def plan(kind: str, src: str | Path, *, dtype: str = "float32", whisper: str | Path | None = None,
          llm: str | Path | None = None, trust_pickle: bool = False, mask_id: int | None = None,
-         qformer_heads: int = 12, lora_alpha: float = 32.0) -> Plan:
+         qformer_heads: int = 12, lora_alpha: float | None = None) -> Plan:
+  """`lora_alpha`: LoRA α for a Diffusion-ASR .pth whose stored config has none (default 32)."""
   if kind not in KINDS:
     raise ConversionError(f"--kind {kind!r}: expected one of {KINDS}")
   if dtype not in ("float32", "bfloat16"):
@@ -180,19 +163,23 @@ def plan(kind: str, src: str | Path, *, dtype: str = "float32", whisper: str | P
                           f"({w_src.kind_hint})")
   w_cfg = whisper_config(w_src.config, dtype)
   lm_cfg, lm_table = _lm_from_source(l_src, "llada", dtype, mask_id)
-  lm_cfg = dataclasses.replace(lm_cfg, lora=_lora_from_pth(source, lora_alpha))
-  q_cfg = _qformer_from_pth(source, w_cfg.d_model, lm_cfg.d_model, dtype, qformer_heads)
-  cfg = configs.WhisperLLaDAConfig(whisper=w_cfg, qformer=q_cfg, lm=lm_cfg)
-  trained = maps.DIFFUSION_ASR_QFORMER.under("projector.") + maps.DIFFUSION_ASR_LORA.under("lm.")
+  lora, lora_info = diffusion_asr.lora_config(source, lora_alpha)
+  lm_cfg = dataclasses.replace(lm_cfg, lora=lora)
+  q_cfg, q_info = diffusion_asr.qformer_config(source, w_cfg.d_model, lm_cfg.d_model, dtype,
+                                               qformer_heads)
+  cfg = WhisperLLaDAConfig(whisper=w_cfg, qformer=q_cfg, lm=lm_cfg)
+  trained = diffusion_asr.TRAINED
   info = {"format": "diffusion_asr",
+          "checkpoint": diffusion_asr.checkpoint_info(source, trained),
+          "lora": lora_info, "qformer": q_info,
           "whisper": {"kind_hint": w_src.kind_hint, "config": w_src.config},
           "llm": {"format": "llada" if l_src.kind_hint == "llada" else "hf_llama",
                   "kind_hint": l_src.kind_hint, "config": l_src.config}}
   return Plan(cfg, [
       (w_src, maps.WHISPER_ENCODER_ONLY, lambda n: n.startswith("encoder.")),
       (l_src, lm_table.under("lm."), lambda n: n.startswith("lm.") and ".lora." not in n),
-      (source, trained, lambda n: n.startswith("projector.") or ".lora." in n),
-  ], l_src, info)
+      (source, trained, diffusion_asr.is_trained),
+  ], l_src, info, extras=(source, trained))
 
 
 def _targets(config) -> dict[str, tuple[tuple[int, ...], tp.Any]]:
@@ -208,18 +195,26 @@ def convert(kind: str, src: str | Path, out: str | Path, *, overwrite: bool = Fa
   Returns the plan (its opened sources can be reused, e.g. by `--verify`)."""
   p = plan(kind, src, **plan_kw)
   targets = _targets(p.config)
+  # Check every source's names and shapes before the first byte is written; report them all.
+  problems = []
+  for source, table, keep in p.steps:
+    try:
+      maps.check(source, table, {n: t for n, t in targets.items() if keep(n)},
+                 what=str(source.path))
+    except maps.MappingError as e:
+      problems.append(str(e))
+  if problems:
+    raise maps.MappingError("\n".join(problems))
   with checkpoint.atomic_dir(out, overwrite=overwrite) as tmp:
     configs.save_json(p.config, tmp / "config.json")
     (tmp / "source.json").write_text(json.dumps(p.source_info, indent=2, default=str))
     writer = checkpoint.PartWriter(tmp / "params", part_bytes)
-    # Check every source's names and shapes before the first byte is written.
-    for source, table, keep in p.steps:
-      maps.check(source, table, {n: t for n, t in targets.items() if keep(n)},
-                 what=str(source.path))
     for source, table, keep in p.steps:
       subset = {n: t for n, t in targets.items() if keep(n)}
       maps.convert(source, table, subset, writer.add, what=str(source.path))
     writer.close()
+    if p.extras is not None:
+      diffusion_asr.save_extras(tmp, *p.extras)
     p.tokenizer.save_tokenizer(tmp)
   log.info("converted %s → %s", src, out)
   return p
@@ -235,8 +230,7 @@ def _export_table(config, info: dict) -> tuple[maps.Mapping, dict]:
     if info.get("format") == "llada":
       return maps.LLADA, llada_json(config, info.get("config", {}))
     return maps.HF_LLAMA, hf_llama_json(config, info.get("config", {}))
-  raise ConversionError("--export-torch supports whisper, llada and llama checkpoints; for "
-                        "whisper_llada export each part from its own conversion")
+  raise ConversionError(f"--export-torch: no export for a {type(config).__name__}")
 
 
 def hf_whisper_json(c: WhisperConfig, base: dict) -> dict:
@@ -280,7 +274,10 @@ def export_torch(src: str | Path, out: str | Path, *, overwrite: bool = False,
                  shard_bytes: int = 2 << 30) -> Path:
   """A converted (or trained) checkpoint → safetensors + config.json in the source naming.
 
-  LoRA adapters, if any, are merged into their base weights first.
+  LoRA adapters, if any, are merged into their base weights first. A whisper_llada checkpoint
+  goes to one `.pth` (`out`) in the authors' training-checkpoint layout instead: its trained
+  Q-Former and LoRA only (see `diffusion_asr`); export the base Whisper and LLM from their own
+  conversions.
   """
   from safetensors.numpy import save_file
 
@@ -288,6 +285,8 @@ def export_torch(src: str | Path, out: str | Path, *, overwrite: bool = False,
 
   src = Path(src)
   config = checkpoint.read_config(src)
+  if isinstance(config, WhisperLLaDAConfig):
+    return diffusion_asr.export_pth(src, out, overwrite=overwrite)
   table, cfg_json = _export_table(config, checkpoint.read_source_info(src))
   model = checkpoint.load(src)
   if isinstance(config, LMConfig) and config.lora is not None:

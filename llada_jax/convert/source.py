@@ -192,6 +192,21 @@ def torch_to_numpy(t) -> np.ndarray:
   return np.array(t.numpy(), copy=True, order="C")
 
 
+def numpy_to_torch(a: np.ndarray):
+  """The inverse of `torch_to_numpy`: a fresh contiguous torch tensor with the same bytes."""
+  import torch
+  a = np.ascontiguousarray(a)
+  reinterpret = {
+    np.dtype(ml_dtypes.bfloat16): (np.int16, torch.bfloat16),
+    np.dtype(ml_dtypes.float8_e4m3fn): (np.uint8, torch.float8_e4m3fn),
+    np.dtype(ml_dtypes.float8_e5m2): (np.uint8, torch.float8_e5m2),
+  }
+  if a.dtype in reinterpret:
+    as_int, torch_dtype = reinterpret[a.dtype]
+    return torch.from_numpy(a.view(as_int).copy()).view(torch_dtype)
+  return torch.from_numpy(a.copy())
+
+
 def torch_dtype_to_numpy(dtype) -> np.dtype:
   import torch
   return torch_to_numpy(torch.empty(0, dtype=dtype)).dtype

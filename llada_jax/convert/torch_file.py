@@ -4,6 +4,10 @@ The tensors of the file's "model" entry (or of the whole file, if it is a bare s
 source; optimizer state and the rest are dropped. kind_hint is "diffusion_asr" when the names look
 like Diffusion-ASR's (speech query tokens, Q-Former adapter, projection, LLaDA LoRA), else
 "torch_state_dict".
+
+Tensors that share their storage with one listed earlier (torch.save writes shared storage once:
+tied weights such as a BERT LM head's decoder and its word embeddings) are `aliases` of it, not
+`keys()`; `metadata["order"]` keeps every name in the file's order, aliases included.
 """
 
 from __future__ import annotations
@@ -55,4 +59,21 @@ class TorchCheckpointSource(TorchDictSource):
       raise ConversionError(f"{path}: the checkpoint's state dict holds no tensors")
     looks_like_ours = any(k.startswith(_DIFFUSION_ASR_PREFIXES) for k in self._tensors)
     self.kind_hint = "diffusion_asr" if looks_like_ours else "torch_state_dict"
-    self.aliases = {}
+    self.metadata["order"] = list(self._tensors)
+    self.aliases = _ties(self._tensors)
+    self._tensors = {k: v for k, v in self._tensors.items() if k not in self.aliases}
+
+
+def _ties(tensors: dict) -> dict[str, str]:
+  """alias -> first name, for tensors that are the same view of the same storage."""
+  first, ties = {}, {}
+  for name, t in tensors.items():
+    if t.numel() == 0:  # empty tensors may share a null data pointer without being tied
+      continue
+    view = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(),
+            t.dtype)
+    if view in first:
+      ties[name] = first[view]
+    else:
+      first[view] = name
+  return ties
