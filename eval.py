@@ -1,15 +1,26 @@
 #!/usr/bin/env python3
-"""Transcribe a LibriSpeech-layout folder or a tfds split and score it (WER, RTF).
+"""Transcribe a LibriSpeech-layout folder, a Diffusion-ASR data file or a tfds split and score it
+(WER, RTF).
 
     python eval.py --checkpoint DIR --data SPEC --out OUTDIR --strategy NAME
                    [--batch-size N] [--limit N] [--strict] [--tfds-data-dir DIR]
+                   [--predictions-json FILE] [--too-long {trim,error}]
 
-SPEC is a LibriSpeech-layout split folder (SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac + transcripts)
-or tfds:NAME/SPLIT (e.g. tfds:librispeech_folder/test_clean, prepared with
+SPEC is a LibriSpeech-layout split folder (SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac + transcripts),
+one of Diffusion-ASR's JSON data files (FILE.json: {"annotation": [{"path", "text", "task",
+"origin_transcripts"?}, …]}, read in its order, ids = file stems, STEM@INDEX where two paths share
+a stem) or tfds:NAME/SPLIT (e.g. tfds:librispeech_folder/test_clean, prepared with
 `llada_jax.data.tfds_librispeech.prepare`). Writes OUTDIR/hyps.jsonl (one line per utterance: id,
 ref, hyp, per-token confidences where the strategy has them, or an `error`) and OUTDIR/summary.json
-(wer, rtf, num_utts, num_errors, audio/decode/compile/wall seconds, the arguments), each atomically,
-and prints a one-row table. WER: Whisper's EnglishTextNormalizer on both sides, then jiwer.
+(wer with its ins/del/sub/ref_words, rtf, num_utts, num_errors, truncated_utts, audio/decode/
+compile/wall seconds, the arguments), each atomically, and prints a one-row table.
+--predictions-json FILE also writes, atomically, the list Diffusion-ASR's inference.py writes
+([{"path", "text", "llada_prediction", "origin_transcripts" for deliberation}], in data order;
+error records are left out), which their calc_wer_json.py reads.
+
+WER as their calc_wer_json.py scores it: special tokens and spaces before punctuation removed, then
+Whisper's EnglishTextNormalizer with its British→American spelling table on both sides, then word
+alignment (jiwer; the same totals as their kaldialign). Empty references are skipped.
 
 Strategies (each a `llada_jax.inference` Transcriber with typed settings):
   whisper       greedy Whisper (KV cache, one compiled while_loop per batch shape) of a converted
@@ -22,7 +33,8 @@ Strategies (each a `llada_jax.inference` Transcriber with typed settings):
   ar            Whisper-LLaMA greedy decoding (KV cache).
   diffusion     Whisper-LLaDA: one block of --gen-length masks, --steps denoising steps.
   semi_ar       the same in blocks of --block-length, left to right.
-  deliberation  re-fill part of --first-pass hyps.jsonl (another run's output) with the LLaDA:
+  deliberation  re-fill part of --first-pass hyps.jsonl (another run's output; with a JSON data
+                file and no --first-pass: its origin_transcripts) with the LLaDA:
                 --deliberation-strategy semi_ar (sub-blocks) or diffusion (--masking random or
                 low_confidence, --mask-ratio); --text-only drops the audio (the paper's ablation).
 Fast-dLLM options (not in the paper): --threshold, --cache, --dual-cache.
@@ -33,11 +45,15 @@ reported apart (compile_seconds) and RTF = decode seconds on compiled shapes / a
 
 Long audio. Whisper cuts audio over 30 s into 30 s windows overlapping by 2 × --chunk-stride
 (5 s each side, a new window every 20 s, as whisper-jax chunks) and merges consecutive transcripts
-at their best word alignment. The Whisper-LLaDA strategies follow the paper, which encodes one 30 s
-window: longer utterances get an error record, never a silent cut.
+at their best word alignment. The Whisper-LLaDA strategies encode one window (--mel-frames / 100 s,
+30 s by default) and, as the authors' inference.py does (audio[:sr*30]), cut longer audio to it;
+summary.json counts those in truncated_utts and hyps.jsonl marks them (truncated_from_seconds).
+--too-long error makes each an error record instead.
 
 Bad data. Corrupt, empty, zero-sample or non-audio files, missing transcript lines, duplicate ids
-and unreadable folders each become an error record in hyps.jsonl (counted in summary.num_errors);
+and unreadable folders (a JSON data file: entries with a missing or non-audio file, an empty text,
+a repeated path or id, each named by annotation[INDEX] and its path) each become an error record in
+hyps.jsonl (counted in summary.num_errors);
 stereo, any sample rate and 8/16/24-bit PCM are converted to 16 kHz mono and transcribed. --strict
 stops at the first problem instead. A broken SPEC (no such folder, no utterances, unprepared tfds
 dataset) or checkpoint exits with status 2 and a message.

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from llada_jax import text
 from llada_jax.audio import load_audio
 from llada_jax.data import librispeech
 from llada_jax.evaluation import cli
+from llada_jax.evaluation import wer as wer_lib
 from llada_jax.testing.torch_whisper import TorchWhisper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def run_torch(fn, utts: list, audios: list[np.ndarray], batch: int) -> dict:
     hyps.update(zip([u.id for u in utts[i:i + batch]], fn(audios[i:i + batch])))
   seconds = time.perf_counter() - start
   return {"seconds": seconds, "audio": sum(a.shape[0] for a in audios) / 16000, "utts": len(utts),
-          "wer": text.wer([u.text for u in utts], [hyps[u.id] for u in utts]), "compile": 0.0,
+          "wer": wer_lib.wer([u.text for u in utts], [hyps[u.id] for u in utts]), "compile": 0.0,
           "hyps": hyps}
 
 

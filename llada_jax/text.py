@@ -1,4 +1,4 @@
-"""Text side: tokenizer, Diffusion-ASR's chat prompt, response encoding, WER.
+"""Text side: tokenizer, Diffusion-ASR's chat prompt, response encoding (WER: evaluation.wer).
 
 The prompt is the chat template of the user message "Transcribe the audio:" with the assistant
 header (LLaDA: `<|startoftext|><|start_header_id|>user<|end_header_id|>\\n\\n…<|eot_id|>
@@ -10,7 +10,6 @@ it, so the LM never sees a style at test time that it was not trained on.
 
 from __future__ import annotations
 
-import functools
 import re
 import typing as tp
 from pathlib import Path
@@ -73,43 +72,3 @@ def decode_response(tokenizer, ids: tp.Sequence[int], eos_id: int) -> str:
   if eos_id in ids:
     ids = ids[: ids.index(eos_id)]
   return tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-
-@functools.lru_cache(maxsize=1)
-def _normalizer():
-  from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
-  # Whisper's British→American spelling table (normalizer.json) ships with HF Whisper tokenizers,
-  # not with the CTranslate2 package; without it spelling variants count as errors on both sides.
-  return EnglishTextNormalizer({})
-
-
-def wer(refs: tp.Sequence[str], hyps: tp.Sequence[str]) -> float:
-  """Corpus WER after Whisper's EnglishTextNormalizer on both sides (the paper's metric)."""
-  import jiwer
-
-  norm = _normalizer()
-  pairs = [(norm(r), norm(h)) for r, h in zip(refs, hyps)]
-  pairs = [(r, h) for r, h in pairs if r.strip()]
-  if not pairs:
-    return 0.0
-  return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
-
-
-def word_errors(refs: tp.Sequence[str], hyps: tp.Sequence[str]) -> np.ndarray:
-  """Per utterance [N, 2]: (substitutions + deletions + insertions, reference words), normalized as
-  in `wer`; Σ errors / Σ words over the rows with a non-empty reference is `wer`."""
-  import jiwer
-
-  norm = _normalizer()
-  out = np.zeros((len(refs), 2), np.int64)
-  for i, (r, h) in enumerate(zip(refs, hyps)):
-    r, h = norm(r), norm(h)
-    if not r.strip():
-      continue
-    if not h.strip():
-      out[i] = len(r.split()), len(r.split())
-      continue
-    m = jiwer.process_words(r, h)
-    out[i] = m.substitutions + m.deletions + m.insertions, len(r.split())
-  return out

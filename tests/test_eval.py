@@ -18,7 +18,7 @@ import soundfile as sf
 from llada_jax import features, text
 from llada_jax.audio import load_audio
 from llada_jax.data import librispeech
-from llada_jax.evaluation import RunSettings, cli, outputs, runner
+from llada_jax.evaluation import RunSettings, cli, outputs, runner, wer
 from llada_jax.inference import transcriber as transcriber_lib
 from llada_jax.inference.long_audio import chunk_windows, merge_chunks
 from llada_jax.inference.whisper import WhisperSettings, bucket_widths
@@ -101,8 +101,8 @@ def test_whisper_matches_transformers(tiny, corpus, parity_run):
   ids = sorted(ours)
   same = sum(ours[k]["hyp"] == torch_hyps[k] for k in ids) / len(ids)
   refs = [ours[k]["ref"] for k in ids]
-  wer_jax = text.wer(refs, [ours[k]["hyp"] for k in ids])
-  wer_torch = text.wer(refs, [torch_hyps[k] for k in ids])
+  wer_jax = wer.wer(refs, [ours[k]["hyp"] for k in ids])
+  wer_torch = wer.wer(refs, [torch_hyps[k] for k in ids])
   print(f"parity: {same:.1%} identical; WER jax {wer_jax:.4f} torch {wer_torch:.4f}")
   assert same >= 0.95, [(k, ours[k]["hyp"], torch_hyps[k]) for k in ids
                         if ours[k]["hyp"] != torch_hyps[k]]
@@ -144,8 +144,13 @@ def test_summary_fields_and_timing(parity_run):
   on_disk = json.loads((out / "summary.json").read_text())
   assert on_disk == json.loads(json.dumps(summary))
   for key in ("wer", "rtf", "num_utts", "audio_seconds", "wall_seconds", "compile_seconds",
-              "strategy", "num_errors", "args"):
+              "strategy", "num_errors", "args", "ins", "del", "sub", "ref_words",
+              "truncated_utts"):
     assert key in summary
+  score = wer.corpus_wer([r["ref"] for r in records], [r["hyp"] for r in records])
+  assert summary["ref_words"] == score.ref_words > 0 and summary["truncated_utts"] == 0
+  assert summary["wer"] == pytest.approx(
+      (summary["ins"] + summary["del"] + summary["sub"]) / summary["ref_words"])
   assert summary["strategy"] == "whisper" and summary["args"]["batch_size"] == BATCH
   info = summary["strategy_info"]
   assert info["encoder_input"] == "bucketed" and info["prompt_ids"] == [50257, 50362]
@@ -202,6 +207,31 @@ def test_tfds_spec(tiny, corpus, parity_run, tmp_path):
                           str(tmp_path / "tfds"), "--out", str(tmp_path / "x"), "--strategy",
                           "whisper"])
   assert code == 2
+
+
+def test_their_data_file_and_predictions(tiny, corpus, parity_run, tmp_path, capsys):
+  """--data FILE.json (Diffusion-ASR's format) transcribes as the folder does; --predictions-json
+  writes their inference.py's list in the file's order; --strict names bad entries."""
+  utts = librispeech.scan_librispeech(corpus).utterances[:5][::-1]
+  entries = [{"path": u.path, "text": u.text, "task": "asr"} for u in utts]
+  data = tmp_path / "test.json"
+  data.write_text(json.dumps({"annotation": entries}))
+  preds = tmp_path / "preds.json"
+  summary, records = _eval("--checkpoint", tiny[0], "--data", data, "--out", tmp_path / "out",
+                           "--strategy", "whisper", "--batch-size", BATCH, "--bucketed",
+                           "--predictions-json", preds)
+  folder = {r["id"]: r["hyp"] for r in parity_run[2]}
+  assert summary["num_utts"] == 5 and {r["id"]: r["hyp"] for r in records} == \
+      {u.id: folder[u.id] for u in utts}
+  assert json.loads(preds.read_text()) == [
+      {"path": u.path, "text": u.text, "llada_prediction": folder[u.id]} for u in utts]
+
+  data.write_text(json.dumps({"annotation": [*entries, {"path": str(tmp_path / "gone.flac"),
+                                                        "text": "X"}]}))
+  code = cli.main(["--quiet", "--checkpoint", str(tiny[0]), "--data", str(data), "--out",
+                   str(tmp_path / "strict"), "--strategy", "whisper", "--strict"])
+  err = capsys.readouterr().err
+  assert code == 2 and "annotation[5]: no such file" in err and "gone.flac" in err, err
 
 
 # ------------------------------------------------------------------------------------------------
@@ -288,7 +318,7 @@ def test_bad_data_gives_error_records(tiny, bad_corpus, tmp_path):
   base = ok["100-1000-0000"]["hyp"]
   assert base and ok["100-1000-0001"]["hyp"] == base  # both channels equal: the same mono audio
   for key in ("100-1000-0002", "100-1000-0003"):
-    assert text.wer([base], [ok[key]["hyp"]]) <= 0.5, (base, ok[key]["hyp"])
+    assert wer.wer([base], [ok[key]["hyp"]]) <= 0.5, (base, ok[key]["hyp"])
   for key, reason in expect.items():
     if reason == "ok":
       continue
@@ -326,23 +356,30 @@ def test_broken_specs_exit_cleanly(tiny, tmp_path):
 
 
 class EchoTranscriber(transcriber_lib.Transcriber):
-  """A model-free transcriber capped at 30 s, as the Whisper-LLaDA ones are: echoes the
-  reference."""
+  """A model-free transcriber with a 30 s window, as the Whisper-LLaDA ones have: echoes the
+  reference, and notes the audio it was handed."""
 
   name = "echo"
   max_seconds = 30.0
 
-  def __init__(self, batch_size):
+  def __init__(self, batch_size, too_long="trim"):
     super().__init__(batch_size)
+    self.too_long = too_long
     self.calls = 0
+    self.seen: dict[str, tuple[int, int]] = {}  # id → (batch width, audio_len)
 
   def transcribe(self, batch):
     self.calls += 1
-    return [transcriber_lib.UtteranceError("refused") if "0001" in i else (t.lower(), None)
+    for i, n, v in zip(batch["ids"], batch["audio_len"], batch["valid"]):
+      if v:
+        self.seen[i] = (batch["audio"].shape[1], int(n))
+    return [transcriber_lib.UtteranceError("refused") if i.endswith("0001") else (t.lower(), None)
             for i, t in zip(batch["ids"], batch["text"])]
 
 
-def test_duration_cap_and_a_custom_transcriber(tmp_path):
+def test_long_audio_cut_to_the_window_and_a_custom_transcriber(tmp_path):
+  """Audio over a transcriber's window is cut to it (Diffusion-ASR's audio[:sr*30]) and counted;
+  too_long="error" keeps the strict error records."""
   ch = tmp_path / "data" / "1" / "10"
   ch.mkdir(parents=True)
   rng = np.random.default_rng(0)
@@ -357,15 +394,36 @@ def test_duration_cap_and_a_custom_transcriber(tmp_path):
   by_id = {r["id"]: r for r in records}
   assert by_id["1-10-0000"]["hyp"] == "a b" and by_id["1-10-0000"]["confidences"] is None
   assert "refused" in by_id["1-10-0001"]["error"]
-  assert "30 s limit" in by_id["1-10-0002"]["error"]
-  assert summary["num_utts"] == 1 and summary["num_errors"] == 2 and summary["wer"] == 0.0
-  assert echo.calls == 1  # one timing path: no warm-up call, nothing transcribed twice
+  assert by_id["1-10-0002"]["hyp"] == "e f" and by_id["1-10-0002"]["seconds"] == 30.0
+  assert by_id["1-10-0002"]["truncated_from_seconds"] == 31.0
+  assert "truncated_from_seconds" not in by_id["1-10-0000"]
+  assert echo.seen["1-10-0002"] == (480000, 480000)  # one 30 s bucket, no wider one
+  assert summary["num_utts"] == 2 and summary["num_errors"] == 1 and summary["wer"] == 0.0
+  assert summary["truncated_utts"] == 1 and summary["too_long"] == "trim"
+  assert summary["audio_seconds"] == pytest.approx(32.0)  # what was transcribed, as theirs
+  assert echo.calls == 2  # one timing path: no warm-up call, nothing transcribed twice
+
+  strict = EchoTranscriber(batch_size=2, too_long="error")
+  summary = runner.run(strict, RunSettings(data=str(tmp_path / "data"),
+                                           out=str(tmp_path / "error"), quiet=True))
+  by_id = {r["id"]: r for r in map(json.loads, (tmp_path / "error" / "hyps.jsonl").read_text()
+                                   .splitlines())}
+  assert "30 s limit" in by_id["1-10-0002"]["error"] and "1-10-0002" not in strict.seen
+  assert summary["num_utts"] == 1 and summary["num_errors"] == 2
+  assert summary["truncated_utts"] == 0 and summary["too_long"] == "error"
+  assert strict.calls == 1
   with pytest.raises(transcriber_lib.DurationError, match="30 s limit"):
     transcriber_lib.check_max_duration(30.5)
   transcriber_lib.check_max_duration(30.0)
   with pytest.raises(runner.EvalError, match="strict"):
     runner.run(echo, RunSettings(data=str(tmp_path / "data"), out=str(tmp_path / "strict"),
                                  strict=True, quiet=True))
+
+  # The Python API follows the same rule: cut (trim) or DurationError naming the input (error).
+  long = str(ch / "1-10-0002.flac")
+  assert EchoTranscriber(batch_size=2)([long]) == [""]  # no transcript: the echo of ""
+  with pytest.raises(transcriber_lib.DurationError, match="1-10-0002.flac"):
+    EchoTranscriber(batch_size=2, too_long="error")([long])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -430,4 +488,5 @@ def test_long_audio_is_chunked_and_merged(tiny, tmp_path):
     assert found >= 0.75, (half, rec["hyp"])
   assert len(hyp) <= 1.2 * len(ref.split()), "overlap words duplicated"
   assert summary["wer"] < 0.35
+  assert summary["truncated_utts"] == 0 and summary["too_long"] is None  # chunked, not cut
   assert rec["confidences"] is None and rec["seconds"] == pytest.approx(audio.shape[0] / 16000)

@@ -177,6 +177,10 @@ def test_config_errors(corpus):
   with pytest.raises(ValueError, match="process_index"):
     pl.make_batches(corpus, CFG, process_index=2, process_count=2)
   with pytest.raises(ls.CorpusError, match="not a folder"):
+    pl.make_batches(ls.scan_librispeech(corpus).utterances[0].path, CFG, process_index=0,
+                    process_count=1)
+  # A .json is read as a Diffusion-ASR data file: make_corpus's corpus.json is none.
+  with pytest.raises(ls.CorpusError, match="no \"annotation\" list"):
     pl.make_batches(os.path.join(corpus, "..", "corpus.json"), CFG, process_index=0,
                     process_count=1)
 

@@ -190,6 +190,7 @@ def test_overrides_are_typed():
     (["batch_size=4"], "batch_size"),
     (["data.train=none"], "data.train"),
     (["data.train=/nonexistent/folder"], "data.train"),
+    (["data.train=/nonexistent/data.json"], "data.train"),
     (["data.dev=none"], "data.dev"),
     (["init_lm=/nonexistent/ckpt"], "init_lm"),
     (["data.tokenizer=/nonexistent/tok"], "tokenizer"),
@@ -279,6 +280,22 @@ def test_resume_is_bit_identical(straight_run, corpus, tmp_path):
   want = [{k: r.get(k) for k in keys} for r in read_metrics(straight_run["workdir"])]
   got = [{k: r.get(k) for k in keys} for r in read_metrics(tmp_path)]
   assert got == want
+
+
+def test_their_data_file_trains_as_its_folder(straight_run, corpus, tmp_path):
+  """data.train=FILE.json (Diffusion-ASR's format) listing the folder's utterances in its order:
+  the same ids, so the same batches and the same first steps."""
+  from llada_jax.data import librispeech
+
+  utts = librispeech.scan_librispeech(corpus["train"]).utterances
+  data = tmp_path / "train.json"
+  data.write_text(json.dumps({"annotation": [{"path": u.path, "text": u.text, "task": "asr"}
+                                             for u in utts]}))
+  cfg = config_lib.load("tiny", [*data_overrides(corpus), f"data.train={data}"])
+  loop.run(cfg, tmp_path / "w", stop_after=2, progress=False)
+  keys = ("step", "loss", "grad_norm", "val_loss")
+  want = [{k: r.get(k) for k in keys} for r in read_metrics(straight_run["workdir"])[:2]]
+  assert [{k: r.get(k) for k in keys} for r in read_metrics(tmp_path / "w")] == want
 
 
 def test_nan_policy_stop_names_the_step_and_saves_nothing(corpus, tmp_path, monkeypatch):
@@ -454,11 +471,19 @@ def test_exported_run_evaluates_with_every_llada_strategy(straight_run, corpus, 
   assert info["format"] == "trained" and info["step"] in (2, 4) and info["mel_frames"] == 200
   common = ["--checkpoint", str(model_dir), "--data", corpus["dev"], "--batch-size", "4",
             "--quiet", "--gen-length", "8", "--steps", "8"]
-  # The run's 200 mel frames hold 2 s: longer utterances are error records, never silently cut.
+  # The run's 200 mel frames hold 2 s: longer utterances are cut to them, as Diffusion-ASR cuts
+  # to 30 s, and counted; --too-long error makes them error records instead.
   capped = tmp_path / "capped"
   assert cli.main([*common, "--strategy", "diffusion", "--out", str(capped)]) == 0
   summary = json.loads((capped / "summary.json").read_text())
+  assert summary["num_utts"] == 4 and summary["truncated_utts"] == 4
+  assert summary["num_errors"] == 0 and summary["audio_seconds"] == pytest.approx(4 * 2.0)
+  strict = tmp_path / "strict"
+  assert cli.main([*common, "--strategy", "diffusion", "--out", str(strict),
+                   "--too-long", "error"]) == 0
+  summary = json.loads((strict / "summary.json").read_text())
   assert summary["num_utts"] == 0 and summary["num_errors"] == 4
+  assert summary["truncated_utts"] == 0
   common += ["--mel-frames", "2000"]  # 20 s: every dev utterance fits
   for name, extra in [("diffusion", []), ("semi_ar", ["--block-length", "4"]),
                       ("diffusion", ["--cache", "--threshold", "0.5"])]:
@@ -498,3 +523,15 @@ def test_exported_run_evaluates_with_every_llada_strategy(straight_run, corpus, 
   assert delib(paths, hypotheses=texts) == [want[p.stem] for p in paths]
   with pytest.raises(ValueError, match="hypotheses"):
     delib(paths, hypotheses=texts[:1])
+  # Their data file as --data, its origin_transcripts as the first pass (no --first-pass): the
+  # same ids (file stems) and first pass give the same deliberation as above.
+  data = tmp_path / "delib.json"
+  data.write_text(json.dumps({"annotation": [
+      {"path": str(p), "text": by_id[p.stem]["ref"], "origin_transcripts": t}
+      for p, t in zip(paths, texts)]}))
+  out = tmp_path / "delib_file"
+  assert cli.main([*common, "--strategy", "deliberation", "--text-only", "--data", str(data),
+                   "--out", str(out), "--predictions-json", str(tmp_path / "p.json")]) == 0
+  assert {r["id"]: r["hyp"] for r in map(json.loads, (out / "hyps.jsonl").read_text()
+                                         .splitlines())} == want
+  assert [r["origin_transcripts"] for r in json.loads((tmp_path / "p.json").read_text())] == texts

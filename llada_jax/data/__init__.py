@@ -1,2 +1,2 @@
-"""Data sources (LibriSpeech-layout folders, tensorflow-datasets ArrayRecord) and the grain
-pipeline."""
+"""Data sources (LibriSpeech-layout folders, Diffusion-ASR JSON data files, tensorflow-datasets
+ArrayRecord) and the grain pipeline."""

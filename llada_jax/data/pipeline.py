@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from llada_jax.audio import SAMPLE_RATE, AudioError, load_audio
-from llada_jax.data import librispeech, tfds_librispeech
+from llada_jax.data import librispeech, manifest, tfds_librispeech
 from llada_jax.data.librispeech import ErrorRecord
 
 TOO_LONG = ("trim", "drop")
@@ -161,10 +161,13 @@ class ArraySource:
 
 def open_source(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                 strict: bool = False) -> Source:
-  """A folder path (LibriSpeech layout) or "tfds:NAME/SPLIT" (prepared under `data_dir`)."""
+  """A folder path (LibriSpeech layout), a Diffusion-ASR JSON data file (FILE.json, `manifest`) or
+  "tfds:NAME/SPLIT" (prepared under `data_dir`)."""
   spec_str = os.fspath(spec)
   if spec_str.startswith("tfds:"):
     return tfds_librispeech.open_tfds(spec_str, data_dir)
+  if manifest.is_manifest(spec_str):
+    return manifest.ManifestSource(spec_str, strict=strict)
   return FolderSource(librispeech.scan_librispeech(spec_str, strict=strict))
 
 

@@ -10,10 +10,12 @@ import typing as tp
 from pathlib import Path
 
 from llada_jax import decoding
+from llada_jax.data import manifest
 from llada_jax.evaluation import outputs, runner
 from llada_jax.evaluation.inputs import EvalError
 from llada_jax.inference.llada import STRATEGIES as LLADA_STRATEGIES
 from llada_jax.inference.llada import LLaDASettings
+from llada_jax.inference.transcriber import TOO_LONG
 from llada_jax.inference.whisper import ModelError, WhisperSettings
 
 STRATEGIES = ("whisper", *LLADA_STRATEGIES)
@@ -24,11 +26,18 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--checkpoint", required=True, help="converted checkpoint folder")
   p.add_argument("--data", required=True,
-                 help="LibriSpeech-layout split folder, or tfds:NAME/SPLIT")
+                 help="LibriSpeech-layout split folder, a Diffusion-ASR JSON data file "
+                      "(FILE.json: {\"annotation\": [{\"path\", \"text\"}, …]}), or "
+                      "tfds:NAME/SPLIT")
   p.add_argument("--out", required=True, help="output folder (hyps.jsonl, summary.json)")
   p.add_argument("--strategy", required=True, choices=STRATEGIES)
   p.add_argument("--batch-size", type=int, default=16)
-  p.add_argument("--limit", type=int, default=None, help="first N utterances (by id) only")
+  p.add_argument("--limit", type=int, default=None,
+                 help="first N utterances only (by id; a JSON data file: in its order)")
+  p.add_argument("--predictions-json", default=None, metavar="FILE",
+                 help="also write Diffusion-ASR's predictions list [{path, text, "
+                      "llada_prediction(, origin_transcripts)}] in data order, for their "
+                      "calc_wer_json.py; error records are left out")
   p.add_argument("--strict", action="store_true", help="stop at the first bad file or utterance")
   p.add_argument("--tfds-data-dir", default=None, help="where tfds:NAME/SPLIT was prepared")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -72,7 +81,13 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                  help="gen length per batch from its longest utterance, bucketed (32/64/96/128)")
   g.add_argument("--mel-frames", type=int, default=d.mel_frames,
                  help="encoder input frames (default: the run's mel_frames, else 3000 = 30 s)")
-  g.add_argument("--first-pass", help="deliberation: hyps.jsonl of the first-pass run")
+  g.add_argument("--too-long", choices=TOO_LONG, default=None,
+                 help=f"audio longer than --mel-frames / 100 s: trim = cut to it, as the authors' "
+                      f"inference.py cuts every utterance to 30 s (counted in summary.json's "
+                      f"truncated_utts); error = an error record (default: {d.too_long})")
+  g.add_argument("--first-pass",
+                 help="deliberation: hyps.jsonl of the first-pass run (default with a JSON data "
+                      "file: its entries' origin_transcripts)")
   g.add_argument("--masking", default=d.masking, choices=decoding.MASKING)
   g.add_argument("--mask-ratio", type=float, default=d.mask_ratio)
   g.add_argument("--deliberation-strategy", default=d.deliberation_strategy,
@@ -93,9 +108,13 @@ def parse_args(argv: tp.Sequence[str] | None = None, description: str | None = N
     parser.error("--limit must be ≥ 1")
   if args.batch_size < 1:
     parser.error("--batch-size must be ≥ 1")
-  if args.strategy == "deliberation" and not args.first_pass:
+  if args.strategy == "deliberation" and not args.first_pass and not manifest.is_manifest(
+      args.data):
     parser.exit(2, "error: --strategy deliberation needs --first-pass HYPS.jsonl (another "
-                   "run's output)\n")
+                   "run's output), or --data FILE.json with origin_transcripts\n")
+  if args.strategy == "whisper" and args.too_long is not None:
+    parser.error("--too-long is for the Whisper-LLaDA strategies: --strategy whisper transcribes "
+                 "longer audio in overlapping 30 s windows")
   return args
 
 
@@ -104,7 +123,8 @@ def settings(args: argparse.Namespace) -> tuple[WhisperSettings | LLaDASettings,
   """The typed settings of parsed arguments: the transcriber's and the run's."""
   run = runner.RunSettings(data=args.data, out=args.out, limit=args.limit, strict=args.strict,
                            tfds_data_dir=args.tfds_data_dir, quiet=args.quiet,
-                           first_pass=args.first_pass if args.strategy == "deliberation" else None)
+                           first_pass=args.first_pass if args.strategy == "deliberation" else None,
+                           predictions_json=args.predictions_json)
   if args.strategy == "whisper":
     return WhisperSettings(bucketed=args.bucketed, bucket_seconds=tuple(args.bucket_seconds),
                            suppress=not args.no_suppress, chunk_stride=args.chunk_stride,
@@ -117,7 +137,7 @@ def settings(args: argparse.Namespace) -> tuple[WhisperSettings | LLaDASettings,
       adaptive_length=args.adaptive_length, mel_frames=args.mel_frames, seed=args.seed,
       masking=args.masking, mask_ratio=args.mask_ratio,
       deliberation_strategy=args.deliberation_strategy, num_chunks=args.num_chunks,
-      text_only=args.text_only), run
+      text_only=args.text_only, too_long=args.too_long or LLaDASettings.too_long), run
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -150,5 +170,6 @@ def main(argv: tp.Sequence[str] | None = None, description: str | None = None) -
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(outputs.format_table(summary))
-  print(f"wrote {Path(args.out) / 'hyps.jsonl'} and {Path(args.out) / 'summary.json'}")
+  also = f" and {args.predictions_json}" if args.predictions_json else ""
+  print(f"wrote {Path(args.out) / 'hyps.jsonl'}, {Path(args.out) / 'summary.json'}{also}")
   return 0

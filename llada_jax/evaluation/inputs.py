@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing as tp
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import numpy as np
 from llada_jax.audio import SAMPLE_RATE
 from llada_jax.data import librispeech, pipeline
 from llada_jax.data.librispeech import ErrorRecord
+from llada_jax.data.manifest import ManifestSource
 from llada_jax.inference.transcriber import DurationError, check_max_duration
 
 
@@ -51,8 +54,8 @@ def _utt_id(source, i: int) -> str:
 def open_data(spec: str, *, data_dir: str | None = None, limit: int | None = None,
               strict: bool = False, max_seconds: float | None = None
               ) -> tuple[Subset, dict[str, str]]:
-  """The usable utterances of `spec` (the first `limit`, length-filtered: longer than
-  `max_seconds` is an error record) and the references by id, for error records."""
+  """The usable utterances of `spec` (the first `limit`, length-filtered when `max_seconds` is
+  given: longer is an error record) and the references by id, for error records."""
   try:
     source = pipeline.open_source(spec, data_dir, strict=strict)
   except (librispeech.CorpusError, FileNotFoundError, ImportError, ValueError, OSError) as e:
@@ -60,6 +63,8 @@ def open_data(spec: str, *, data_dir: str | None = None, limit: int | None = Non
   if limit is not None and isinstance(source, pipeline.FolderSource):
     # Before reading lengths: --limit should not have to read every file header of a big corpus.
     source = pipeline.FolderSource(librispeech.Scan(source.utterances[:limit], source.errors))
+  elif limit is not None and isinstance(source, ManifestSource):
+    source = source.head(limit)
   count = len(source) if limit is None else min(len(source), limit)
   lengths = np.asarray(source.lengths(), np.int64)[:count]
   errors = list(source.errors)
@@ -97,3 +102,29 @@ def read_first_pass(path: str | Path) -> dict[str, str]:
       out[row["id"]] = row["hyp"]
   return out
 
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstPass:
+  """Deliberation's input per utterance id, and where it came from (for a missing one's record)."""
+
+  texts: tp.Mapping[str, str]
+  origin: str  # "--first-pass FILE" or "FILE.json's origin_transcripts"
+  missing: tp.Callable[[str], str]  # id → why it has none
+
+
+def first_pass(path: str | None, data: Subset, spec: str) -> FirstPass:
+  """`--first-pass` hyps.jsonl when given, else the origin_transcripts of a JSON data file."""
+  if path:
+    return FirstPass(read_first_pass(path), f"--first-pass {path}",
+                     lambda utt: f"{utt}: no first-pass hypothesis in {path}")
+  source = data.base
+  if not isinstance(source, ManifestSource):
+    raise EvalError(f"--strategy deliberation needs --first-pass HYPS.jsonl (another run's output) "
+                    f"or a JSON data file whose entries have origin_transcripts; --data {spec} is "
+                    f"neither")
+  if not source.first_pass and len(source):
+    raise EvalError(f"--strategy deliberation: no entry of {spec} has \"origin_transcripts\" "
+                    f"(the first pass); give --first-pass HYPS.jsonl")
+  return FirstPass(source.first_pass, f"{spec}'s origin_transcripts",
+                   lambda utt: f"{source.where(utt)}: no \"origin_transcripts\"")

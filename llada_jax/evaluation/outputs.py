@@ -1,13 +1,20 @@
-"""What an evaluation writes: OUT/hyps.jsonl and OUT/summary.json (atomically), and its table.
+"""What an evaluation writes: OUT/hyps.jsonl and OUT/summary.json (atomically), its table, and
+optionally the predictions file Diffusion-ASR's inference.py writes.
 
-hyps.jsonl has one line per utterance, sorted by id: {id, ref, hyp, confidences, seconds}, or an
-error record {id, ref, hyp: null, error, path}.
+hyps.jsonl has one line per utterance, sorted by id: {id, ref, hyp, confidences, seconds} (plus
+truncated_from_seconds for audio cut to the transcriber's window), or an error record
+{id, ref, hyp: null, error, path}.
+
+The predictions file is their list, in data order: [{"path", "text", "llada_prediction"}, …] with
+"origin_transcripts" added for deliberation, so their calc_wer_json.py reads our runs. Error records
+are left out (their script has no such records: it stops at the first unreadable file).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import typing as tp
 from pathlib import Path
 
 from llada_jax.data.librispeech import ErrorRecord
@@ -48,6 +55,29 @@ def write(out: Path, records: list[dict], summary: dict) -> None:
   write_atomic(out / "hyps.jsonl",
                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
   write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def predictions(records: tp.Sequence[dict], order: tp.Sequence[tuple[str, str]] | None,
+                first_pass: tp.Mapping[str, str] | None = None) -> list[dict]:
+  """The transcribed records as their inference.py's list, in `order` ((id, audio path) pairs;
+  None: by id, the id standing in for the path), with origin_transcripts when given a first pass."""
+  done = {r["id"]: r for r in records if "error" not in r}
+  if order is None:
+    order = [(i, i) for i in sorted(done)]
+  rows = []
+  for utt_id, path in order:
+    r = done.get(utt_id)
+    if r is None:
+      continue
+    row = {"path": path, "text": r["ref"], "llada_prediction": r["hyp"]}
+    if first_pass is not None:
+      row["origin_transcripts"] = first_pass[utt_id]
+    rows.append(row)
+  return rows
+
+
+def write_predictions(path: str | os.PathLike, rows: list[dict]) -> None:
+  write_atomic(path, json.dumps(rows, indent=4))  # their json.dump(result, f, indent=4)
 
 
 def format_table(summary: dict) -> str:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llada_jax import text
-from llada_jax.evaluation import significance
+from llada_jax.evaluation import significance, wer
 from llada_jax.evaluation.outputs import write_atomic
 
 
 def finish(out: Path, results: dict, report: dict, gen_length: int) -> None:
   """Score, write OUT/results.json and the plots, print the table and the findings."""
-  # Every system is scored on the same utterances (those every system transcribed; the
-  # Whisper-LLaDA ones refuse audio longer than their mel_frames).
+  # Every system is scored on the same utterances: those every system transcribed (error records
+  # differ between systems; with --too-long error the Whisper-LLaDA ones refuse audio longer than
+  # their mel_frames).
   errors = rescore(out, results)
   first = results["whisper_cut"]["wer"]
   report = {"systems": results, "first_pass": "whisper_cut", **report}
@@ -87,14 +87,14 @@ def rescore(out: Path, results: dict, first_pass: str = "whisper_cut") -> dict:
     runs[folder] = {r["id"]: (r["ref"], r["hyp"]) for r in rows
                     if "hyp" in r and "error" not in r}
   ids = sorted(set.intersection(*(set(h) for h in runs.values())))
-  counts = {folder: text.word_errors([h[i][0] for i in ids], [h[i][1] for i in ids])
-            for folder, h in runs.items()}  # [N, 2] errors, reference words
+  counts = {folder: wer.utterance_counts([h[i][0] for i in ids], [h[i][1] for i in ids])
+            for folder, h in runs.items()}  # [N, 4] ins, del, sub, reference words
   errors = {}
   for name, v in results.items():
     c = counts[folder_of[name]]
-    v["wer"] = float(c[:, 0].sum() / c[:, 1].sum()) if c[:, 1].sum() else 0.0  # = text.wer
+    v["wer"] = wer.CorpusWER.of_counts(c).wer
     v["num_scored"] = len(ids)
-    errors[name] = c[:, 0]
+    errors[name] = wer.utterance_errors(c)
   for name in results:  # the paper's cascade rows: vs the Whisper-LLaMA they deliberate over
     base = results[name].get("first_pass", first_pass)
     results[name]["vs_first_pass"] = significance.paired_bootstrap(errors[base], errors[name])

@@ -2,7 +2,8 @@
 
 RTF = decode seconds (the transcriber's own time on compiled shapes, features included, compile
 excluded: every transcriber compiles ahead of time and counts it in `compile_seconds`) / seconds of
-audio transcribed. Outputs: see `outputs`.
+audio transcribed (after any cut to the transcriber's window). WER: `wer` (the authors' scoring).
+Outputs: see `outputs`.
 """
 
 from __future__ import annotations
@@ -10,30 +11,30 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import typing as tp
 from pathlib import Path
 
 import numpy as np
 
-from llada_jax import text
 from llada_jax.audio import SAMPLE_RATE, AudioError
 from llada_jax.data import pipeline
-from llada_jax.evaluation import outputs
-from llada_jax.evaluation.inputs import EvalError, open_data, read_first_pass
-from llada_jax.inference.transcriber import Transcriber, UtteranceError, batch_buckets
+from llada_jax.evaluation import inputs, outputs, wer
+from llada_jax.evaluation.inputs import EvalError, open_data
+from llada_jax.inference.transcriber import Transcriber, UtteranceError
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
-  data: str  # LibriSpeech-layout split folder, or tfds:NAME/SPLIT
+  data: str  # LibriSpeech-layout split folder, Diffusion-ASR JSON data file, or tfds:NAME/SPLIT
   out: str  # output folder (hyps.jsonl, summary.json)
-  limit: int | None = None  # first N utterances (by id) only
+  limit: int | None = None  # first N utterances (by id; a JSON data file: in its order) only
   strict: bool = False  # stop at the first bad file or utterance
   tfds_data_dir: str | None = None  # where tfds:NAME/SPLIT was prepared
-  first_pass: str | None = None  # deliberation: hyps.jsonl of the first-pass run
+  # deliberation: hyps.jsonl of the first-pass run; None: a JSON data file's origin_transcripts
+  first_pass: str | None = None
   quiet: bool = False  # no progress bar
+  predictions_json: str | None = None  # also write the authors' predictions list (`outputs`)
 
 
 def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = "",
@@ -44,9 +45,18 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
 
   start = time.perf_counter() if started is None else started
   s = settings
-  first_pass = read_first_pass(s.first_pass) if s.first_pass else None
+  if s.predictions_json and not Path(s.predictions_json).parent.is_dir():
+    raise EvalError(f"--predictions-json {s.predictions_json}: no such folder "
+                    f"{Path(s.predictions_json).parent}")
+  # Audio over the transcriber's window: cut to it by the pipeline (too_long="trim", the authors'
+  # rule), or refused here as an error record (too_long="error").
+  refuse = transcriber.max_seconds if transcriber.too_long == "error" else None
   data, refs = open_data(s.data, data_dir=s.tfds_data_dir, limit=s.limit, strict=s.strict,
-                         max_seconds=transcriber.max_seconds)
+                         max_seconds=refuse)
+  # A LLaDA transcriber is named for its strategy: deliberation reads a first pass, from
+  # --first-pass or else a JSON data file's origin_transcripts.
+  first_pass = (inputs.first_pass(s.first_pass, data, s.data)
+                if s.first_pass or transcriber.name == "deliberation" else None)
   out = Path(s.out)
   try:
     out.mkdir(parents=True, exist_ok=True)
@@ -55,10 +65,11 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
 
   records = [outputs.error_record(e, refs) for e in data.errors]
   decode_s = compile_s = audio_seconds = 0.0
+  window, truncated = transcriber.window_samples, 0
   if len(data):
+    full_lengths = data.lengths()
     config = pipeline.PipelineConfig(
-        batch_size=transcriber.batch_size, buckets=batch_buckets(transcriber.buckets,
-                                                                 data.lengths()),
+        batch_size=transcriber.batch_size, buckets=transcriber.pipeline_buckets(full_lengths),
         shuffle=False, num_epochs=1, too_long="trim", num_threads=2, prefetch=2)
     batches = pipeline.AudioBatches(data, config, process_index=0, process_count=1)
     bar = tqdm(total=len(data), unit="utt", desc=transcriber.name, disable=s.quiet or None)
@@ -98,18 +109,28 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
           records.append({"id": utt_id, "ref": batch["text"][r], "hyp": hyp,
                           "confidences": None if conf is None else [float(c) for c in conf],
                           "seconds": round(seconds, 4)})
+          full = int(full_lengths[batch["index"][r]])
+          if window is not None and full > window:  # transcribed from its first `window` samples
+            truncated += 1
+            records[-1]["truncated_from_seconds"] = round(full / SAMPLE_RATE, 4)
       bar.update(int(batch["valid"].sum()) + len(batch["errors"]))
     bar.close()
 
   done = [r for r in records if "error" not in r]
+  score = (wer.corpus_wer([r["ref"] for r in done], [r["hyp"] for r in done]).summary() if done
+           else dict.fromkeys(("wer", "ins", "del", "sub", "ref_words")))
   summary = {
       "strategy": transcriber.name,
       "checkpoint": str(checkpoint),
       "data": str(s.data),
-      "wer": text.wer([r["ref"] for r in done], [r["hyp"] for r in done]) if done else None,
+      **score,
       "rtf": decode_s / audio_seconds if audio_seconds else None,
       "num_utts": len(done),
       "num_errors": len(records) - len(done),
+      # utterances longer than the transcriber's window, transcribed from its first max_seconds
+      "truncated_utts": truncated,
+      "max_seconds": transcriber.max_seconds,
+      "too_long": transcriber.too_long if window is not None else None,
       "audio_seconds": round(audio_seconds, 3),
       "decode_seconds": round(decode_s, 4),
       "compile_seconds": round(compile_s, 4),
@@ -118,18 +139,30 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
       "strategy_info": outputs.jsonable(transcriber.info),
       **outputs.jsonable(extra or {}),
   }
+  if first_pass is not None:
+    summary["first_pass"] = first_pass.origin
   outputs.write(out, records, summary)
+  if s.predictions_json:
+    outputs.write_predictions(s.predictions_json, outputs.predictions(
+        records, _data_order(data), None if first_pass is None else first_pass.texts))
   return summary
 
 
-def _attach_first_pass(batch: dict, first_pass: tp.Mapping[str, str | None], s: RunSettings,
+def _data_order(data) -> list[tuple[str, str]] | None:
+  """(id, audio path) in the data's order: a folder's sorted ids, a JSON data file's entries; None
+  for a tfds split, which keeps no paths (`outputs.predictions` sorts by id; ids stand in)."""
+  utterances = getattr(data, "utterances", None)
+  return None if utterances is None else [(u.id, u.path) for u in utterances]
+
+
+def _attach_first_pass(batch: dict, first_pass: inputs.FirstPass, s: RunSettings,
                        records: list[dict]) -> None:
   """Hand each row its first-pass hypothesis; a row without one is an error record, not decoded."""
-  batch["hypothesis"] = [first_pass.get(i) for i in batch["ids"]]
+  batch["hypothesis"] = [first_pass.texts.get(i) for i in batch["ids"]]
   batch["valid"] = np.asarray(batch["valid"]).copy()
   for r in np.flatnonzero(batch["valid"]):
     if batch["hypothesis"][r] is None:
-      error = UtteranceError(f"{batch['ids'][r]}: no first-pass hypothesis in {s.first_pass}")
+      error = UtteranceError(first_pass.missing(batch["ids"][r]))
       if s.strict:
         raise EvalError(f"--strict: {batch['ids'][r]}: {error}")
       batch["valid"][r] = False

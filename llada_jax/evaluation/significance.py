@@ -13,7 +13,7 @@ import numpy as np
 def paired_bootstrap(base: np.ndarray, other: np.ndarray, *, samples: int = 2000,
                      seed: int = 0) -> dict:
   """`other`'s relative WER reduction vs `base` from per-utterance error counts of the same
-  utterances (`text.word_errors(...)[:, 0]`): both systems share the references, so the ratio of
+  utterances (`wer.utterance_errors(...)`): both systems share the references, so the ratio of
   WERs is the ratio of summed errors.
 
   Returns relative_gain = 1 − Σother / Σbase, its 95 % percentile interval over `samples`

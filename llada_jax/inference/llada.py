@@ -9,8 +9,9 @@ Diffusion-ASR model or a run exported by train.py.
 
 The audio is encoded exactly as in training: `mel_frames` log-mel frames (source.json of an exported
 run; 3000 = Whisper's 30 s otherwise), so the LM sees the number of audio embeddings it was trained
-with. The paper caps utterances at 30 s: longer ones (here: longer than mel_frames / 100 s) are
-refused (`max_seconds`), never cut silently.
+with. Longer audio (over mel_frames / 100 s, `max_seconds`) is cut to that window by default, as
+the authors' inference.py cuts every utterance to 30 s (`too_long="trim"`; eval.py counts them in
+summary.json's truncated_utts); `too_long="error"` refuses it instead.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from llada_jax import decoding, features, text
 from llada_jax.audio import SAMPLE_RATE
 from llada_jax.configs import WhisperLLaDAConfig
 from llada_jax.features import HOP
-from llada_jax.inference.transcriber import Result, Transcriber, UtteranceError
+from llada_jax.inference.transcriber import TOO_LONG, Result, Transcriber, UtteranceError
 from llada_jax.inference.whisper import ModelError
 
 STRATEGIES = ("ar", "diffusion", "semi_ar", "deliberation")
@@ -60,9 +61,11 @@ class LLaDASettings:
   deliberation_strategy: str = "semi_ar"  # decoding.STRATEGIES
   num_chunks: int = 4
   text_only: bool = False  # deliberation without audio embeddings (the paper's ablation)
+  too_long: str = "trim"  # audio over mel_frames / 100 s: cut to it, or "error" (TOO_LONG)
 
   def __post_init__(self):
     for name, value, allowed in (("strategy", self.strategy, STRATEGIES),
+                                 ("too_long", self.too_long, TOO_LONG),
                                  ("remasking", self.remasking, decoding.REMASKING),
                                  ("masking", self.masking, decoding.MASKING),
                                  ("deliberation_strategy", self.deliberation_strategy,
@@ -107,6 +110,7 @@ class LLaDATranscriber(Transcriber):
                        f"{s.block_length}")
     self.buckets = (self.mel_frames * HOP,)
     self.max_seconds = self.mel_frames / 100.0
+    self.too_long = s.too_long
     self.model = llada_jax.load(checkpoint)
     self._graphdef, self._state = nnx.split(self.model)
     self.key = jax.random.key(s.seed)

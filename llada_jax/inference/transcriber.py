@@ -41,20 +41,27 @@ class UtteranceError(ValueError):
 
 
 class DurationError(UtteranceError):
-  """Audio longer than what a transcriber accepts."""
+  """Audio longer than what a transcriber accepts (too_long="error")."""
+
+
+# What a transcriber with a window (`max_seconds`) does with longer audio: "trim" cuts it to the
+# window, as Diffusion-ASR's inference.py cuts every utterance (`audio[:sr*30]`, and their WER
+# counts those utterances); "error" refuses it (an error record in eval.py).
+TOO_LONG = ("trim", "error")
 
 
 def check_max_duration(seconds: float, limit: float = 30.0) -> None:
-  """Raise `DurationError` for audio longer than `limit` seconds.
+  """Raise `DurationError` for audio longer than `limit` seconds (too_long="error").
 
   Whisper-LLaDA encodes exactly one 30 s Whisper window (the authors pad or cut every utterance to
   30 s, and the Q-Former's 88 windows cover those 1500 encoder frames), so longer audio cannot be
-  transcribed whole; cutting it silently would drop words and inflate WER without a trace.
+  transcribed whole.
   """
   if seconds > limit:
     raise DurationError(f"{seconds:.2f} s of audio is longer than this strategy's {limit:g} s "
                         f"limit (Whisper-LLaDA encodes one 30 s Whisper window, as in the paper); "
-                        f"split the audio first, or use --strategy whisper, which transcribes 30 s "
+                        f"split the audio first, cut it to the window (--too-long trim, the "
+                        f"authors' rule), or use --strategy whisper, which transcribes 30 s "
                         f"windows and merges them")
 
 
@@ -68,11 +75,13 @@ def batch_buckets(buckets: tp.Sequence[int], lengths: np.ndarray) -> tuple[int, 
 
 class Transcriber(abc.ABC):
   """Audio → text for one checkpoint. Subclasses set `name`, `buckets` (audio widths in samples to
-  batch by, increasing), `max_seconds` (longer audio is refused; None: any length) and `info`
-  (settings for a run's summary), and implement `transcribe`."""
+  batch by, increasing), `max_seconds` (the window the model sees; None: any length), `too_long`
+  (longer audio: "trim" to the window or "error", see TOO_LONG) and `info` (settings for a run's
+  summary), and implement `transcribe`."""
 
   name: str
   max_seconds: float | None = None
+  too_long: str = "trim"
 
   def __init__(self, batch_size: int):
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -100,6 +109,20 @@ class Transcriber(abc.ABC):
       return WhisperTranscriber(checkpoint, settings, batch_size=batch_size)
     return LLaDATranscriber(checkpoint, settings, batch_size=batch_size)
 
+  @property
+  def window_samples(self) -> int | None:
+    """`max_seconds` in samples at 16 kHz; None for a transcriber of any length."""
+    return None if self.max_seconds is None else int(round(self.max_seconds * SAMPLE_RATE))
+
+  def pipeline_buckets(self, lengths: np.ndarray) -> tuple[int, ...]:
+    """Audio widths to batch utterances of `lengths` by. With a window, `buckets` up to it and the
+    window itself: the pipeline (too_long="trim") cuts longer audio to it. Without one, wider
+    buckets in 20 s steps for longer audio (Whisper decodes it in overlapping 30 s windows)."""
+    window = self.window_samples
+    if window is None:
+      return batch_buckets(self.buckets, lengths)
+    return tuple(sorted({int(b) for b in self.buckets if b < window} | {window}))
+
   @abc.abstractmethod
   def transcribe(self, batch: dict) -> list[Result | Exception]:
     """One pipeline batch → one result per row (see the module docstring)."""
@@ -121,7 +144,8 @@ class Transcriber(abc.ABC):
   def __call__(self, audio: tp.Sequence[np.ndarray | str | os.PathLike],
                hypotheses: tp.Sequence[str] | None = None) -> list[str]:
     """Texts for audio files or float32 16 kHz arrays (and, for deliberation, their first-pass
-    `hypotheses`); raises the first utterance's error."""
+    `hypotheses`); raises the first utterance's error. Audio longer than `max_seconds` is cut to
+    it (too_long="trim", logged) or raises `DurationError` (too_long="error")."""
     from llada_jax.data.pipeline import ArraySource, AudioBatches, PipelineConfig
 
     source = ArraySource(audio)
@@ -130,15 +154,20 @@ class Transcriber(abc.ABC):
     if source.errors:
       raise UtteranceError(f"{source.errors[0].path}: {source.errors[0].reason}")
     lengths = source.lengths()
-    if self.max_seconds is not None:
-      for i, n in enumerate(lengths):
+    window = self.window_samples
+    if window is not None:
+      longer = [i for i, n in enumerate(lengths) if n > window]
+      if longer and self.too_long == "error":
         try:
-          check_max_duration(n / SAMPLE_RATE, self.max_seconds)
+          check_max_duration(lengths[longer[0]] / SAMPLE_RATE, self.max_seconds)
         except DurationError as e:
-          raise DurationError(f"{source.name_of(i)}: {e}") from None
-    config = PipelineConfig(batch_size=self.batch_size,
-                            buckets=batch_buckets(self.buckets, lengths), shuffle=False,
-                            num_epochs=1, too_long="trim", num_threads=1, prefetch=1)
+          raise DurationError(f"{source.name_of(longer[0])}: {e}") from None
+      if longer:
+        log.info("%s: %d of %d inputs are longer than %g s: cut to it (too_long='trim')",
+                 self.name, len(longer), len(lengths), self.max_seconds)
+    config = PipelineConfig(batch_size=self.batch_size, buckets=self.pipeline_buckets(lengths),
+                            shuffle=False, num_epochs=1, too_long="trim", num_threads=1,
+                            prefetch=1)
     texts: list[str | None] = [None] * len(source)
     for batch in AudioBatches(source, config, process_index=0, process_count=1):
       if batch["errors"]:

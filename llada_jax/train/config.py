@@ -18,6 +18,7 @@ from pathlib import Path
 from llada_jax import configlib, configs, sharding
 from llada_jax.configlib import ConfigError
 from llada_jax.configs import LMConfig, WhisperConfig, WhisperLLaDAConfig
+from llada_jax.data import manifest
 from llada_jax.features import HOP
 
 OBJECTIVES = ("diffusion", "ar")
@@ -59,7 +60,8 @@ class OptimizerConfig:
 class DataConfig:
   """Where utterances come from and how they become fixed-shape batches."""
 
-  train: str | None = None  # LibriSpeech-layout folder or "tfds:NAME/SPLIT"
+  # LibriSpeech-layout folder, Diffusion-ASR JSON data file (FILE.json) or "tfds:NAME/SPLIT"
+  train: str | None = None
   dev: str | None = None
   data_dir: str | None = None  # tfds data_dir for "tfds:" specs
   tokenizer: str | None = None  # folder with tokenizer.json; default: init_lm, then init_model
@@ -232,12 +234,16 @@ def _check_checkpoint(field: str, path: str | None, kinds: tuple[type, ...]) -> 
 
 def _check_data(field: str, spec: str | None, data_dir: str | None) -> None:
   if spec is None:
-    raise ConfigError(f"{field} is not set: give a LibriSpeech-layout folder or tfds:NAME/SPLIT "
-                      f"(--set {field}=PATH)")
+    raise ConfigError(f"{field} is not set: give a LibriSpeech-layout folder, a Diffusion-ASR "
+                      f"JSON data file or tfds:NAME/SPLIT (--set {field}=PATH)")
   if spec.startswith("tfds:"):
     name = spec[len("tfds:"):]
     if "/" not in name:
       raise ConfigError(f"{field}={spec!r}: expected tfds:NAME/SPLIT")
+    return
+  if manifest.is_manifest(spec):
+    if not os.path.isfile(spec):
+      raise ConfigError(f"{field}={spec!r}: no such file")
     return
   if not os.path.isdir(spec):
     raise ConfigError(f"{field}={spec!r}: no such folder")

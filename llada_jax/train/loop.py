@@ -96,7 +96,9 @@ def dev_wer(trainer: Trainer, state: dict, dev, maker: batches_lib.BatchMaker, t
   except Exception as e:  # a decoder bug must not end a training run
     log.warning("dev WER skipped: decoding failed: %r", e)
     return None
-  return text.wer(refs[:examples], hyps[:examples])
+  from llada_jax.evaluation import wer  # scored as eval.py scores (the authors' calc_wer_json)
+
+  return wer.wer(refs[:examples], hyps[:examples])
 
 
 class _Outputs:
