@@ -288,12 +288,11 @@ def check_runtime(cfg: TrainConfig, num_devices: int, num_processes: int = 1,
                       f"data-parallel shards of mesh {shape}")
   if cfg.batch_size % num_processes:
     raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {num_processes} hosts")
-  group = cfg.data.pad_group
-  if (cfg.objective == "diffusion" and cfg.data.response_eos == "group_max"
-      and (cfg.batch_size // num_processes) % group):
-    raise ConfigError(f"data.pad_group={group} does not divide the {cfg.batch_size // num_processes}"
-                      f" rows of each host's batch (batch_size={cfg.batch_size}, {num_processes} "
-                      f"hosts): a group's rows must be padded together")
+  group, rows = cfg.data.pad_group, cfg.batch_size // num_processes
+  if cfg.objective == "diffusion" and cfg.data.response_eos == "group_max" and rows % group:
+    raise ConfigError(f"data.pad_group={group} does not divide the {rows} rows of each host's "
+                      f"batch (batch_size={cfg.batch_size}, {num_processes} hosts): a group's "
+                      f"rows are padded together")
   if cfg.data.encoder_cache is not None and num_processes > 1:
     raise ConfigError("data.encoder_cache is single-host only (each row's encoder output is "
                       "fetched to this host)")
