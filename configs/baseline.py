@@ -1,5 +1,5 @@
 """The paper's Whisper-LLaMA baseline: the `paper` run with Llama-3.1-8B (causal) and the
-next-token loss."""
+next-token loss (its responses end with an appended EOS: the model must learn to stop)."""
 
 import dataclasses
 
@@ -9,5 +9,6 @@ from llada_jax.train.config import TrainConfig
 
 
 def config() -> TrainConfig:
-  return dataclasses.replace(configlib.load("paper", TrainConfig),
-                             model=WhisperLLaDAConfig.baseline(), objective="ar")
+  paper = configlib.load("paper", TrainConfig)
+  return dataclasses.replace(paper, model=WhisperLLaDAConfig.baseline(), objective="ar",
+                             data=dataclasses.replace(paper.data, response_eos="appended"))

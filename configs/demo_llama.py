@@ -24,6 +24,9 @@ def config() -> TrainConfig:
       full_finetune=True, freeze_embeddings=True,
       optimizer=OptimizerConfig(peak_lr=2e-4, init_lr=1e-5, end_lr=3e-5, warmup_steps=95,
                                 projector_lr_scale=10.0),
-      # 6 s of audio (the corpus's utterances are 1–6 s) → 300 encoder frames → 72 audio tokens
-      data=DataConfig(response_len=24, mel_frames=600, dev_batches=0, wer_examples=0),
+      # 6 s of audio (the corpus's utterances are 1–6 s) → 300 encoder frames → 72 audio tokens.
+      # Lower-case text without punctuation (a 2-layer SmolLM2 has no capacity to spare for
+      # espeak-ng's casing), transcript + EOS as every response.
+      data=DataConfig(text_form="normalized", response_len=24, response_eos="appended",
+                      mel_frames=600, dev_batches=0, wer_examples=0),
       mesh=(-1, 1, 1), batch_size=16, steps=950, log_every=23, eval_every=237, save_every=237)

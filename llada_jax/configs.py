@@ -100,10 +100,15 @@ class QFormerConfig:
   # Encoder frames per 30 s; windows are cut in frames: round(1500 * window_seconds / 30) = 17.
   frames_per_30s: int = 1500
   layer_norm_eps: float = 1e-12  # BERT's
+  # BERT's hidden and attention-probability dropout, in train mode; Diffusion-ASR trains its
+  # Q-Former with bert-base's 0.1 (`paper()`).
+  dropout: float = 0.0
   dtype: str = "float32"
   param_dtype: str = "float32"
 
   def __post_init__(self):
+    if not 0.0 <= self.dropout < 1.0:
+      raise ConfigError(f"QFormerConfig.dropout={self.dropout}: expected 0 <= dropout < 1")
     _positive("QFormerConfig", encoder_width=self.encoder_width, out_dim=self.out_dim,
               hidden_size=self.hidden_size, num_layers=self.num_layers, num_heads=self.num_heads,
               intermediate_size=self.intermediate_size, num_queries=self.num_queries)
@@ -126,7 +131,7 @@ class QFormerConfig:
 
   @classmethod
   def paper(cls, encoder_width: int = 1280, out_dim: int = 4096, **kw) -> QFormerConfig:
-    return cls(encoder_width=encoder_width, out_dim=out_dim, **kw)
+    return cls(**{"encoder_width": encoder_width, "out_dim": out_dim, "dropout": 0.1, **kw})
 
   @classmethod
   def tiny_test(cls, encoder_width: int = 64, out_dim: int = 48, **kw) -> QFormerConfig:

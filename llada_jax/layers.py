@@ -141,11 +141,13 @@ class RMSNorm(nnx.Module):
     return self.scale[...].astype(x.dtype) * y.astype(x.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
+              probs_dropout: tp.Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
   """Scaled dot-product attention, grouped-query aware.
 
   q [B, T, H, D]; k, v [B, S, K, D] with H % K == 0; mask bool broadcastable to [B, H, T, S]
-  (True = attend). Softmax in float32 whatever the compute dtype.
+  (True = attend). Softmax in float32 whatever the compute dtype. `probs_dropout` (BERT's
+  attention-probability dropout) is applied to the probabilities.
   """
   b, t, h, d = q.shape
   kv = k.shape[2]
@@ -156,6 +158,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) 
     mask = jnp.broadcast_to(mask, (b, h, t, k.shape[1])).reshape(b, kv, h // kv, t, k.shape[1])
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  if probs_dropout is not None:
+    probs = probs_dropout(probs)
   out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
   return out.reshape(b, t, h, d)
 

@@ -28,8 +28,15 @@ def cut_windows(frames: jax.Array, window: int) -> jax.Array:
   return frames[:, : n * window].reshape(b * n, window, c)
 
 
+def dropout(c: QFormerConfig, rngs: nnx.Rngs) -> nnx.Dropout:
+  """BERT's dropout (hidden states and attention probabilities alike), active in train mode.
+  Without dropout no RNG stream is taken, so the weights' initialisation does not depend on it."""
+  return nnx.Dropout(c.dropout, deterministic=True, rngs=rngs if c.dropout > 0 else None)
+
+
 class BertAttention(nnx.Module):
-  """BERT attention + output (dense, dropout, residual, LayerNorm)."""
+  """BERT attention (dropout on the probabilities) + output (dense, dropout, residual,
+  LayerNorm)."""
 
   def __init__(self, c: QFormerConfig, kv_width: int, *, rngs: nnx.Rngs):
     kw = dict(use_bias=True, dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
@@ -39,6 +46,8 @@ class BertAttention(nnx.Module):
     self.value = Linear(kv_width, c.hidden_size, axes=("embed", "qformer_heads"), **kw)
     self.dense = Linear(c.hidden_size, c.hidden_size, axes=("qformer_heads", "qformer_embed"), **kw)
     self.norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
+    self.probs_dropout = dropout(c, rngs)
+    self.out_dropout = dropout(c, rngs)
 
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
     b, t, d = x.shape
@@ -47,8 +56,9 @@ class BertAttention(nnx.Module):
     q = self.query(x).reshape(b, t, h, d // h)
     k = self.key(context).reshape(b, s, h, d // h)
     v = self.value(context).reshape(b, s, h, d // h)
-    out = attention(q, k, v, None).reshape(b, t, d)  # every frame of a window is real: no mask
-    return self.norm(self.dense(out) + x)
+    # every frame of a window is real: no mask
+    out = attention(q, k, v, None, probs_dropout=self.probs_dropout).reshape(b, t, d)
+    return self.norm(self.out_dropout(self.dense(out)) + x)
 
 
 class QFormerLayer(nnx.Module):
@@ -62,11 +72,13 @@ class QFormerLayer(nnx.Module):
     self.fc2 = Linear(c.intermediate_size, c.hidden_size, axes=("qformer_mlp", "qformer_embed"),
                       **kw)
     self.ffn_norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
+    self.ffn_dropout = dropout(c, rngs)
 
   def __call__(self, x: jax.Array, frames: jax.Array) -> jax.Array:
     x = self.self_attn(x, x)
     x = self.cross_attn(x, frames)
-    return self.ffn_norm(self.fc2(jax.nn.gelu(self.fc1(x), approximate=False)) + x)
+    h = self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+    return self.ffn_norm(self.ffn_dropout(h) + x)
 
 
 class WindowQFormer(nnx.Module):
@@ -80,6 +92,7 @@ class WindowQFormer(nnx.Module):
                               (1, c.num_queries, c.hidden_size), dtype_of(c.param_dtype),
                               (None, "queries", "qformer_embed"))
     self.input_norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
+    self.input_dropout = dropout(c, rngs)  # BertEmbeddings: LayerNorm, then dropout
     self.layers = nnx.List([QFormerLayer(c, rngs=rngs) for _ in range(c.num_layers)])
     self.proj = Linear(c.hidden_size, c.out_dim, axes=("qformer_embed", "embed"), use_bias=True,
                        dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
@@ -94,7 +107,7 @@ class WindowQFormer(nnx.Module):
     windows = cut_windows(frames.astype(dtype_of(c.dtype)), c.window_frames)  # [B*N, W, C]
     x = jnp.broadcast_to(self.query_tokens[...].astype(windows.dtype),
                          (windows.shape[0], c.num_queries, c.hidden_size))
-    x = self.input_norm(x)
+    x = self.input_dropout(self.input_norm(x))
     for layer in self.layers:
       x = layer(x, windows)
     out = self.proj(x).reshape(b, -1, c.out_dim)

@@ -1,11 +1,13 @@
-"""Text side: tokenizer, Diffusion-ASR's chat prompt, response encoding (WER: evaluation.wer).
+"""Text side: tokenizer, Diffusion-ASR's chat prompt, response encoding and decoding (WER:
+evaluation.wer).
 
 The prompt is the chat template of the user message "Transcribe the audio:" with the assistant
 header (LLaDA: `<|startoftext|><|start_header_id|>user<|end_header_id|>\\n\\n…<|eot_id|>
 <|start_header_id|>assistant<|end_header_id|>\\n\\n`); the audio embeddings follow it, then the
-response. Responses are transcripts in one canonical form (`normalize`): lower case, no punctuation
-but apostrophes. Training targets and first-pass hypotheses handed to deliberation both pass through
-it, so the LM never sees a style at test time that it was not trained on.
+response. Transcripts reach the LM in one form per model (`TEXT_FORMS`): "raw", as the corpus writes
+them (Diffusion-ASR trains on the raw LibriSpeech annotation, upper case, and feeds first-pass
+hypotheses as they are), or "normalized" (lower case, no punctuation but apostrophes: the demo's
+choice). Training targets and deliberation inputs both use the model's form.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from __future__ import annotations
 import re
 import typing as tp
 from pathlib import Path
-
-import numpy as np
 
 PROMPT = "Transcribe the audio:"
 
@@ -45,30 +45,41 @@ def prompt_ids(tokenizer, text: str = PROMPT, system: str | None = None) -> list
   return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
+TEXT_FORMS = ("raw", "normalized")
 _PUNCT = re.compile(r"[^a-z0-9' ]+")
 
 
 def normalize(text: str) -> str:
-  """Canonical transcript form for LM targets and deliberation inputs."""
+  """Lower case, punctuation but apostrophes dropped, single spaces."""
   return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
-def hypothesis_ids(tokenizer, hyp: str, length: int) -> list[int]:
-  """A first-pass hypothesis as deliberation reads it: `normalize`d, at most `length` tokens."""
-  return tokenizer(normalize(hyp), add_special_tokens=False)["input_ids"][:length]
+def in_form(text: str, form: str) -> str:
+  """`text` as the model reads it: as written ("raw") or `normalize`d ("normalized")."""
+  if form == "raw":
+    return text
+  if form == "normalized":
+    return normalize(text)
+  raise ValueError(f"text form {form!r}: expected one of {TEXT_FORMS}")
 
 
-def encode_response(tokenizer, text: str, length: int, eos_id: int) -> tuple[np.ndarray, int]:
-  """Token ids of `normalize(text)` + EOS, padded with EOS to `length` (Diffusion-ASR trains the
-  padding EOS too). Returns (ids [length], number of real tokens incl. the first EOS)."""
-  ids = tokenizer(normalize(text), add_special_tokens=False)["input_ids"][: length - 1]
-  n = len(ids) + 1
-  return np.asarray(ids + [eos_id] * (length - len(ids)), np.int32), n
+def token_ids(tokenizer, text: str, form: str = "raw") -> list[int]:
+  """`text` in `form`, tokenized without special tokens (Diffusion-ASR:
+  `tokenizer(text, add_special_tokens=False)`, for labels and first-pass hypotheses alike)."""
+  return list(tokenizer(in_form(text, form), add_special_tokens=False)["input_ids"])
 
 
 def decode_response(tokenizer, ids: tp.Sequence[int], eos_id: int) -> str:
-  """Text of a response, cut at its first EOS."""
+  """Text of a standalone response, cut at its first EOS (Diffusion-ASR's EOS rule makes every
+  later position EOS, so this equals their `batch_decode(skip_special_tokens=True)`)."""
   ids = [int(i) for i in ids]
   if eos_id in ids:
     ids = ids[: ids.index(eos_id)]
   return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def decode_all(tokenizer, ids: tp.Sequence[int]) -> str:
+  """Text of a whole response with every special token dropped: Diffusion-ASR decodes a
+  deliberation output this way (`batch_decode(skip_special_tokens=True)`), so an EOS committed
+  mid-sentence disappears and the words after it stay."""
+  return tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()

@@ -99,6 +99,63 @@ def test_ar_loss_is_hf_shifted_ce_on_the_response_only():
 
 def test_empty_batch_mean_is_zero_not_nan(data):
   logits, response, valid = data
-  nothing = losses.Noise(response, jnp.zeros(response.shape, bool), jnp.zeros((B,)))
+  nothing = losses.Noise(response, jnp.zeros(response.shape, bool), jnp.zeros((B,)),
+                         jnp.zeros(response.shape))
   total, count = losses.diffusion_loss(logits, response, nothing, valid)
   assert float(losses.mean(total, count)) == 0.0
+
+
+def test_paper_objective_equals_diffusion_asr_forward_with_group_padding():
+  """The whole `paper` objective vs Diffusion-ASR's `WhisperLLaDA.forward` + DDP on the same batch
+  and mask draws: two "GPUs" of 4 rows, each padded with EOS to its longest transcript (no EOS
+  appended) and run at that length; loss = mean over GPUs of the CE mean over masked tokens.
+  Ours runs every row at the static response length with later positions key-masked."""
+  from flax import nnx
+
+  from llada_jax.configs import WhisperLLaDAConfig
+  from llada_jax.train.step import response_logits
+  from llada_jax.whisper_llada import WhisperLLaDA
+
+  cfg = WhisperLLaDAConfig.tiny_test()
+  model = WhisperLLaDA(cfg, rngs=nnx.Rngs(0))
+  nnx.update(model, jax.tree.map(lambda x: x * 3.0, nnx.state(model, nnx.Param)))
+  eos, mask_id, r, group = cfg.lm.eos_id, cfg.lm.mask_id, 16, 4
+  rng = np.random.default_rng(0)
+  lengths = [5, 9, 3, 7, 12, 2, 4, 6]  # transcript tokens per row (group maxima 9 and 12)
+  texts = [rng.integers(3, 100, n) for n in lengths]
+  response = np.full((8, r), eos, np.int32)
+  for i, t in enumerate(texts):
+    response[i, :len(t)] = t
+  target = np.repeat([max(lengths[:4]), max(lengths[4:])], 4).astype(np.int32)
+  batch = {"enc": rng.standard_normal((8, 34, cfg.whisper.d_model)).astype(np.float32),
+           "prompt": np.tile(rng.integers(3, 100, (1, 5)), (8, 1)).astype(np.int32),
+           "response": response, "target_len": target, "valid": np.ones(8, bool)}
+  targets = np.arange(r)[None, :] < target[:, None]
+  noise = losses.sample_noise(jax.random.key(4), jnp.asarray(response), mask_id,
+                              targets=jnp.asarray(targets), valid=jnp.ones(8, bool),
+                              pad_group=group)
+  masked = np.asarray(noise.masked)
+  assert not masked[~targets].any()  # past a group's longest transcript nothing is a target
+  logits = response_logits(model, batch, noise.tokens, causal=False,
+                           n_mels=cfg.whisper.n_mels, mel_frames=68)
+  total, count = losses.diffusion_loss(logits, jnp.asarray(response), noise, jnp.ones(8, bool),
+                                       weighting="paper", targets=jnp.asarray(targets))
+  ours = float(losses.mean(total, count))
+
+  # The reference: each GPU's 4 rows at their own length L (no key mask, nothing beyond L).
+  gpu_losses = []
+  for g in range(2):
+    rows = slice(4 * g, 4 * g + 4)
+    length = int(target[4 * g])
+    labels = response[rows, :length]
+    m = masked[rows, :length]
+    block = np.where(m, mask_id, labels)
+    audio = model.projector(jnp.asarray(batch["enc"][rows]))
+    prompt = model.lm.embed(jnp.asarray(batch["prompt"][rows]))
+    x = jnp.concatenate([prompt, audio, model.lm.embed(jnp.asarray(block))], axis=1)
+    full = np.asarray(model.lm(embeds=x))[:, -length:]
+    gpu_losses.append(F.cross_entropy(torch.tensor(full)[torch.tensor(m)],
+                                      torch.tensor(labels).long()[torch.tensor(m)]))
+  theirs = float(torch.stack(gpu_losses).mean())
+  assert masked[:4].any() and masked[4:].any()
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5)

@@ -87,7 +87,8 @@ def corpus(tmp_path_factory):
                   "--jobs", "2"], check=True, capture_output=True)
   texts = [text.PROMPT]
   for f in (root / "c").rglob("*.trans.txt"):
-    texts += [text.normalize(ln.split(" ", 1)[1]) for ln in f.read_text().splitlines()]
+    for ln in f.read_text().splitlines():  # tiny trains on raw text; the prompt is lower case
+      texts += [ln.split(" ", 1)[1], text.normalize(ln.split(" ", 1)[1])]
   tok = make_tokenizer(texts, root / "tok")
   return {"train": str(root / "c" / "train-clean"), "dev": str(root / "c" / "dev-clean"),
           "tokenizer": str(tok)}
@@ -144,6 +145,9 @@ def random_batch(cfg, from_encoder: bool, seed: int = 0) -> dict:
            "response": rng.integers(3, 120, (b, r)).astype(np.int32),
            "response_len": rng.integers(2, r + 1, (b,)).astype(np.int32),
            "valid": np.array([True] * (b - 1) + [False])}
+  # group_max targets, as BatchMaker makes them: each pad_group rows up to their longest
+  g = cfg.data.pad_group
+  batch["target_len"] = np.repeat(batch["response_len"].reshape(b // g, g).max(1), g)
   if from_encoder:
     batch["enc"] = rng.normal(size=(b, cfg.data.mel_frames // 2, 64)).astype(np.float32)
   else:

@@ -104,8 +104,9 @@ def evaluate_cascade(out: Path, llada_args: list, cfg: DemoConfig, results: dict
   """The paper's own cascade: deliberation over the Whisper-LLaMA's hypotheses (its 12.3 % is a
   gain over that baseline), with and without the audio."""
   s = cfg.decode_steps
-  cascade = [*llada_args, "--strategy", "deliberation", "--first-pass",
-             out / "eval" / "llama_ar" / "hyps.jsonl", "--steps", s, "--masking", "random"]
+  cascade = [*llada_args, "--strategy", "deliberation", "--hypothesis-tokens", cfg.gen_length,
+             "--first-pass", out / "eval" / "llama_ar" / "hyps.jsonl", "--steps", s,
+             "--masking", "random"]
   # (semi-AR re-decodes every sub-block in turn: as in the authors' code, it has no mask ratio)
   runs = [("diffusion", ratio) for ratio in (*cfg.ratio_sweep, 0.3)] + [("semi_ar", None)]
   for strategy, ratio in runs:
@@ -183,9 +184,9 @@ def main(argv=None) -> int:
   evaluate("whisper", ["--checkpoint", ckpt / "whisper_tiny_en", "--data", test, "--strategy",
                        "whisper", "--batch-size", cfg.eval_batch], out, results, None)
   first_pass = out / "eval" / "whisper" / "hyps.jsonl"
-  # Deliberation keeps at most gen_length tokens of a hypothesis, which alone removes the
-  # repetition loops tiny.en falls into: that cut first pass is the fair baseline.
-  cut_first_pass(out, lm, cfg.gen_length, results)
+  # The demo's deliberation keeps at most gen_length tokens of a hypothesis, which alone removes
+  # the repetition loops tiny.en falls into: that cut first pass is the fair baseline.
+  cut_first_pass(out, lm, cfg.gen_length, llada_cfg.data.text_form, results)
 
   # 4. training: the configs as written, with this run's paths
   paths = [f"data.train={corpus / 'train-clean'}", f"data.dev={corpus / 'dev-clean'}",
@@ -218,7 +219,10 @@ def main(argv=None) -> int:
   evaluate("semi_ar_dual_cache_threshold", [*ll, "--strategy", "semi_ar", "--steps", s,
                                             "--block-length", cfg.block_length, "--dual-cache",
                                             "--threshold", "0.9"], out, results, s)
-  delib = [*ll, "--strategy", "deliberation", "--first-pass", first_pass, "--steps", s]
+  # (the demo cuts hypotheses to gen_length, the paper feeds them whole: tiny.en's runaway
+  # repetition loops would be responses far longer than the LLaDA was trained on)
+  delib = [*ll, "--strategy", "deliberation", "--hypothesis-tokens", cfg.gen_length,
+           "--first-pass", first_pass, "--steps", s]
   # Semi-AR deliberation re-decodes every sub-block in turn (the paper's default, as in the
   # authors' code): it masks no hypothesis tokens, so random and low-confidence masking are one run.
   evaluate("deliberation_semi_ar", [*delib, "--deliberation-strategy", "semi_ar"], out, results, s)
@@ -257,7 +261,8 @@ def main(argv=None) -> int:
   return 0
 
 
-def cut_first_pass(out: Path, tokenizer_dir: Path, gen_length: int, results: dict) -> None:
+def cut_first_pass(out: Path, tokenizer_dir: Path, gen_length: int, text_form: str,
+                   results: dict) -> None:
   """The first pass as deliberation receives it: each hypothesis cut to `gen_length` LM tokens."""
   from llada_jax import text
 
@@ -268,7 +273,7 @@ def cut_first_pass(out: Path, tokenizer_dir: Path, gen_length: int, results: dic
   for line in (out / "eval" / "whisper" / "hyps.jsonl").read_text().splitlines():
     row = json.loads(line)
     if "hyp" in row:
-      ids = text.hypothesis_ids(tokenizer, row["hyp"], gen_length)
+      ids = text.token_ids(tokenizer, row["hyp"], text_form)[:gen_length]
       row = {"id": row["id"], "ref": row["ref"], "hyp": tokenizer.decode(ids)}
     rows.append(json.dumps(row))
   (folder / "hyps.jsonl").write_text("\n".join(rows) + "\n")

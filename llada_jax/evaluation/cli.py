@@ -9,7 +9,7 @@ import time
 import typing as tp
 from pathlib import Path
 
-from llada_jax import decoding
+from llada_jax import decoding, text
 from llada_jax.data import manifest
 from llada_jax.evaluation import outputs, runner
 from llada_jax.evaluation.inputs import EvalError
@@ -95,6 +95,12 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
   g.add_argument("--num-chunks", type=int, default=d.num_chunks)
   g.add_argument("--text-only", action="store_true",
                  help="deliberation without audio embeddings (the paper's ablation)")
+  g.add_argument("--hypothesis-tokens", type=int, default=d.hypothesis_tokens,
+                 help="deliberation: cut first-pass hypotheses to N tokens (default: whole, as "
+                      "Diffusion-ASR)")
+  g.add_argument("--text-form", default=d.text_form, choices=text.TEXT_FORMS,
+                 help="deliberation: the form hypotheses are given to the LM in (default: the "
+                      "model's training form, from its source.json)")
   g.add_argument("--seed", type=int, default=d.seed,
                  help="key for random masking / remasking")
   return p
@@ -137,7 +143,8 @@ def settings(args: argparse.Namespace) -> tuple[WhisperSettings | LLaDASettings,
       adaptive_length=args.adaptive_length, mel_frames=args.mel_frames, seed=args.seed,
       masking=args.masking, mask_ratio=args.mask_ratio,
       deliberation_strategy=args.deliberation_strategy, num_chunks=args.num_chunks,
-      text_only=args.text_only, too_long=args.too_long or LLaDASettings.too_long), run
+      text_only=args.text_only, too_long=args.too_long or LLaDASettings.too_long,
+      hypothesis_tokens=args.hypothesis_tokens, text_form=args.text_form), run
 
 
 def evaluate(args: argparse.Namespace) -> dict:

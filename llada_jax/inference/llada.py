@@ -34,6 +34,7 @@ from llada_jax.inference.transcriber import TOO_LONG, Result, Transcriber, Utter
 from llada_jax.inference.whisper import ModelError
 
 STRATEGIES = ("ar", "diffusion", "semi_ar", "deliberation")
+HYPOTHESIS_BUCKET = 32  # whole hypotheses: responses padded to a multiple of this many tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,13 @@ class LLaDASettings:
   num_chunks: int = 4
   text_only: bool = False  # deliberation without audio embeddings (the paper's ablation)
   too_long: str = "trim"  # audio over mel_frames / 100 s: cut to it, or "error" (TOO_LONG)
+  # First-pass hypotheses: None feeds each one whole, as Diffusion-ASR does (the response is as
+  # long as the hypothesis; batches are padded to a multiple of HYPOTHESIS_BUCKET tokens); N cuts
+  # them to N tokens.
+  hypothesis_tokens: int | None = None
+  # The form hypotheses are given in (text.TEXT_FORMS); None: the form the model was trained on
+  # (source.json: a converted Diffusion-ASR checkpoint reads raw text).
+  text_form: str | None = None
 
   def __post_init__(self):
     for name, value, allowed in (("strategy", self.strategy, STRATEGIES),
@@ -72,6 +80,11 @@ class LLaDASettings:
                                   decoding.STRATEGIES)):
       if value not in allowed:
         raise ValueError(f"LLaDASettings.{name}={value!r}: expected one of {allowed}")
+    if self.text_form is not None and self.text_form not in text.TEXT_FORMS:
+      raise ValueError(f"LLaDASettings.text_form={self.text_form!r}: expected one of "
+                       f"{text.TEXT_FORMS}")
+    if self.hypothesis_tokens is not None and self.hypothesis_tokens < 1:
+      raise ValueError(f"LLaDASettings.hypothesis_tokens={self.hypothesis_tokens}: expected ≥ 1")
 
 
 class LLaDATranscriber(Transcriber):
@@ -102,6 +115,9 @@ class LLaDATranscriber(Transcriber):
     self.tokenizer = text.load_tokenizer(checkpoint)
     self.prompt = np.asarray(
         [text.prompt_ids(self.tokenizer, config.prompt, config.system_prompt)], np.int32)
+    # Runs exported before the text form was recorded were trained on normalized text.
+    stored_form = info.get("text_form", "normalized" if info.get("format") == "trained" else "raw")
+    self.text_form = s.text_form or stored_form
     self.mel_frames = int(s.mel_frames or info.get("mel_frames", config.whisper.max_mel_frames))
     self.gen_length = int(s.gen_length or info.get("response_len", 128))
     self.steps = int(s.steps or self.gen_length)
@@ -109,6 +125,12 @@ class LLaDATranscriber(Transcriber):
       raise ModelError(f"--gen-length {self.gen_length} is not a multiple of --block-length "
                        f"{s.block_length}")
     self.buckets = (self.mel_frames * HOP,)
+    # response tokens that fit the LM's context after the prompt and the audio embeddings
+    audio = config.qformer.num_windows(self.mel_frames // 2) * config.qformer.num_queries
+    self.room = config.lm.max_seq_len - self.prompt.shape[1] - (0 if s.text_only else audio)
+    if self.room < 1:
+      raise ModelError(f"{checkpoint}: {self.prompt.shape[1]} prompt + {audio} audio tokens leave "
+                       f"no room for a response in the LM's {config.lm.max_seq_len} positions")
     self.max_seconds = self.mel_frames / 100.0
     self.too_long = s.too_long
     self.model = llada_jax.load(checkpoint)
@@ -122,7 +144,8 @@ class LLaDATranscriber(Transcriber):
     if s.strategy == "deliberation":
       self.info.update({"masking": s.masking, "mask_ratio": s.mask_ratio,
                         "strategy": s.deliberation_strategy, "num_chunks": s.num_chunks,
-                        "text_only": s.text_only})
+                        "text_only": s.text_only, "text_form": self.text_form,
+                        "hypothesis_tokens": s.hypothesis_tokens})
 
   # -- inputs ------------------------------------------------------------------------------------
 
@@ -192,16 +215,23 @@ class LLaDATranscriber(Transcriber):
 
   def _deliberation(self, batch: dict) -> list[Result | Exception]:
     s, eos = self.settings, self.config.lm.eos_id
-    rows, lengths, missing = [], [], {}
+    rows, missing = [], {}
     hypotheses = batch.get("hypothesis") or [None] * len(batch["ids"])
     for i, (utt, hyp) in enumerate(zip(batch["ids"], hypotheses)):
       if hyp is None:
         if batch["valid"][i]:
           missing[i] = UtteranceError(f"{utt}: no first-pass hypothesis")
         hyp = ""
-      rows.append(text.hypothesis_ids(self.tokenizer, hyp, self.gen_length))
-      lengths.append(len(rows[-1]))
-    hyp_ids = np.full((len(rows), self.gen_length), eos, np.int32)
+      # Diffusion-ASR: `tokenizer(origin_transcripts, add_special_tokens=False)`, untruncated.
+      rows.append(text.token_ids(self.tokenizer, hyp, self.text_form)[: s.hypothesis_tokens])
+    if s.hypothesis_tokens is not None:
+      width = s.hypothesis_tokens
+    else:  # whole hypotheses, in a few static widths, as far as the LM's context allows
+      longest = max((len(r) for r in rows), default=0)
+      width = min(max(1, -(-longest // HYPOTHESIS_BUCKET)) * HYPOTHESIS_BUCKET, self.room)
+    rows = [r[:width] for r in rows]
+    lengths = [len(r) for r in rows]
+    hyp_ids = np.full((len(rows), width), eos, np.int32)
     for i, ids in enumerate(rows):
       hyp_ids[i, : len(ids)] = ids
     settings = decoding.DeliberationSettings(
@@ -214,10 +244,7 @@ class LLaDATranscriber(Transcriber):
             model, mel, prompt, hyp, n, settings=settings, key=keys),
         mel, jnp.asarray(self._prompt(batch), jnp.int32), jnp.asarray(hyp_ids),
         jnp.asarray(lengths, jnp.int32), self._row_keys(batch)))
-    results: list[Result | Exception] = []
-    for i, row in enumerate(out):
-      if i in missing:
-        results.append(missing[i])
-      else:
-        results.append((text.decode_response(self.tokenizer, row[: lengths[i]], eos), None))
-    return results
+    # Diffusion-ASR decodes the whole re-filled response with `skip_special_tokens=True`: an EOS
+    # committed mid-sentence is dropped and the words after it are kept.
+    return [missing[i] if i in missing else (text.decode_all(self.tokenizer, row[: lengths[i]]),
+                                             None) for i, row in enumerate(out)]

@@ -54,31 +54,47 @@ def pipeline_config(cfg: TrainConfig, *, train: bool, process_count: int = 1) ->
 
 
 class BatchMaker:
+  """Pipeline batches → the train step's inputs, with the run's text form and EOS rule."""
+
   def __init__(self, cfg: TrainConfig, tokenizer, prompt: tp.Sequence[int]):
     self.cfg, self.tokenizer = cfg, tokenizer
     self.prompt = np.asarray(prompt, np.int32)
     self.eos = cfg.model.lm.eos_id
-    self.truncated = 0
+    # The AR baseline always appends EOS: it must learn to stop.
+    self.group_max = cfg.objective == "diffusion" and cfg.data.response_eos == "group_max"
+    self.truncated = 0  # transcripts cut to data.response_len
 
   def __call__(self, raw: dict) -> dict[str, tp.Any]:
-    """A pipeline batch → {audio, prompt, response, response_len, valid} plus ids/text lists."""
+    """A pipeline batch → {audio, prompt, response, response_len, target_len, valid} plus ids and
+    text lists. response_len counts a row's real tokens (with its EOS where one is appended);
+    target_len the positions the diffusion objective sees and trains (see `DataConfig`)."""
     c = self.cfg.data
     audio = np.asarray(raw["audio"], np.float32)
     b = audio.shape[0]
     if audio.shape[1] != c.samples:  # the pipeline's single bucket is this width already
       audio = features.pad_or_trim(list(audio), c.samples)[0]
-    response = np.full((b, c.response_len), self.eos, np.int32)
+    r = c.response_len
+    response = np.full((b, r), self.eos, np.int32)
     lengths = np.zeros((b,), np.int32)
     valid = np.asarray(raw["valid"], bool)
+    room = r if self.group_max else r - 1  # leave room for the appended EOS
     for i in np.flatnonzero(valid):
-      ids, n = text.encode_response(self.tokenizer, raw["text"][i], c.response_len, self.eos)
-      response[i], lengths[i] = ids, n
-      if n == c.response_len and ids[-1] != self.eos:
-        self.truncated += 1
+      ids = text.token_ids(self.tokenizer, raw["text"][i], c.text_form)
+      self.truncated += len(ids) > room
+      ids = ids[:room]
+      response[i, :len(ids)] = ids
+      lengths[i] = len(ids) + (0 if self.group_max else 1)
+    if self.group_max:
+      # Diffusion-ASR: `tokenizer(texts, padding=True)` per GPU batch: each group of pad_group rows
+      # is as long as its longest transcript (that row gets no EOS, the others EOS padding).
+      g = c.pad_group
+      target = np.repeat(lengths.reshape(b // g, g).max(axis=1), g).astype(np.int32)
+    else:
+      target = np.full((b,), r, np.int32)
     prompt = np.broadcast_to(self.prompt, (b, self.prompt.shape[0])).copy()
-    return {"audio": audio, "prompt": prompt,
-            "response": response, "response_len": lengths, "valid": valid,
-            "ids": list(raw["ids"]), "text": list(raw["text"])}
+    return {"audio": audio, "prompt": prompt, "response": response, "response_len": lengths,
+            "target_len": target, "valid": valid, "ids": list(raw["ids"]),
+            "text": list(raw["text"])}
 
 
 def cache_fingerprint(cfg: TrainConfig) -> str:

@@ -15,7 +15,7 @@ import os
 import typing as tp
 from pathlib import Path
 
-from llada_jax import configlib, configs, sharding
+from llada_jax import configlib, configs, sharding, text
 from llada_jax.configlib import ConfigError
 from llada_jax.configs import LMConfig, WhisperConfig, WhisperLLaDAConfig
 from llada_jax.data import manifest
@@ -25,6 +25,13 @@ OBJECTIVES = ("diffusion", "ar")
 WEIGHTINGS = ("paper", "llada")
 NAN_POLICIES = ("stop", "skip")
 SHARDINGS = ("fsdp_tp", "replicated")
+RESPONSE_EOS = ("group_max", "appended")
+COSINE_FROM = ("warmup_end", "start")
+
+
+def _one_of(name: str, value, allowed: tuple) -> None:
+  if value not in allowed:
+    raise ConfigError(f"{name}={value!r}: expected one of {allowed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +50,10 @@ class OptimizerConfig:
   # The fresh Q-Former + projection learns at `projector_lr_scale` × the schedule (the pretrained
   # LM's weights at 1×): a new module needs a larger step than weights it should not forget.
   projector_lr_scale: float = 1.0
+  # The cosine's phase: over the steps after warm-up ("warmup_end", optax's join), or over every
+  # step from 0 ("start": Diffusion-ASR's LinearWarmupCosineLRScheduler, whose cosine has already
+  # decayed a little when warm-up ends).
+  cosine_from: str = "warmup_end"
 
   def __post_init__(self):
     for name in ("peak_lr", "init_lr", "end_lr", "eps", "weight_decay", "grad_clip",
@@ -54,6 +65,7 @@ class OptimizerConfig:
     for name in ("b1", "b2"):
       if not 0 <= getattr(self, name) < 1:
         raise ConfigError(f"optimizer.{name}={getattr(self, name)}: must be in [0, 1)")
+    _one_of("optimizer.cosine_from", self.cosine_from, COSINE_FROM)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +77,20 @@ class DataConfig:
   dev: str | None = None
   data_dir: str | None = None  # tfds data_dir for "tfds:" specs
   tokenizer: str | None = None  # folder with tokenizer.json; default: init_lm, then init_model
-  response_len: int = 128  # response bucket: transcript + EOS, padded with EOS
+  # Transcripts as the LM reads them (text.TEXT_FORMS): "raw" as written (Diffusion-ASR trains on
+  # the raw LibriSpeech annotation, upper case) or "normalized" (lower case, no punctuation).
+  text_form: str = "raw"
+  response_len: int = 128  # response bucket (static shapes): longer transcripts are cut
+  # What the diffusion objective trains on (RESPONSE_EOS):
+  #   "group_max" (Diffusion-ASR): no EOS appended; each `pad_group` rows (their per-GPU batch) are
+  #     padded with EOS to their longest transcript, those EOS are targets, later positions are
+  #     neither seen nor trained; the loss is the mean over groups of each group's mean over its
+  #     masked tokens (DDP's mean of per-GPU losses).
+  #   "appended": transcript + EOS, padded with EOS to response_len; every position a target, one
+  #     mean over the batch's masked tokens.
+  # The AR objective always appends EOS (the Whisper-LLaMA must learn to stop).
+  response_eos: str = "group_max"
+  pad_group: int = 4
   # Mel frames every utterance is padded/cut to (static shapes): 3000 = Whisper's 30 s. Less suits
   # short audio on CPU (the encoder is quadratic in it); the Q-Former then sees fewer windows.
   mel_frames: int = 3000
@@ -77,6 +102,8 @@ class DataConfig:
   prefetch: int = 4
 
   def __post_init__(self):
+    _one_of("data.text_form", self.text_form, text.TEXT_FORMS)
+    _one_of("data.response_eos", self.response_eos, RESPONSE_EOS)
     if self.response_len < 2:
       raise ConfigError(f"data.response_len={self.response_len}: need room for a token and EOS")
     if self.mel_frames <= 0 or self.mel_frames % 2:
@@ -84,6 +111,8 @@ class DataConfig:
     for name in ("dev_batches", "wer_examples", "num_threads", "prefetch"):
       if getattr(self, name) < 0:
         raise ConfigError(f"data.{name}={getattr(self, name)}: must be >= 0")
+    if self.pad_group < 1:
+      raise ConfigError(f"data.pad_group={self.pad_group}: must be >= 1")
 
   @property
   def samples(self) -> int:
@@ -188,11 +217,6 @@ class TrainConfig:
         lm=dataclasses.replace(m.lm, remat=self.remat, **kw))
 
 
-def _one_of(name: str, value, allowed: tuple) -> None:
-  if value not in allowed:
-    raise ConfigError(f"{name}={value!r}: expected one of {allowed}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Checks that need the machine, done before anything is compiled.
 
@@ -270,6 +294,11 @@ def check_runtime(cfg: TrainConfig, num_devices: int, num_processes: int = 1,
                       f"data-parallel shards of mesh {shape}")
   if cfg.batch_size % num_processes:
     raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {num_processes} hosts")
+  group, rows = cfg.data.pad_group, cfg.batch_size // num_processes
+  if cfg.objective == "diffusion" and cfg.data.response_eos == "group_max" and rows % group:
+    raise ConfigError(f"data.pad_group={group} does not divide the {rows} rows of each host's "
+                      f"batch (batch_size={cfg.batch_size}, {num_processes} hosts): a group's "
+                      f"rows are padded together")
   if cfg.data.encoder_cache is not None and num_processes > 1:
     raise ConfigError("data.encoder_cache is single-host only (each row's encoder output is "
                       "fetched to this host)")

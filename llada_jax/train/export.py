@@ -60,7 +60,7 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
 
   info = {"format": "trained", "workdir": str(workdir.absolute()), "step": int(step),
           "objective": cfg.objective, "mel_frames": cfg.data.mel_frames,
-          "response_len": cfg.data.response_len}
+          "response_len": cfg.data.response_len, "text_form": cfg.data.text_form}
   checkpoint.save(out, cfg.resolved_model(), items(), source_info=info, tokenizer=tokenizer,
                   overwrite=overwrite)
   log.info("exported %s step %d → %s", workdir, step, out)

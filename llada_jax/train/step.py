@@ -50,6 +50,13 @@ def rules_for(cfg: TrainConfig) -> sharding.ShardingConfig:
 
 def lr_schedule(o: OptimizerConfig, steps: int) -> optax.Schedule:
   warmup = optax.linear_schedule(o.init_lr, o.peak_lr, max(o.warmup_steps, 1))
+  if o.cosine_from == "start":
+    # Diffusion-ASR (utils/optims.py): lr = end + (peak - end) (1 + cos(π s / steps)) / 2 at the
+    # absolute step s once warm-up is over.
+    def cosine(s):
+      return o.end_lr + (o.peak_lr - o.end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * s / steps))
+
+    return lambda s: jnp.where(s < o.warmup_steps, warmup(s), cosine(s))
   alpha = o.end_lr / o.peak_lr if o.peak_lr > 0 else 0.0
   cosine = optax.cosine_decay_schedule(o.peak_lr, max(steps - o.warmup_steps, 1), alpha=alpha)
   if o.warmup_steps == 0:
@@ -82,7 +89,8 @@ def response_logits(model: WhisperLLaDA, batch: dict, tokens: jax.Array, *, caus
 
   Diffusion: the logits at the response positions. AR: one position earlier, so row i predicts
   response token i (the first from the last audio position). Only these R rows go through the
-  vocabulary projection: at 126k vocab the full-sequence logits would dominate memory.
+  vocabulary projection: at 126k vocab the full-sequence logits would dominate memory. Response
+  positions ≥ batch["target_len"] are key-masked.
   """
   if "enc" in batch:  # cached outputs of the frozen encoder
     audio = model.projector(batch["enc"])
@@ -92,10 +100,20 @@ def response_logits(model: WhisperLLaDA, batch: dict, tokens: jax.Array, *, caus
   prompt = model.lm.embed(batch["prompt"])
   prefix = jnp.concatenate([prompt, audio.astype(prompt.dtype)], axis=1)
   embeds = jnp.concatenate([prefix, model.lm.embed(tokens)], axis=1)
-  h = model.lm(embeds=embeds, return_hidden=True)
   p, r = prefix.shape[1], tokens.shape[1]
+  # Response positions past a row's target length do not exist in Diffusion-ASR's batch (it pads
+  # to the group's longest transcript): they must not be attended either.
+  visible = jnp.arange(r)[None, :] < batch["target_len"][:, None]
+  key_mask = jnp.concatenate([jnp.ones((tokens.shape[0], p), bool), visible], axis=1)
+  h = model.lm(embeds=embeds, key_mask=key_mask, return_hidden=True)
   h = h[:, p - 1:p + r - 1] if causal else h[:, p:p + r]
   return model.lm.logits(h)
+
+
+def _targets(batch: dict) -> jax.Array:
+  """[B, R] bool: the response positions the diffusion objective may mask and train."""
+  r = batch["response"].shape[1]
+  return jnp.arange(r)[None, :] < batch["target_len"][:, None]
 
 
 def _suffix_keys(path) -> tuple:
@@ -217,6 +235,7 @@ class Trainer:
       feats = ("audio", (b, c.data.samples), jnp.float32)
     return {feats[0]: feats[1:], "prompt": ((b, self.prompt_len), jnp.int32),
             "response": ((b, c.data.response_len), jnp.int32), "response_len": ((b,), jnp.int32),
+            "target_len": ((b,), jnp.int32),
             "valid": ((b,), jnp.bool_)}
 
   def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
@@ -288,13 +307,16 @@ class Trainer:
     if cfg.objective == "ar":
       return losses.ar_loss(logits, batch["response"], batch["response_len"], batch["valid"])
     return losses.diffusion_loss(logits, batch["response"], noise, batch["valid"],
-                                 weighting=cfg.weighting)
+                                 weighting=cfg.weighting, targets=_targets(batch))
 
-  def _noise(self, key, response):
+  def _noise(self, key, batch):
     if self.cfg.objective == "ar":
-      return response, None
-    noise = losses.sample_noise(key, response, self.model_cfg.lm.mask_id,
-                                weighting=self.cfg.weighting, eps=self.cfg.mask_eps)
+      return batch["response"], None
+    d = self.cfg.data
+    noise = losses.sample_noise(
+        key, batch["response"], self.model_cfg.lm.mask_id, weighting=self.cfg.weighting,
+        eps=self.cfg.mask_eps, targets=_targets(batch), valid=batch["valid"],
+        pad_group=d.pad_group if d.response_eos == "group_max" else None)
     return noise.tokens, noise
 
   def _grads(self, params, frozen, batch, key):
@@ -302,13 +324,14 @@ class Trainer:
     noise_key, dropout_key = jax.random.split(key)
     # Noise is drawn for the whole global batch before splitting it, so accumulation changes only
     # the order of the sums, never which tokens are masked.
-    tokens, noise = self._noise(noise_key, batch["response"])
+    tokens, noise = self._noise(noise_key, batch)
     data = {**batch, "tokens": tokens}
     if noise is not None:
-      data.update(masked=noise.masked, p_mask=noise.p_mask)
+      data.update(masked=noise.masked, p_mask=noise.p_mask, weight=noise.weight)
 
     def terms(p, mb, k):
-      nz = None if noise is None else losses.Noise(mb["tokens"], mb["masked"], mb["p_mask"])
+      nz = None if noise is None else losses.Noise(mb["tokens"], mb["masked"], mb["p_mask"],
+                                                   mb["weight"])
       return self._loss_terms(self.train_def, p, frozen, mb, mb["tokens"], nz, k)
 
     grad_fn = jax.value_and_grad(terms, has_aux=True)
@@ -361,7 +384,7 @@ class Trainer:
 
   def _eval_step(self, params, frozen, batch, index):
     key = jax.random.fold_in(jax.random.wrap_key_data(self.eval_key_data), index)
-    tokens, noise = self._noise(key, batch["response"])
+    tokens, noise = self._noise(key, batch)
     total, count = self._loss_terms(self.eval_def, params, frozen, batch, tokens, noise, None)
     return {"total": total, "count": count}
 
