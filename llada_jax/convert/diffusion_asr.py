@@ -59,7 +59,8 @@ DEFAULT_LORA_ALPHA = 32.0  # the paper's (their configs/config.yaml)
 # What their WhisperLLaDA builds whatever the checkpoint holds: bert-base-uncased's sizes with two
 # layers and four queries, and Linear(768 → 4096) into LLaDA-8B.
 THEIR_QFORMER = {"hidden_size": 768, "num_heads": 12, "intermediate_size": 3072, "num_layers": 2,
-                 "num_queries": 4, "layer_norm_eps": 1e-12, "out_dim": 4096}
+                 "num_queries": 4, "layer_norm_eps": 1e-12, "out_dim": 4096,
+                 "dropout": 0.1}  # bert-base's hidden and attention-probability dropout
 # Their state dict's order: WhisperLLaDA's own parameter first, then its modules in the order
 # they are created.
 _SECTIONS = ("speech_query_tokens", "llada.", "adapter.", "linear_proj.")
@@ -109,7 +110,8 @@ def qformer_config(src: Source, encoder_width: int, out_dim: int, dtype: str, nu
   cfg = QFormerConfig(encoder_width=encoder_width, out_dim=out_dim, hidden_size=hidden,
                       num_layers=layers[-1] + 1 if layers else THEIR_QFORMER["num_layers"],
                       num_heads=num_heads, intermediate_size=intermediate, num_queries=queries,
-                      window_seconds=window_seconds, dtype=dtype, param_dtype=dtype)
+                      window_seconds=window_seconds, dropout=THEIR_QFORMER["dropout"],
+                      dtype=dtype, param_dtype=dtype)
   info = {"window_seconds": window_seconds,
           "window_from": "checkpoint config" if window is not None else "default",
           "num_heads": num_heads, "num_heads_from": "--qformer-heads"}
