@@ -1,8 +1,9 @@
 """An evaluation run: data → fixed-shape batches → a Transcriber → records → summary.
 
 RTF = decode seconds (the transcriber's own time on compiled shapes, features included, compile
-excluded: every transcriber compiles ahead of time and counts it in `compile_seconds`) / seconds of
-audio transcribed (after any cut to the transcriber's window). WER: `wer` (the authors' scoring).
+excluded: every transcriber compiles ahead of time and counts it in `compile_seconds`; the first run
+of each compiled shape, slower on XLA's CPU backend, is decode time) / seconds of audio transcribed
+(after any cut to the transcriber's window). WER: `wer` (the authors' scoring).
 Outputs: see `outputs`.
 """
 
