@@ -28,10 +28,15 @@ def cut_windows(frames: jax.Array, window: int) -> jax.Array:
   return frames[:, : n * window].reshape(b * n, window, c)
 
 
-def dropout(c: QFormerConfig, rngs: nnx.Rngs) -> nnx.Dropout:
+def dropout(c: QFormerConfig) -> nnx.Dropout:
   """BERT's dropout (hidden states and attention probabilities alike), active in train mode.
-  Without dropout no RNG stream is taken, so the weights' initialisation does not depend on it."""
-  return nnx.Dropout(c.dropout, deterministic=True, rngs=rngs if c.dropout > 0 else None)
+
+  Its RNG stream is its own, not drawn from the model's, so the weights' initialisation does not
+  depend on whether dropout is on; the train step reseeds it per step with the model's other
+  (default-tagged) streams.
+  """
+  return nnx.Dropout(c.dropout, deterministic=True,
+                     rngs=nnx.Rngs(0) if c.dropout > 0 else None)
 
 
 class BertAttention(nnx.Module):
@@ -46,8 +51,8 @@ class BertAttention(nnx.Module):
     self.value = Linear(kv_width, c.hidden_size, axes=("embed", "qformer_heads"), **kw)
     self.dense = Linear(c.hidden_size, c.hidden_size, axes=("qformer_heads", "qformer_embed"), **kw)
     self.norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
-    self.probs_dropout = dropout(c, rngs)
-    self.out_dropout = dropout(c, rngs)
+    self.probs_dropout = dropout(c)
+    self.out_dropout = dropout(c)
 
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
     b, t, d = x.shape
@@ -72,7 +77,7 @@ class QFormerLayer(nnx.Module):
     self.fc2 = Linear(c.intermediate_size, c.hidden_size, axes=("qformer_mlp", "qformer_embed"),
                       **kw)
     self.ffn_norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
-    self.ffn_dropout = dropout(c, rngs)
+    self.ffn_dropout = dropout(c)
 
   def __call__(self, x: jax.Array, frames: jax.Array) -> jax.Array:
     x = self.self_attn(x, x)
@@ -92,7 +97,7 @@ class WindowQFormer(nnx.Module):
                               (1, c.num_queries, c.hidden_size), dtype_of(c.param_dtype),
                               (None, "queries", "qformer_embed"))
     self.input_norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
-    self.input_dropout = dropout(c, rngs)  # BertEmbeddings: LayerNorm, then dropout
+    self.input_dropout = dropout(c)  # BertEmbeddings: LayerNorm, then dropout
     self.layers = nnx.List([QFormerLayer(c, rngs=rngs) for _ in range(c.num_layers)])
     self.proj = Linear(c.hidden_size, c.out_dim, axes=("qformer_embed", "embed"), use_bias=True,
                        dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)

@@ -1,6 +1,7 @@
 """Window Q-Former vs transformers' Blip2QFormerModel + torch F.unfold, written as SALMONN does
 it."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -81,3 +82,21 @@ def test_bad_input_names_shape():
     model(jnp.zeros((1, 34, 25)))
   with pytest.raises(ValueError, match=r"shorter than one window"):
     model(jnp.zeros((1, 10, 24)))
+
+
+def test_dropout_acts_in_train_mode_only_and_leaves_init_alone():
+  """Diffusion-ASR's Q-Former is bert-base with dropout 0.1, active under `model.train()`."""
+  assert QFormerConfig.paper().dropout == 0.1
+  cfg = QFormerConfig.tiny_test()
+  frames = jnp.asarray(np.random.default_rng(0).standard_normal((2, 51, 64)).astype(np.float32))
+  plain = WindowQFormer(cfg, rngs=nnx.Rngs(0))
+  dropped = WindowQFormer(QFormerConfig.tiny_test(dropout=0.1), rngs=nnx.Rngs(0))
+  plain_weights = nnx.state(plain, nnx.Param)
+  # dropout takes no draw from the parameters' stream: the same weights either way
+  for a, b in zip(jax.tree.leaves(plain_weights), jax.tree.leaves(nnx.state(dropped, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_allclose(np.asarray(dropped(frames)), np.asarray(plain(frames)), atol=1e-6)
+  dropped.train()
+  one, two = np.asarray(dropped(frames)), np.asarray(dropped(frames))
+  assert not np.allclose(one, np.asarray(plain(frames)), atol=1e-3)
+  assert not np.allclose(one, two, atol=1e-3)  # a fresh mask each call
