@@ -65,3 +65,15 @@ def int16_to_float32(audio: np.ndarray) -> np.ndarray:
 
 def float32_to_int16(audio: np.ndarray) -> np.ndarray:
   return np.clip(np.round(np.asarray(audio) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def audio_length(path: str | os.PathLike) -> int:
+  """Samples at 16 kHz of an audio file, from its header; an AudioError naming the file."""
+  try:
+    info = sf.info(path)
+    # FLAC may leave the total unknown (0, read back as 2**63 - 1): then decode once to learn it.
+    if 0 < info.frames < 2**40:
+      return -(-info.frames * SAMPLE_RATE // info.samplerate)
+    return int(load_audio(path).shape[0])
+  except (sf.LibsndfileError, RuntimeError, OSError) as e:
+    raise AudioError(f"{path}: not readable as audio: {e}") from e

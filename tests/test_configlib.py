@@ -83,9 +83,15 @@ def test_fields_that_change_together_can_be_set_in_any_order():
     (["async_save=1"], "async_save"),
     (["model.lm.n_layers=two"], "model.lm.n_layers"),
     (["objective=ar"], "objective"),
+    (["weighting=uniform"], "weighting"),
     (["data.mel_frames=201"], "data.mel_frames"),
+    (["data.text_form=lower"], "data.text_form"),
+    (["data.response_eos=none"], "data.response_eos"),
+    (["optimizer.cosine_from=end"], "optimizer.cosine_from"),
     (["mesh=2,2"], "mesh"),
+    (["batch_size=8", "grad_accum=3"], "grad_accum"),
     (["steps"], "steps"),
+    (["freeze_embeddings=true"], "freeze_embeddings"),
 ])
 def test_bad_overrides_name_the_field_and_the_file(overrides, field):
   with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as e:

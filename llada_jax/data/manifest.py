@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 
-from llada_jax.audio import AudioError, load_audio
+from llada_jax.audio import AudioError, audio_length, load_audio
 from llada_jax.data.librispeech import CorpusError, ErrorRecord, Utterance
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,6 @@ class ManifestSource:
     return self._lengths
 
   def _length(self, utt: Utterance) -> int:
-    from llada_jax.data.pipeline import audio_length  # pipeline imports this module
-
     try:
       return audio_length(utt.path)
     except AudioError as e:

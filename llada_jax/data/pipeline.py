@@ -26,9 +26,8 @@ import typing as tp
 
 import grain
 import numpy as np
-import soundfile as sf
 
-from llada_jax.audio import SAMPLE_RATE, AudioError, load_audio
+from llada_jax.audio import SAMPLE_RATE, AudioError, audio_length, load_audio
 from llada_jax.data import librispeech, manifest, tfds_librispeech
 from llada_jax.data.librispeech import ErrorRecord
 
@@ -77,18 +76,6 @@ class Source(tp.Protocol):
 
   def __getitem__(self, i: int) -> dict:
     """{id, audio float32 [n] at 16 kHz, text, speaker}; raises AudioError for a bad utterance."""
-
-
-def audio_length(path: str | os.PathLike) -> int:
-  """Samples at 16 kHz of an audio file, from its header; an AudioError naming the file."""
-  try:
-    info = sf.info(path)
-    # FLAC may leave the total unknown (0, read back as 2**63 - 1): then decode once to learn it.
-    if 0 < info.frames < 2**40:
-      return -(-info.frames * SAMPLE_RATE // info.samplerate)
-    return int(load_audio(path).shape[0])
-  except (sf.LibsndfileError, RuntimeError, OSError) as e:
-    raise AudioError(f"{path}: not readable as audio: {e}") from e
 
 
 class FolderSource:
