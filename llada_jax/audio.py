@@ -1,7 +1,11 @@
 """Audio files → mono float32 at the model's sample rate.
 
-Every failure is an `AudioError` that names the file, so a data pipeline can turn one bad utterance
-into an error record instead of a crash.
+libsndfile (`soundfile`) reads first: wav, flac, ogg/vorbis/opus, aiff, and mp3 where it was built
+with it (1.1+), checked against the frame count in the header. What it cannot open (m4a/aac, webm,
+wma, … and mp3 with an older libsndfile) is decoded by FFmpeg through PyAV (`av`) — except the
+extensions libsndfile owns (LIBSNDFILE_ONLY), where its failure means a corrupt file, not a format
+it lacks. Every failure is an `AudioError` that names the file, so a data pipeline can turn one bad
+utterance into an error record instead of a crash.
 """
 
 from __future__ import annotations
@@ -13,41 +17,85 @@ import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 16000
+# libsndfile's own formats: a file of these that it cannot read is broken, and FFmpeg would guess
+# at its bytes rather than say so.
+LIBSNDFILE_ONLY = (".wav", ".flac", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64",
+                   ".rf64", ".voc", ".sph", ".nist")
 
 
 class AudioError(ValueError):
   """An audio file is missing, unreadable, truncated, empty or not audio at all."""
 
 
-def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
-  """Any libsndfile format (flac, wav, ogg; 8/16/24-bit or float; any rate) → float32 [n] at
-  `sr`."""
-  path = os.fspath(path)
+def _check_file(path: str) -> None:
   if not os.path.exists(path):
     raise AudioError(f"{path}: no such file")
   if os.path.isdir(path):
     raise AudioError(f"{path}: is a folder, not an audio file")
   if os.path.getsize(path) == 0:
     raise AudioError(f"{path}: empty file (0 bytes)")
+
+
+def _ffmpeg_may_read(path: str) -> bool:
+  return os.path.splitext(path)[1].lower() not in LIBSNDFILE_ONLY
+
+
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
+  """Any libsndfile format (flac, wav, ogg, mp3; 8/16/24-bit or float; any rate) or, through
+  PyAV, any FFmpeg one (m4a, aac, webm, …) → float32 [n] at `sr`."""
+  path = os.fspath(path)
+  _check_file(path)
   try:
     header = sf.info(path)
     data, rate = sf.read(path, dtype="float32", always_2d=True)
   except (sf.LibsndfileError, RuntimeError, OSError) as e:
-    # libsndfile says "Format not recognised" both for non-audio bytes and for a FLAC holding zero
-    # samples, so the message mentions both.
-    raise AudioError(f"{path}: not readable as audio (corrupt, not audio, or a FLAC with no "
-                     f"samples): {e}") from e
-  # A truncated FLAC/wav decodes its intact part without an error; the header still has the full
-  # count.
-  if header.frames > 0 and data.shape[0] < header.frames:
-    raise AudioError(f"{path}: truncated: header says {header.frames} frames, decoded "
-                     f"{data.shape[0]}")
+    if not _ffmpeg_may_read(path):
+      # libsndfile says "Format not recognised" both for non-audio bytes and for a FLAC holding
+      # zero samples, so the message mentions both.
+      raise AudioError(f"{path}: not readable as audio (corrupt, not audio, or a FLAC with no "
+                       f"samples): {e}") from e
+    data, rate = _decode_ffmpeg(path, libsndfile_error=e)
+  else:
+    # A truncated FLAC/wav/mp3 decodes its intact part without an error; the header still has
+    # the full count.
+    if header.frames > 0 and data.shape[0] < header.frames:
+      raise AudioError(f"{path}: truncated: header says {header.frames} frames, decoded "
+                       f"{data.shape[0]}")
   if data.shape[0] == 0:
     raise AudioError(f"{path}: no samples")
   if not np.isfinite(data).all():
     raise AudioError(f"{path}: non-finite samples (NaN or inf)")
   mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
   return resample(mono, rate, sr)
+
+
+def _decode_ffmpeg(path: str, libsndfile_error: Exception) -> tuple[np.ndarray, int]:
+  """The first audio stream of `path` through PyAV → (float32 [n, channels], sample rate)."""
+  try:
+    import av
+  except ImportError as e:
+    raise AudioError(f"{path}: libsndfile cannot read it ({libsndfile_error}) and PyAV, which "
+                     f"decodes mp3/m4a/…, is not installed (pip install av)") from e
+  try:
+    with av.open(path, metadata_errors="ignore") as container:
+      if not container.streams.audio:
+        raise AudioError(f"{path}: no audio stream (FFmpeg reads it as "
+                         f"{container.format.name})")
+      stream = container.streams.audio[0]
+      # float planar at the stream's own layout and rate: [channels, n] per frame, whatever the
+      # codec's sample format
+      to_float = av.AudioResampler(format="fltp")
+      parts = [g.to_ndarray() for f in container.decode(stream) for g in to_float.resample(f)]
+      parts += [g.to_ndarray() for g in to_float.resample(None)]
+      rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+  except (av.FFmpegError, OSError, ValueError, EOFError) as e:
+    if isinstance(e, AudioError):
+      raise
+    raise AudioError(f"{path}: not readable as audio (libsndfile: {libsndfile_error}; FFmpeg: "
+                     f"{e})") from e
+  if not parts or rate <= 0:
+    raise AudioError(f"{path}: no samples")
+  return np.ascontiguousarray(np.concatenate(parts, axis=1).T, np.float32), rate
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
@@ -68,12 +116,17 @@ def float32_to_int16(audio: np.ndarray) -> np.ndarray:
 
 
 def audio_length(path: str | os.PathLike) -> int:
-  """Samples at 16 kHz of an audio file, from its header; an AudioError naming the file."""
+  """Samples at 16 kHz of an audio file, from its header (FFmpeg-only formats: decoded, since
+  their headers estimate); an AudioError naming the file."""
+  path = os.fspath(path)
+  _check_file(path)
   try:
     info = sf.info(path)
-    # FLAC may leave the total unknown (0, read back as 2**63 - 1): then decode once to learn it.
-    if 0 < info.frames < 2**40:
-      return -(-info.frames * SAMPLE_RATE // info.samplerate)
-    return int(load_audio(path).shape[0])
   except (sf.LibsndfileError, RuntimeError, OSError) as e:
-    raise AudioError(f"{path}: not readable as audio: {e}") from e
+    if not _ffmpeg_may_read(path):
+      raise AudioError(f"{path}: not readable as audio: {e}") from e
+    return int(load_audio(path).shape[0])
+  # FLAC may leave the total unknown (0, read back as 2**63 - 1): then decode once to learn it.
+  if 0 < info.frames < 2**40:
+    return -(-info.frames * SAMPLE_RATE // info.samplerate)
+  return int(load_audio(path).shape[0])
