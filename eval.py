@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Transcribe a LibriSpeech-layout folder, a Diffusion-ASR data file or a tfds split and score it
-(WER, RTF).
+"""Transcribe a LibriSpeech-layout folder, a Diffusion-ASR data file, a tfds split or any audio
+files and score it (WER, RTF).
 
     python eval.py --checkpoint DIR --data SPEC --out OUTDIR --strategy NAME
                    [--batch-size N] [--limit N] [--strict] [--tfds-data-dir DIR]
@@ -9,11 +9,19 @@
 SPEC is a LibriSpeech-layout split folder (SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac + transcripts),
 one of Diffusion-ASR's JSON data files (FILE.json: {"annotation": [{"path", "text", "task",
 "origin_transcripts"?}, …]}, read in its order, ids = file stems, STEM@INDEX where two paths share
-a stem) or tfds:NAME/SPLIT (e.g. tfds:librispeech_folder/test_clean, prepared with
-`llada_jax.data.tfds_librispeech.prepare`). Writes OUTDIR/hyps.jsonl (one line per utterance: id,
-ref, hyp, per-token confidences where the strategy has them, or an `error`) and OUTDIR/summary.json
-(wer with its ins/del/sub/ref_words, rtf, num_utts, num_errors, truncated_utts, audio/decode/
-compile/wall seconds, the arguments), each atomically, and prints a one-row table.
+a stem), tfds:NAME/SPLIT (e.g. tfds:librispeech_folder/test_clean, prepared with
+`llada_jax.data.tfds_librispeech.prepare`), or audio files in any layout and format (wav, flac, ogg,
+mp3, m4a, …: libsndfile, else FFmpeg through PyAV; 16 kHz mono): a glob pattern (quoted), a list of
+paths (LIST.txt one per line, LIST.jsonl {"path", "text"?} per line; ids as listed) or a folder
+without LibriSpeech transcripts (every audio file below it; ids = paths relative to it). The rule
+for a folder: LibriSpeech layout if a *.trans.txt lies below it, else audio files. Audio without a
+transcript gets ref null in hyps.jsonl and is left out of the WER (null when none has one;
+summary.json counts them in num_unreferenced).
+
+Writes OUTDIR/hyps.jsonl (one line per utterance: id, ref, hyp, per-token confidences where the
+strategy has them, or an `error`) and OUTDIR/summary.json (wer with its ins/del/sub/ref_words, rtf,
+num_utts, num_errors, truncated_utts, audio/decode/compile/wall seconds, the arguments), each
+atomically, and prints a one-row table.
 --predictions-json FILE also writes, atomically, the list Diffusion-ASR's inference.py writes
 ([{"path", "text", "llada_prediction", "origin_transcripts" for deliberation}], in data order;
 error records are left out), which their calc_wer_json.py reads.
@@ -52,11 +60,12 @@ summary.json counts those in truncated_utts and hyps.jsonl marks them (truncated
 
 Bad data. Corrupt, empty, zero-sample or non-audio files, missing transcript lines, duplicate ids
 and unreadable folders (a JSON data file: entries with a missing or non-audio file, an empty text,
-a repeated path or id, each named by annotation[INDEX] and its path) each become an error record in
+a repeated path or id, each named by annotation[INDEX] and its path; a list of paths: a missing
+or repeated path, a JSONL line without one, each named by LIST:LINE) each become an error record in
 hyps.jsonl (counted in summary.num_errors);
 stereo, any sample rate and 8/16/24-bit PCM are converted to 16 kHz mono and transcribed. --strict
 stops at the first problem instead. A broken SPEC (no such folder, no utterances, unprepared tfds
-dataset) or checkpoint exits with status 2 and a message.
+dataset, a glob pattern without matches) or checkpoint exits with status 2 and a message.
 """
 
 import sys

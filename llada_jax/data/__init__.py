@@ -1,2 +1,2 @@
 """Data sources (LibriSpeech-layout folders, Diffusion-ASR JSON data files, tensorflow-datasets
-ArrayRecord) and the grain pipeline."""
+ArrayRecord, audio files in any layout) and the grain pipeline."""

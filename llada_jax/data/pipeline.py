@@ -28,7 +28,7 @@ import grain
 import numpy as np
 
 from llada_jax.audio import SAMPLE_RATE, AudioError, audio_length, load_audio
-from llada_jax.data import librispeech, manifest, tfds_librispeech
+from llada_jax.data import files, librispeech, manifest, tfds_librispeech
 from llada_jax.data.librispeech import ErrorRecord
 
 TOO_LONG = ("trim", "drop")
@@ -148,14 +148,32 @@ class ArraySource:
 
 def open_source(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                 strict: bool = False) -> Source:
-  """A folder path (LibriSpeech layout), a Diffusion-ASR JSON data file (FILE.json, `manifest`) or
-  "tfds:NAME/SPLIT" (prepared under `data_dir`)."""
+  """A data spec as a source, by this rule (first match):
+    "tfds:NAME/SPLIT"                 a tensorflow-datasets split prepared under `data_dir`
+    FILE.json                         a Diffusion-ASR JSON data file (`manifest`)
+    LIST.txt / .lst / .list / .jsonl  a list of audio paths (`files`; JSONL may give "text")
+    a glob pattern ("*", "?", "[")    the files it matches (`files`)
+    a folder with a *.trans.txt below LibriSpeech layout (`librispeech`)
+    any other folder                  every audio file below it, no transcripts (`files`)
+  """
   spec_str = os.fspath(spec)
   if spec_str.startswith("tfds:"):
     return tfds_librispeech.open_tfds(spec_str, data_dir)
   if manifest.is_manifest(spec_str):
     return manifest.ManifestSource(spec_str, strict=strict)
+  if files.is_list(spec_str) or files.is_pattern(spec_str) or (
+      os.path.isdir(spec_str) and not has_transcripts(spec_str)):
+    return files.FilesSource(spec_str, strict=strict)
   return FolderSource(librispeech.scan_librispeech(spec_str, strict=strict))
+
+
+def has_transcripts(folder: str | os.PathLike) -> bool:
+  """Whether a folder holds LibriSpeech transcripts (a *.trans.txt at any depth)."""
+  for _, dirs, names in os.walk(folder):
+    if any(n.endswith(".trans.txt") for n in names):
+      return True
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+  return False
 
 
 def plan_epoch(bucket_of: np.ndarray, num_buckets: int, global_batch: int, seed: int, epoch: int,
@@ -290,4 +308,12 @@ def _path_of(source, i: int) -> str:
 def make_batches(spec: str | os.PathLike, config: PipelineConfig = PipelineConfig(),
                  data_dir: str | os.PathLike | None = None, process_index: int | None = None,
                  process_count: int | None = None) -> AudioBatches:
-  return AudioBatches(open_source(spec, data_dir), config, process_index, process_count)
+  """Batches of `spec` for training: every utterance needs a transcript."""
+  source = open_source(spec, data_dir)
+  untranscribed = [u for u in getattr(source, "utterances", ()) if u.text is None]
+  if untranscribed:
+    raise librispeech.CorpusError(
+        f"{spec}: {len(untranscribed)} of {len(source)} audio files have no transcript (e.g. "
+        f"{untranscribed[0].path}); training reads LibriSpeech folders, Diffusion-ASR JSON data "
+        f"files, tfds splits, or JSONL lists with a \"text\" per line")
+  return AudioBatches(source, config, process_index, process_count)

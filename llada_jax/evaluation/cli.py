@@ -26,9 +26,13 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--checkpoint", required=True, help="converted checkpoint folder")
   p.add_argument("--data", required=True,
-                 help="LibriSpeech-layout split folder, a Diffusion-ASR JSON data file "
-                      "(FILE.json: {\"annotation\": [{\"path\", \"text\"}, …]}), or "
-                      "tfds:NAME/SPLIT")
+                 help="tfds:NAME/SPLIT; a Diffusion-ASR JSON data file (FILE.json: "
+                      "{\"annotation\": [{\"path\", \"text\"}, …]}); a list of audio paths "
+                      "(LIST.txt: one per line; LIST.jsonl: {\"path\", \"text\"?} per line); a "
+                      "glob pattern (quoted: 'clips/**/*.mp3'); or a folder: LibriSpeech layout if "
+                      "a *.trans.txt lies below it, else every audio file below it (wav, flac, "
+                      "ogg, mp3, m4a, …; ids = paths relative to it). Audio without a transcript "
+                      "has ref null and is left out of the WER")
   p.add_argument("--out", required=True, help="output folder (hyps.jsonl, summary.json)")
   p.add_argument("--strategy", required=True, choices=STRATEGIES)
   p.add_argument("--batch-size", type=int, default=16)

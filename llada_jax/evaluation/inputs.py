@@ -11,6 +11,7 @@ import numpy as np
 
 from llada_jax.audio import SAMPLE_RATE
 from llada_jax.data import librispeech, pipeline
+from llada_jax.data.files import FilesSource
 from llada_jax.data.librispeech import ErrorRecord
 from llada_jax.data.manifest import ManifestSource
 from llada_jax.inference.transcriber import DurationError, check_max_duration
@@ -63,7 +64,7 @@ def open_data(spec: str, *, data_dir: str | None = None, limit: int | None = Non
   if limit is not None and isinstance(source, pipeline.FolderSource):
     # Before reading lengths: --limit should not have to read every file header of a big corpus.
     source = pipeline.FolderSource(librispeech.Scan(source.utterances[:limit], source.errors))
-  elif limit is not None and isinstance(source, ManifestSource):
+  elif limit is not None and isinstance(source, (ManifestSource, FilesSource)):
     source = source.head(limit)
   count = len(source) if limit is None else min(len(source), limit)
   lengths = np.asarray(source.lengths(), np.int64)[:count]

@@ -2,8 +2,8 @@
 optionally the predictions file Diffusion-ASR's inference.py writes.
 
 hyps.jsonl has one line per utterance, sorted by id: {id, ref, hyp, confidences, seconds} (plus
-truncated_from_seconds for audio cut to the transcriber's window), or an error record
-{id, ref, hyp: null, error, path}.
+truncated_from_seconds for audio cut to the transcriber's window; ref null for audio files without
+a transcript), or an error record {id, ref, hyp: null, error, path}.
 
 The predictions file is their list, in data order: [{"path", "text", "llada_prediction"}, …] with
 "origin_transcripts" added for deliberation, so their calc_wer_json.py reads our runs. Error records

@@ -3,7 +3,8 @@
 RTF = decode seconds (the transcriber's own time on compiled shapes, features included, compile
 excluded: every transcriber compiles ahead of time and counts it in `compile_seconds`; the first run
 of each compiled shape, slower on XLA's CPU backend, is decode time) / seconds of audio transcribed
-(after any cut to the transcriber's window). WER: `wer` (the authors' scoring).
+(after any cut to the transcriber's window). WER: `wer` (the authors' scoring), over the utterances
+with a reference (audio files without one have ref null; none at all: WER null).
 Outputs: see `outputs`.
 """
 
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
-  data: str  # LibriSpeech-layout split folder, Diffusion-ASR JSON data file, or tfds:NAME/SPLIT
+  data: str  # a data spec of `pipeline.open_source`: LibriSpeech folder, JSON data file, tfds:…,
+  # or audio files (a folder of them, a glob, a .txt/.jsonl list)
   out: str  # output folder (hyps.jsonl, summary.json)
   limit: int | None = None  # first N utterances (by id; a JSON data file: in its order) only
   strict: bool = False  # stop at the first bad file or utterance
@@ -118,8 +120,9 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
     bar.close()
 
   done = [r for r in records if "error" not in r]
-  score = (wer.corpus_wer([r["ref"] for r in done], [r["hyp"] for r in done]).summary() if done
-           else dict.fromkeys(("wer", "ins", "del", "sub", "ref_words")))
+  scored = [r for r in done if r["ref"] is not None]
+  score = (wer.corpus_wer([r["ref"] for r in scored], [r["hyp"] for r in scored]).summary()
+           if scored else dict.fromkeys(("wer", "ins", "del", "sub", "ref_words")))
   summary = {
       "strategy": transcriber.name,
       "checkpoint": str(checkpoint),
@@ -128,6 +131,7 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
       "rtf": decode_s / audio_seconds if audio_seconds else None,
       "num_utts": len(done),
       "num_errors": len(records) - len(done),
+      "num_unreferenced": len(done) - len(scored),  # transcribed, no reference: not in the WER
       # utterances longer than the transcriber's window, transcribed from its first max_seconds
       "truncated_utts": truncated,
       "max_seconds": transcriber.max_seconds,
