@@ -1,0 +1,7 @@
+"""`python -m llada_jax COMMAND …`: the `llada-jax` command."""
+
+import sys
+
+from llada_jax.cli import main
+
+sys.exit(main())
