@@ -161,10 +161,13 @@ def setup(tmp_path_factory):
   return {"tmp": tmp, "models": models, "data": data, "first": first}
 
 
-def _run(setup, run: str, out: Path, *extra) -> list[dict]:
-  argv = eval_args(setup["models"], setup["data"], setup["first"], run, out, *extra)
-  assert cli.main(argv) == 0
-  return read_hyps(out)
+def _run(setup, run: str, *extra: str) -> Path:
+  """eval.py's output folder for `run` with `extra` arguments; each is run once per module."""
+  out = setup["tmp"] / "_".join([run, *(e.strip("-").replace(",", "") for e in extra)])
+  if not (out / "summary.json").is_file():
+    assert cli.main(eval_args(setup["models"], setup["data"], setup["first"], run, out,
+                              *extra)) == 0
+  return out
 
 
 @pytest.mark.parametrize("run", list(RUNS))
@@ -172,8 +175,8 @@ def test_every_mesh_gives_the_same_hyps(setup, run):
   """Token identity on every mesh (texts equal; Whisper's confidences to float rounding)."""
   got = {}
   for mesh in MESHES:
-    out = setup["tmp"] / f"{run}_{mesh.replace(',', '')}"
-    got[mesh] = _run(setup, run, out, "--mesh", mesh, "--batch-size", str(BATCH))
+    out = _run(setup, run, "--mesh", mesh, "--batch-size", str(BATCH))
+    got[mesh] = read_hyps(out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["placement"]["mesh"] == [int(s) for s in mesh.split(",")]
     assert summary["num_utts"] == UTTS and summary["num_errors"] == 0
@@ -196,9 +199,8 @@ def test_rows_per_step_scale_with_the_data_axis(setup, monkeypatch):
   texts = {}
   for mesh, want in (("1,1,1", [2] * 5), ("8,1,1", [16])):
     rows.clear()
-    out = setup["tmp"] / f"per_device_{mesh.replace(',', '')}"
-    texts[mesh] = [r["hyp"] for r in _run(setup, "ar", out, "--mesh", mesh,
-                                          "--per-device-batch", "2")]
+    out = _run(setup, "ar", "--mesh", mesh, "--per-device-batch", "2")
+    texts[mesh] = [r["hyp"] for r in read_hyps(out)]
     assert rows == want
     placement = json.loads((out / "summary.json").read_text())["placement"]
     assert placement["batch_size"] == want[0] and placement["per_device_batch"] == 2
@@ -252,9 +254,8 @@ def test_lora_is_merged_once_at_load(setup):
   np.testing.assert_allclose(got, want, atol=2e-6 * np.abs(want).max(), rtol=0)
   texts = {}
   for extra in ([], ["--no-merge-lora"]):
-    out = setup["tmp"] / f"lora{len(extra)}"
-    texts[len(extra)] = [r["hyp"] for r in _run(setup, "diffusion", out, "--mesh", "1,1,1",
-                                                 "--batch-size", str(BATCH), *extra)]
+    out = _run(setup, "diffusion", "--mesh", "1,1,1", "--batch-size", str(BATCH), *extra)
+    texts[len(extra)] = [r["hyp"] for r in read_hyps(out)]
     lora = json.loads((out / "summary.json").read_text())["placement"]["lora"]
     assert lora == ("adapters" if extra else "merged")
   assert texts[0] == texts[1]
@@ -270,9 +271,8 @@ def test_dtype_override(setup):
   assert cfg.whisper.dtype == cfg.qformer.dtype == cfg.lm.dtype == "bfloat16"
   assert t.model.lm.layers[0].mlp.gate_proj.kernel[...].dtype == jnp.float32
   assert t.placement_info["dtype"] == "bfloat16" and t.batch_size == 4
-  out = setup["tmp"] / "bf16"
-  rows = _run(setup, "ar", out, "--mesh", "2,2,2", "--batch-size", str(BATCH), "--dtype",
-              "bfloat16")
+  rows = read_hyps(_run(setup, "ar", "--mesh", "2,2,2", "--batch-size", str(BATCH), "--dtype",
+                        "bfloat16"))
   assert len(rows) == UTTS and all(r["hyp"] is not None for r in rows)
 
 

@@ -78,7 +78,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                  help="> 30 s audio: seconds of overlap on each side of a 30 s window")
   g.add_argument("--language", default=w.language, help="multilingual models: the language token")
   g.add_argument("--encoder-rows", type=int, default=w.encoder_rows,
-                 help="encode this many utterances at a time (default: 1 on CPU, where the "
+                 help="encode this many utterances at a time per data-parallel shard (default: "
+                      "1 on CPU, where the "
                       "memory-bound attention over 1500 frames is ~2× faster row by row; the "
                       "whole batch on accelerators)")
   g.add_argument("--max-new-tokens", type=int, default=w.max_new_tokens,

@@ -207,7 +207,8 @@ def merged_lora(model: nnx.Module, placement: Placement) -> nnx.Module:
   shardings = sharding.state_shardings(jax.eval_shape(merged, state), placement.mesh,
                                        placement.rules)
   with placement.tracing():
-    new_state = jax.jit(merged, out_shardings=shardings)(state)
+    new_state = jax.jit(merged, in_shardings=(state_shardings(state),),
+                        out_shardings=shardings)(state)
   return nnx.merge(merged_graphdef[0], new_state)
 
 

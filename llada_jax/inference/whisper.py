@@ -40,8 +40,8 @@ class WhisperSettings:
   suppress: bool = True  # Whisper's suppress_tokens / begin_suppress_tokens (from source.json)
   chunk_stride: float = 5.0  # > 30 s audio: seconds of overlap on each side of a 30 s window
   language: str = "en"  # multilingual models: the language token
-  # Utterances encoded at a time; None: 1 on CPU (the memory-bound attention over 1500 frames is
-  # ~2× faster row by row there), the whole batch on accelerators.
+  # Utterances encoded at a time per data-parallel shard; None: 1 on CPU (the memory-bound
+  # attention over 1500 frames is ~2× faster row by row there), the whole batch on accelerators.
   encoder_rows: int | None = None
   max_new_tokens: int | None = None  # default: Whisper's sample_len, half the decoder context
 
