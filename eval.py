@@ -3,8 +3,9 @@
 files and score it (WER, RTF).
 
     python eval.py --checkpoint DIR --data SPEC --out OUTDIR --strategy NAME
-                   [--batch-size N] [--limit N] [--strict] [--tfds-data-dir DIR]
-                   [--predictions-json FILE] [--too-long {trim,error}]
+                   [--batch-size N | --per-device-batch N] [--mesh DATA,FSDP,TENSOR]
+                   [--dtype {auto,float32,bfloat16,float16}] [--limit N] [--strict]
+                   [--tfds-data-dir DIR] [--predictions-json FILE] [--too-long {trim,error}]
 
 SPEC is a LibriSpeech-layout split folder (SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac + transcripts),
 one of Diffusion-ASR's JSON data files (FILE.json: {"annotation": [{"path", "text", "task",
@@ -50,6 +51,28 @@ Fast-dLLM options (not in the paper): --threshold, --cache, --dual-cache.
 Timing. Batches have a fixed size (the last one padded with masked rows) and a few fixed audio
 widths, so each (batch, width) compiles once, ahead of time, and is logged; compile time is
 reported apart (compile_seconds) and RTF = decode seconds on compiled shapes / audio seconds.
+
+Devices. --mesh DATA,FSDP,TENSOR runs the model on a mesh of devices (one size may be -1 for the
+remaining devices: --mesh=-1,1,1). The weights are placed as training places them (--sharding
+fsdp_tp: the model dimension over fsdp, heads / MLP / vocabulary over tensor; or replicated), each
+restored straight into its shards, and every batch is split over data × fsdp. Default: one device
+(1,1,1); with several processes, every device on the data axis. --batch-size is rows per step over
+the whole mesh (default 16); --per-device-batch N makes it N × data × fsdp instead, so (8,1,1)
+processes 8× the rows per step of (1,1,1). LoRA adapters are folded into their kernels once at load
+(--no-merge-lora decodes with them as trained; the same up to float rounding). --dtype is the
+model's compute dtype (weights keep theirs): auto = bfloat16 on GPU/TPU, the checkpoint's own
+(float32) on CPU. Transcripts do not depend on the mesh (tests/test_eval_mesh.py).
+
+Several processes (one per host, or several on one machine): run the same command in each with
+JAX_COORDINATOR_ADDRESS=HOST:PORT, JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=0…N-1 (or
+LLADA_DISTRIBUTED=1 where JAX detects the cluster itself: TPU pod slices, SLURM, Open MPI). The
+mesh spans every process's devices. Each process reads the data spec, restores its own shards of
+the weights, feeds its own batch / N rows of every batch (padding rows where it has none left, so
+all run the same steps) and process 0 writes the one hyps.jsonl and summary.json, as a single
+process would. A batch not divisible by N, or a mesh that does not fit the devices or does not give
+each process its own rows (data × fsdp must split the batch at least N ways), exits 2 on every
+process before anything compiles. With --strict a bad file stops its own process: the others then
+wait for it in a collective until JAX's coordination service gives up on it (or they are killed).
 
 Long audio. Whisper cuts audio over 30 s into 30 s windows overlapping by 2 × --chunk-stride
 (5 s each side, a new window every 20 s, as whisper-jax chunks) and merges consecutive transcripts

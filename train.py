@@ -25,18 +25,7 @@ import logging
 import os
 import sys
 
-
-def init_distributed() -> None:
-  """jax.distributed.initialize() when the environment says this is one process of several."""
-  import jax
-
-  addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
-  if addr:
-    jax.distributed.initialize(coordinator_address=addr,
-                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                               process_id=int(os.environ["JAX_PROCESS_ID"]))
-  elif os.environ.get("LLADA_DISTRIBUTED", "") not in ("", "0"):
-    jax.distributed.initialize()  # cluster auto-detection (TPU pod, SLURM, MPI)
+from llada_jax.distributed import init_distributed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ only when complete, so a crash or a bad checkpoint never leaves a half-written O
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -173,11 +174,25 @@ def abstract_model(config) -> nnx.Module:
   return nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
 
 
+def with_compute_dtype(config, dtype: str):
+  """`config` with every (sub-)config's compute `dtype` set to `dtype`; parameters keep their
+  `param_dtype` (each matmul casts its weights to the compute dtype)."""
+  changes = {f.name: with_compute_dtype(getattr(config, f.name), dtype)
+             for f in dataclasses.fields(config)
+             if dataclasses.is_dataclass(getattr(config, f.name))}
+  if any(f.name == "dtype" for f in dataclasses.fields(config)):
+    changes["dtype"] = dtype
+  return dataclasses.replace(config, **changes)
+
+
 def load(path: str | Path, *, mesh: jax.sharding.Mesh | None = None,
-         rules: sharding.ShardingConfig | None = None) -> nnx.Module:
-  """The NNX model of a converted checkpoint, optionally placed on `mesh` by `rules`."""
+         rules: sharding.ShardingConfig | None = None, dtype: str | None = None) -> nnx.Module:
+  """The NNX model of a converted checkpoint, optionally placed on `mesh` by `rules`; `dtype`
+  overrides the compute dtype of its config (e.g. "bfloat16" on accelerators)."""
   path = Path(path)
   config = read_config(path)
+  if dtype is not None:
+    config = with_compute_dtype(config, str(jnp.dtype(dtype)))
   graphdef, state = nnx.split(abstract_model(config))
   flat = dict(nnx.to_flat_state(state))
   names = {".".join(str(p) for p in k): k for k, v in flat.items() if not RNG_STATE(k, v)}

@@ -181,11 +181,27 @@ def constrain(x: jax.Array, names: tp.Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def batch_axes(config: ShardingConfig) -> tuple[str, ...]:
+  """The mesh axes the batch dimension is split over (data × fsdp with either rule set)."""
+  target = config.mesh_axes(("batch",))[0]
+  return target if isinstance(target, tuple) else ((target,) if target else ())
+
+
+def batch_ways(mesh: Mesh | None = None, config: ShardingConfig | None = None) -> int:
+  """Data-parallel shards of the batch on `mesh` under `config`; without them, under the active
+  `use(...)` (1 outside one)."""
+  if mesh is None or config is None:
+    if not _ACTIVE:
+      return 1
+    mesh, config = _ACTIVE[-1]
+  return math.prod(mesh.shape[a] for a in batch_axes(config))
+
+
 def batch_sharding(mesh: Mesh, config: ShardingConfig, shape: tp.Sequence[int]) -> NamedSharding:
   """Sharding for a global batch: leading dim over the batch axes, the rest replicated."""
   spec = config.mesh_axes(("batch",) + (None,) * (len(shape) - 1))
-  axes = spec[0] if isinstance(spec[0], tuple) else ((spec[0],) if spec[0] else ())
-  ways = math.prod(mesh.shape[a] for a in axes)
+  axes = batch_axes(config)
+  ways = batch_ways(mesh, config)
   if shape[0] % ways:
     raise ValueError(f"batch of shape {tuple(shape)}: batch size {shape[0]} is not divisible by "
                      f"the {ways} data-parallel shards of mesh axes {axes}")

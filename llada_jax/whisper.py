@@ -298,10 +298,24 @@ def encode_in_groups(model: Whisper, mel: jax.Array, rows: int | None) -> jax.Ar
 
   On CPU the encoder's [B, H, 1500, 1500] attention scores are memory-bound: one row at a time keeps
   them 16× smaller and encodes a batch of 16 30 s utterances ~2× faster. Results are the same up to
-  float rounding."""
+  float rounding.
+
+  On a mesh (under `sharding.use`) `rows` counts per data-parallel shard: each step encodes `rows`
+  utterances of every shard, so no shard waits for another's rows (a shard holds a contiguous
+  block of the batch; the groups take the same position in every block)."""
   b = mel.shape[0]
-  rows = b if rows is None else math.gcd(b, max(1, int(rows)))
-  if rows >= b:
+  ways = sharding.batch_ways()
+  ways = ways if b % ways == 0 else 1
+  per_shard = b // ways
+  rows = per_shard if rows is None else math.gcd(per_shard, max(1, int(rows)))
+  if rows >= per_shard:
     return model.encode(mel)
-  out = jax.lax.map(model.encode, mel.reshape(b // rows, rows, *mel.shape[1:]))
-  return out.reshape(b, *out.shape[2:])
+  groups = per_shard // rows
+  rest = mel.shape[1:]
+  # [B, …] = [ways, groups, rows, …] → [groups, ways × rows, …]: the mapped axis is unsharded.
+  grouped = mel.reshape(ways, groups, rows, *rest).swapaxes(0, 1).reshape(groups, ways * rows,
+                                                                         *rest)
+  grouped = sharding.constrain(grouped, (None, "batch") + (None,) * len(rest))
+  out = jax.lax.map(model.encode, grouped)
+  out = out.reshape(groups, ways, rows, *out.shape[2:]).swapaxes(0, 1)
+  return out.reshape(b, *out.shape[3:])

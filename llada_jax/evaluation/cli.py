@@ -9,10 +9,13 @@ import time
 import typing as tp
 from pathlib import Path
 
-from llada_jax import decoding, text
+import jax
+
+from llada_jax import decoding, distributed, text
 from llada_jax.data import manifest
 from llada_jax.evaluation import outputs, runner
 from llada_jax.evaluation.inputs import EvalError
+from llada_jax.inference import placement
 from llada_jax.inference.llada import STRATEGIES as LLADA_STRATEGIES
 from llada_jax.inference.llada import LLaDASettings
 from llada_jax.inference.transcriber import TOO_LONG
@@ -35,7 +38,11 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                       "has ref null and is left out of the WER")
   p.add_argument("--out", required=True, help="output folder (hyps.jsonl, summary.json)")
   p.add_argument("--strategy", required=True, choices=STRATEGIES)
-  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--batch-size", type=int, default=None,
+                 help="rows per step over the whole mesh and every process (default 16)")
+  p.add_argument("--per-device-batch", type=int, default=None, metavar="N",
+                 help="instead of --batch-size: N rows per data-parallel shard, i.e. a batch of "
+                      "N × data × fsdp (throughput scales with the mesh)")
   p.add_argument("--limit", type=int, default=None,
                  help="first N utterances only (by id; a JSON data file: in its order)")
   p.add_argument("--predictions-json", default=None, metavar="FILE",
@@ -45,6 +52,21 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
   p.add_argument("--strict", action="store_true", help="stop at the first bad file or utterance")
   p.add_argument("--tfds-data-dir", default=None, help="where tfds:NAME/SPLIT was prepared")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+  g = p.add_argument_group("devices")
+  g.add_argument("--mesh", type=_mesh, default=None, metavar="DATA,FSDP,TENSOR",
+                 help="device mesh, one size may be -1 (all remaining devices); batches are split "
+                      "over data × fsdp, weights placed by --sharding (default: 1,1,1 in one "
+                      "process; -1,1,1 with several)")
+  g.add_argument("--sharding", choices=tuple(placement.RULES), default="fsdp_tp",
+                 help="weight placement: training's fsdp_tp (model dim over fsdp; heads, MLP and "
+                      "vocabulary over tensor) or replicated")
+  g.add_argument("--dtype", choices=placement.DTYPES, default="auto",
+                 help="compute dtype of the model (weights keep theirs); auto: bfloat16 on "
+                      "GPU/TPU, the checkpoint's own (float32) on CPU")
+  g.add_argument("--no-merge-lora", action="store_true",
+                 help="decode with the LoRA adapters as trained instead of folding them into "
+                      "the weights once at load (the same up to float rounding)")
 
   w, d = WhisperSettings(), LLaDASettings()
   g = p.add_argument_group("strategy whisper")
@@ -60,7 +82,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                  help="> 30 s audio: seconds of overlap on each side of a 30 s window")
   g.add_argument("--language", default=w.language, help="multilingual models: the language token")
   g.add_argument("--encoder-rows", type=int, default=w.encoder_rows,
-                 help="encode this many utterances at a time (default: 1 on CPU, where the "
+                 help="encode this many utterances at a time per data-parallel shard (default: "
+                      "1 on CPU, where the "
                       "memory-bound attention over 1500 frames is ~2× faster row by row; the "
                       "whole batch on accelerators)")
   g.add_argument("--max-new-tokens", type=int, default=w.max_new_tokens,
@@ -116,8 +139,12 @@ def parse_args(argv: tp.Sequence[str] | None = None, description: str | None = N
   args = parser.parse_args(argv)
   if args.limit is not None and args.limit < 1:
     parser.error("--limit must be ≥ 1")
-  if args.batch_size < 1:
-    parser.error("--batch-size must be ≥ 1")
+  if args.batch_size is not None and args.per_device_batch is not None:
+    parser.error("give --batch-size or --per-device-batch, not both")
+  if args.per_device_batch is None and args.batch_size is None:
+    args.batch_size = 16
+  if (args.batch_size or 1) < 1 or (args.per_device_batch or 1) < 1:
+    parser.error("--batch-size and --per-device-batch must be ≥ 1")
   if args.strategy == "deliberation" and not args.first_pass and not manifest.is_manifest(
       args.data):
     parser.exit(2, "error: --strategy deliberation needs --first-pass HYPS.jsonl (another "
@@ -158,13 +185,33 @@ def evaluate(args: argparse.Namespace) -> dict:
 
   start = time.perf_counter()
   model_settings, run = settings(args)
-  transcriber = Transcriber.open(args.checkpoint, model_settings, batch_size=args.batch_size)
+  try:  # before the checkpoint is read: a mesh or batch that cannot work is exit 2 at once
+    devices = placement.Placement.create(args.mesh, args.sharding)
+    batch_size = devices.global_batch(args.batch_size, args.per_device_batch)
+  except placement.PlacementError as e:
+    raise EvalError(str(e)) from None
+  transcriber = Transcriber.open(args.checkpoint, model_settings, batch_size=batch_size,
+                                 mesh=devices, dtype=args.dtype,
+                                 merge_lora=not args.no_merge_lora)
   return runner.run(transcriber, run, checkpoint=args.checkpoint, started=start,
                     extra={"args": vars(args)})
 
 
+def _mesh(value: str) -> tuple[int, int, int]:
+  try:
+    shape = tuple(int(v) for v in value.split(","))
+  except ValueError:
+    shape = ()
+  if len(shape) != 3 or any(s == 0 or s < -1 for s in shape) or shape.count(-1) > 1:
+    raise argparse.ArgumentTypeError(f"{value!r}: expected DATA,FSDP,TENSOR, positive sizes, at "
+                                     f"most one of them -1 (e.g. 8,1,1 or -1,1,2)")
+  return tp.cast(tuple[int, int, int], shape)
+
+
 def main(argv: tp.Sequence[str] | None = None, description: str | None = None) -> int:
   args = parse_args(argv, description)
+  # One process of several (JAX_COORDINATOR_ADDRESS …): join the others before any device use.
+  distributed.init_distributed()
   # Our own handler: absl (imported by tfds/orbax) may already own the root logger, which would
   # swallow the compile notices (whisper-jax's users took silent compiles for slowness).
   ours = logging.getLogger("llada_jax")
@@ -180,6 +227,8 @@ def main(argv: tp.Sequence[str] | None = None, description: str | None = None) -
   except (EvalError, ModelError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if jax.process_index() != 0:  # process 0 writes and reports
+    return 0
   print(outputs.format_table(summary))
   also = f" and {args.predictions_json}" if args.predictions_json else ""
   print(f"wrote {Path(args.out) / 'hyps.jsonl'}, {Path(args.out) / 'summary.json'}{also}")

@@ -6,6 +6,12 @@ of each compiled shape, slower on XLA's CPU backend, is decode time) / seconds o
 (after any cut to the transcriber's window). WER: `wer` (the authors' scoring), over the utterances
 with a reference (audio files without one have ref null; none at all: WER null).
 Outputs: see `outputs`.
+
+Several processes (`llada_jax.distributed`) run the same loop in step: the pipeline plans global
+batches and hands each process its own rows of each (`transcriber.local_batch_size`), so every
+process runs the same number of steps, and a step whose rows are all padding on one process is
+still run there while another has work. At the end every process's records and timings are
+gathered; process 0 writes the outputs (one hyps.jsonl, as a single process would write it).
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import logging
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
+from llada_jax import distributed
 from llada_jax.audio import SAMPLE_RATE, AudioError
 from llada_jax.data import pipeline
 from llada_jax.evaluation import inputs, outputs, wer
@@ -66,16 +74,23 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
   except OSError as e:
     raise EvalError(f"--out {out}: {e}") from e
 
-  records = [outputs.error_record(e, refs) for e in data.errors]
+  process, processes = jax.process_index(), jax.process_count()
+  if processes > 1 and transcriber.placement is None:
+    raise EvalError(f"{transcriber.name}: a transcriber without a placement runs in one process "
+                    f"(this is one of {processes})")
+  # every process opened the whole data spec: its unreadable entries are recorded once
+  records = [outputs.error_record(e, refs) for e in data.errors] if process == 0 else []
   decode_s = compile_s = audio_seconds = 0.0
   window, truncated = transcriber.window_samples, 0
   if len(data):
     full_lengths = data.lengths()
     config = pipeline.PipelineConfig(
-        batch_size=transcriber.batch_size, buckets=transcriber.pipeline_buckets(full_lengths),
-        shuffle=False, num_epochs=1, too_long="trim", num_threads=2, prefetch=2)
-    batches = pipeline.AudioBatches(data, config, process_index=0, process_count=1)
-    bar = tqdm(total=len(data), unit="utt", desc=transcriber.name, disable=s.quiet or None)
+        batch_size=transcriber.local_batch_size,
+        buckets=transcriber.pipeline_buckets(full_lengths), shuffle=False, num_epochs=1,
+        too_long="trim", num_threads=2, prefetch=2)
+    batches = pipeline.AudioBatches(data, config, process_index=process, process_count=processes)
+    bar = tqdm(total=len(data), unit="utt", desc=transcriber.name,
+               disable=s.quiet or process != 0 or None)
     for batch in batches:
       for e in batch["errors"]:
         if s.strict:
@@ -84,13 +99,17 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
       if first_pass is not None:
         _attach_first_pass(batch, first_pass, s, records)
       valid = np.flatnonzero(batch["valid"])
-      if valid.shape[0]:
+      # the global count decides: a compiled step runs on every process or on none
+      step_rows = (valid.shape[0] if processes == 1 else
+                   sum(distributed.allgather(int(valid.shape[0]))))
+      if step_rows:
         before, t0 = transcriber.compile_seconds, time.perf_counter()
         try:
           results = transcriber.transcribe(batch)
         except (UtteranceError, AudioError) as e:
           if s.strict:
-            raise EvalError(f"--strict: {batch['ids'][valid[0]]}…: {e}") from e
+            first = batch["ids"][valid[0]] if valid.shape[0] else "a batch"
+            raise EvalError(f"--strict: {first}…: {e}") from e
           results = [e] * len(batch["valid"])
         compiled = transcriber.compile_seconds - before
         decode_s += time.perf_counter() - t0 - compiled
@@ -116,8 +135,19 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
           if window is not None and full > window:  # transcribed from its first `window` samples
             truncated += 1
             records[-1]["truncated_from_seconds"] = round(full / SAMPLE_RATE, 4)
-      bar.update(int(batch["valid"].sum()) + len(batch["errors"]))
+      bar.update((int(batch["valid"].sum()) + len(batch["errors"])) * processes)
     bar.close()
+
+  if processes > 1:  # every process's records and timings, in process order
+    parts = distributed.allgather({"records": records, "audio": audio_seconds,
+                                   "decode": decode_s, "compile": compile_s,
+                                   "truncated": truncated})
+    records = [r for part in parts for r in part["records"]]
+    audio_seconds = sum(part["audio"] for part in parts)
+    truncated = sum(part["truncated"] for part in parts)
+    # the processes run in step: the slowest one's time is the run's
+    decode_s = max(part["decode"] for part in parts)
+    compile_s = max(part["compile"] for part in parts)
 
   done = [r for r in records if "error" not in r]
   scored = [r for r in done if r["ref"] is not None]
@@ -142,10 +172,15 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
       "wall_seconds": round(time.perf_counter() - start, 4),
       "compiled_shapes": list(transcriber.compiled_shapes),
       "strategy_info": outputs.jsonable(transcriber.info),
+      # mesh, rules, devices, processes, batch_size (global rows per step), per_device_batch,
+      # dtype, lora
+      "placement": outputs.jsonable(transcriber.placement_info),
       **outputs.jsonable(extra or {}),
   }
   if first_pass is not None:
     summary["first_pass"] = first_pass.origin
+  if process != 0:
+    return summary
   outputs.write(out, records, summary)
   if s.predictions_json:
     outputs.write_predictions(s.predictions_json, outputs.predictions(

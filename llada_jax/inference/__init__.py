@@ -1,6 +1,7 @@
 """Audio in, text out: a converted checkpoint + typed settings as a `Transcriber`."""
 
 from llada_jax.inference.llada import LLaDASettings, LLaDATranscriber
+from llada_jax.inference.placement import Placement, PlacementError
 from llada_jax.inference.transcriber import (
                                              DurationError,
                                              Transcriber,
@@ -9,5 +10,6 @@ from llada_jax.inference.transcriber import (
 )
 from llada_jax.inference.whisper import ModelError, WhisperSettings, WhisperTranscriber
 
-__all__ = ["DurationError", "LLaDASettings", "LLaDATranscriber", "ModelError", "Transcriber",
-           "UtteranceError", "WhisperSettings", "WhisperTranscriber", "check_max_duration"]
+__all__ = ["DurationError", "LLaDASettings", "LLaDATranscriber", "ModelError", "Placement",
+           "PlacementError", "Transcriber", "UtteranceError", "WhisperSettings",
+           "WhisperTranscriber", "check_max_duration"]

@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
+import typing as tp
 import zlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from llada_jax import checkpoint as ckpt
-from llada_jax import decoding, features, text
+from llada_jax import decoding, distributed, features, text
 from llada_jax.audio import SAMPLE_RATE
 from llada_jax.configs import WhisperLLaDAConfig
 from llada_jax.features import HOP
+from llada_jax.inference.placement import Placement
 from llada_jax.inference.transcriber import TOO_LONG, Result, Transcriber, UtteranceError
 from llada_jax.inference.whisper import ModelError
 
@@ -92,10 +92,9 @@ class LLaDATranscriber(Transcriber):
   max_seconds: float | None = 30.0
 
   def __init__(self, checkpoint: str | os.PathLike, settings: LLaDASettings = LLaDASettings(),
-               *, batch_size: int = 16):
-    import llada_jax
-
-    super().__init__(batch_size)
+               *, batch_size: int = 16, placement: Placement | None = None, dtype: str = "auto",
+               merge_lora: bool = True):
+    super().__init__(batch_size, placement or Placement.create())
     s = self.settings = settings
     self.name = s.strategy
     try:
@@ -134,10 +133,7 @@ class LLaDATranscriber(Transcriber):
                        f"no room for a response in the LM's {config.lm.max_seq_len} positions")
     self.max_seconds = self.mel_frames / 100.0
     self.too_long = s.too_long
-    self.model = llada_jax.load(checkpoint)
-    self._graphdef, self._state = nnx.split(self.model)
-    self._warm_shapes: set[tuple[int, ...]] = set()
-    self.key = jax.random.key(s.seed)
+    self._load(checkpoint, dtype=dtype, merge_lora=merge_lora)
     self.cache = bool(s.cache or s.dual_cache)  # the dual cache extends the prefix cache
     self.info = {"mel_frames": self.mel_frames, "gen_length": self.gen_length,
                  "steps": self.steps, "threshold": s.threshold,
@@ -150,58 +146,58 @@ class LLaDATranscriber(Transcriber):
                         "hypothesis_tokens": s.hypothesis_tokens})
 
   # -- inputs ------------------------------------------------------------------------------------
+  # Every input is this process's rows, as numpy; the compiled function computes the log-mel and
+  # the per-row keys itself, so nothing runs op by op on (global) device arrays.
 
-  def _mel(self, batch: dict) -> jax.Array:
-    audio = jnp.asarray(batch["audio"][:, : self.buckets[0]])
-    return features.log_mel(audio, n_mels=self.config.whisper.n_mels, frames=self.mel_frames)
+  def _audio(self, batch: dict) -> np.ndarray:
+    return np.asarray(batch["audio"], np.float32)[:, : self.buckets[0]]
 
   def _prompt(self, batch: dict) -> np.ndarray:
     return np.repeat(self.prompt, len(batch["ids"]), axis=0)
 
-  def _row_keys(self, batch: dict) -> jax.Array:
+  def _seeds(self, batch: dict) -> np.ndarray:
     # Per-utterance keys (from the id), so random modes do not depend on batch composition.
-    seeds = [zlib.crc32(str(i).encode()) & 0x7FFFFFFF for i in batch["ids"]]
-    return jax.vmap(lambda s: jax.random.fold_in(self.key, s))(jnp.asarray(seeds, jnp.int32))
+    return np.asarray([zlib.crc32(str(i).encode()) & 0x7FFFFFFF for i in batch["ids"]], np.int32)
 
   def _gen_length(self, batch: dict, multiple_of: int = 1) -> int:
     if not self.settings.adaptive_length:
       return self.gen_length
-    seconds = float(np.max(np.asarray(batch["audio_len"])[np.asarray(batch["valid"])], initial=0))
-    return decoding.adaptive_gen_length(seconds / SAMPLE_RATE, multiple_of=multiple_of)
+    # The longest utterance of the global batch: every process compiles the same shape.
+    samples = distributed.agree_max(
+        np.max(np.asarray(batch["audio_len"])[np.asarray(batch["valid"])], initial=0))
+    return decoding.adaptive_gen_length(samples / SAMPLE_RATE, multiple_of=multiple_of)
 
   def _texts(self, ids) -> list[Result]:
     eos = self.config.lm.eos_id
     return [(text.decode_response(self.tokenizer, row, eos), None) for row in np.asarray(ids)]
 
-  def _run(self, what: str, settings, fn, *args):
-    """`fn(model, *args)` through its compiled executable for these shapes and settings."""
-    graphdef = self._graphdef
+  def _run(self, what: str, settings, fn, audio: np.ndarray | None, *rows: np.ndarray,
+           seeds: np.ndarray) -> np.ndarray:
+    """`fn(model, mel, *rows, keys)` on this process's rows, through its compiled executable for
+    these shapes and settings; this process's rows of the result."""
+    graphdef, n_mels, frames = self._graphdef, self.config.whisper.n_mels, self.mel_frames
+    seed = self.settings.seed
 
-    def call(state, *args):
-      return fn(nnx.merge(graphdef, state), *args)
+    def call(state, audio, seeds, *rows):
+      mel = None if audio is None else features.log_mel(audio, n_mels=n_mels, frames=frames)
+      keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(seeds)
+      return fn(nnx.merge(graphdef, state), mel, *rows, keys)
 
-    shapes = tuple(None if a is None else (a.shape, str(a.dtype)) for a in args)
-    exe = self.compiled((self.name, graphdef, settings, shapes), call, self._state, *args,
-                        what=f"{what}: batch {shapes[-1][0][0]}, {settings}")
-    return exe(self._state, *args)
+    p = tp.cast(Placement, self.placement)
+    local = (audio, seeds, *rows)
+    shapes = tuple(None if a is None else (a.shape, str(a.dtype)) for a in local)
+    exe = self.compiled(
+        (self.name, graphdef, settings, shapes, seed, frames), call, self._state,
+        *(None if a is None else p.abstract(a) for a in local),
+        in_shardings=(self._state_shardings,
+                      *(None if a is None else p.batch_sharding(a.ndim) for a in local)),
+        out_shardings=p.batch_sharding(2),
+        what=f"{what}: batch {self.batch_size}, {settings}")
+    return p.local(exe(self._state, *(None if a is None else p.put(a) for a in local)))
 
   # -- strategies --------------------------------------------------------------------------------
 
-  def _warm_inputs(self, batch: dict) -> None:
-    """The log-mel and row keys run op by op (eagerly, as in training's feature path); each op
-    compiles on its first batch shape. Do that once per shape on zeros and count it as compile
-    time, so that decode seconds (and RTF) hold only warm work."""
-    shape = np.shape(batch["audio"])
-    if shape in self._warm_shapes:
-      return
-    start = time.perf_counter()
-    zeros = {"audio": np.zeros(shape, np.float32), "ids": [str(i) for i in range(shape[0])]}
-    jax.block_until_ready((self._mel(zeros), self._row_keys(zeros)))
-    self.compile_seconds += time.perf_counter() - start
-    self._warm_shapes.add(shape)
-
   def transcribe(self, batch: dict) -> list[Result | Exception]:
-    self._warm_inputs(batch)
     if self.settings.strategy == "ar":
       return self._ar(batch)
     if self.settings.strategy == "deliberation":
@@ -210,9 +206,9 @@ class LLaDATranscriber(Transcriber):
 
   def _ar(self, batch: dict) -> list[Result | Exception]:
     n, eos = self._gen_length(batch), self.config.lm.eos_id
-    ids = self._run("greedy AR", (n, eos), lambda model, mel, prompt: decoding.greedy(
-        model, mel, prompt, max_new_tokens=n, eos_id=eos), self._mel(batch),
-                    jnp.asarray(self._prompt(batch), jnp.int32))
+    ids = self._run("greedy AR", (n, eos), lambda model, mel, prompt, _: decoding.greedy(
+        model, mel, prompt, max_new_tokens=n, eos_id=eos), self._audio(batch),
+                    self._prompt(batch), seeds=self._seeds(batch))
     return self._texts(ids)
 
   def _diffusion(self, batch: dict) -> list[Result | Exception]:
@@ -225,8 +221,8 @@ class LLaDATranscriber(Transcriber):
         temperature=s.temperature, threshold=s.threshold, cache=self.cache,
         dual_cache=s.dual_cache)
     ids = self._run("diffusion decode", settings, lambda model, mel, prompt, keys: decoding.decode(
-        model, mel, prompt, settings=settings, key=keys), self._mel(batch),
-                    jnp.asarray(self._prompt(batch), jnp.int32), self._row_keys(batch))
+        model, mel, prompt, settings=settings, key=keys), self._audio(batch),
+                    self._prompt(batch), seeds=self._seeds(batch))
     return self._texts(ids)
 
   def _deliberation(self, batch: dict) -> list[Result | Exception]:
@@ -243,7 +239,8 @@ class LLaDATranscriber(Transcriber):
     if s.hypothesis_tokens is not None:
       width = s.hypothesis_tokens
     else:  # whole hypotheses, in a few static widths, as far as the LM's context allows
-      longest = max((len(r) for r in rows), default=0)
+      # the longest of the global batch: every process compiles the same shape
+      longest = distributed.agree_max(max((len(r) for r in rows), default=0))
       width = min(max(1, -(-longest // HYPOTHESIS_BUCKET)) * HYPOTHESIS_BUCKET, self.room)
     rows = [r[:width] for r in rows]
     lengths = [len(r) for r in rows]
@@ -254,12 +251,11 @@ class LLaDATranscriber(Transcriber):
         strategy=s.deliberation_strategy, masking=s.masking, mask_ratio=s.mask_ratio,
         steps=self.steps, num_chunks=s.num_chunks, remasking=s.remasking,
         temperature=s.temperature, threshold=s.threshold, cache=self.cache)
-    mel = None if s.text_only else self._mel(batch)
-    out = np.asarray(self._run(
+    out = self._run(
         "deliberation", settings, lambda model, mel, prompt, hyp, n, keys: decoding.deliberate(
             model, mel, prompt, hyp, n, settings=settings, key=keys),
-        mel, jnp.asarray(self._prompt(batch), jnp.int32), jnp.asarray(hyp_ids),
-        jnp.asarray(lengths, jnp.int32), self._row_keys(batch)))
+        None if s.text_only else self._audio(batch), self._prompt(batch), hyp_ids,
+        np.asarray(lengths, np.int32), seeds=self._seeds(batch))
     # Diffusion-ASR decodes the whole re-filled response with `skip_special_tokens=True`: an EOS
     # committed mid-sentence is dropped and the words after it are kept.
     return [missing[i] if i in missing else (text.decode_all(self.tokenizer, row[: lengths[i]]),

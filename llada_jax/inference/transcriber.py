@@ -3,9 +3,13 @@
     t = llada_jax.Transcriber.open("ckpt/whisper-llada", LLaDASettings(strategy="semi_ar"))
     texts = t(["a.flac", "b.flac"])              # paths or float32 16 kHz arrays
 
-It owns its compiled functions: one per batch shape, compiled ahead of time, timed
-(`compile_seconds`) and logged once. `eval.py` drives the same objects through `transcribe`, which
-takes a fixed-shape batch of the data pipeline:
+It owns its compiled functions: one per batch shape, compiled ahead of time with explicit input
+shardings, timed (`compile_seconds`) and logged once. It runs on a `Placement`: a (data, fsdp,
+tensor) mesh whose data-parallel axes split each batch, over one process or several
+(`Transcriber.open(..., mesh=(8, 1, 1))`; default one device). `batch_size` is the global batch:
+rows per step over all devices and processes. `eval.py` drives the same objects through
+`transcribe`, which takes this process's rows (`local_batch_size` of them) of a fixed-shape batch
+of the data pipeline:
 audio float32 [B, S], audio_len [B], valid [B] (padding rows are False), ids [B] (and, for
 deliberation, hypothesis [B]: first-pass texts, None where missing) and returns one entry per row:
 (text, per-token confidences or None), or an Exception that becomes that utterance's error record.
@@ -14,6 +18,7 @@ deliberation, hypothesis [B]: first-pass texts, None where missing) and returns 
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import math
 import os
@@ -25,6 +30,7 @@ import numpy as np
 
 from llada_jax.audio import SAMPLE_RATE
 from llada_jax.features import CHUNK_SAMPLES
+from llada_jax.inference.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -83,31 +89,75 @@ class Transcriber(abc.ABC):
   max_seconds: float | None = None
   too_long: str = "trim"
 
-  def __init__(self, batch_size: int):
+  def __init__(self, batch_size: int, placement: Placement | None = None):
+    """`placement`: the mesh the model runs on (built-in transcribers make the default one
+    device); None for a transcriber that places nothing itself (one process)."""
     if not isinstance(batch_size, int) or batch_size < 1:
       raise ValueError(f"batch_size {batch_size!r}: expected a positive integer")
-    self.batch_size = batch_size
+    self.placement = placement
+    self.batch_size = batch_size if placement is None else placement.global_batch(batch_size)
     self.buckets: tuple[int, ...] = (CHUNK_SAMPLES,)
     self.info: dict = {}
     self.compile_seconds = 0.0
     self.compiled_shapes: list[str] = []
+    self.placement_info: dict = {}
 
   @staticmethod
-  def open(checkpoint: str | os.PathLike, settings=None, *, batch_size: int = 16) -> Transcriber:
+  def open(checkpoint: str | os.PathLike, settings=None, *, batch_size: int = 16,
+           per_device_batch: int | None = None, mesh=None, rules="fsdp_tp", dtype="auto",
+           merge_lora: bool = True) -> Transcriber:
     """The transcriber the settings ask for: Whisper (`WhisperSettings`) or a Whisper-LLaDA /
     Whisper-LLaMA (`LLaDASettings`); a checkpoint of another kind is a ModelError naming it.
-    `settings=None` takes the defaults for the checkpoint's kind."""
+    `settings=None` takes the defaults for the checkpoint's kind.
+
+    `mesh`: (data, fsdp, tensor) sizes (one may be -1), a `jax.sharding.Mesh` or a `Placement`;
+    default one device (every device on the data axis with several processes). `rules`:
+    "fsdp_tp" (training's placement) or "replicated". `batch_size`: rows per step over the whole
+    mesh, or `per_device_batch` × the data-parallel ways. `dtype`: compute dtype ("auto":
+    bfloat16 on accelerators, the checkpoint's own on CPU). `merge_lora`: fold LoRA adapters into
+    their kernels once at load. A mesh or batch that does not fit is a PlacementError naming the
+    numbers, raised before the checkpoint is read."""
     from llada_jax import checkpoint as ckpt
     from llada_jax.configs import WhisperConfig
     from llada_jax.inference.llada import LLaDASettings, LLaDATranscriber
     from llada_jax.inference.whisper import WhisperSettings, WhisperTranscriber
 
+    placement = mesh if isinstance(mesh, Placement) else Placement.create(mesh, rules)
+    batch_size = placement.global_batch(batch_size, per_device_batch)
     if settings is None:
       whisper = isinstance(ckpt.read_config(checkpoint), WhisperConfig)
       settings = WhisperSettings() if whisper else LLaDASettings()
+    kw = dict(batch_size=batch_size, placement=placement, dtype=dtype, merge_lora=merge_lora)
     if isinstance(settings, WhisperSettings):
-      return WhisperTranscriber(checkpoint, settings, batch_size=batch_size)
-    return LLaDATranscriber(checkpoint, settings, batch_size=batch_size)
+      return WhisperTranscriber(checkpoint, settings, **kw)
+    return LLaDATranscriber(checkpoint, settings, **kw)
+
+  @property
+  def local_batch_size(self) -> int:
+    """This process's rows of each batch (`batch_size` / processes)."""
+    return self.batch_size if self.placement is None else self.placement.local_batch(
+        self.batch_size)
+
+  def _load(self, checkpoint: str | os.PathLike, *, dtype: str | None, merge_lora: bool) -> None:
+    """The model on the placement's mesh, split for the compiled functions; its placement in
+    `info`."""
+    from flax import nnx
+
+    from llada_jax.inference.placement import has_lora, load_model, resolve_dtype, state_shardings
+
+    placement = tp.cast(Placement, self.placement)
+    self.model = load_model(checkpoint, placement, dtype=dtype, merge_lora=False)
+    lora = has_lora(self.model)
+    if merge_lora and lora:
+      from llada_jax.inference.placement import merged_lora
+
+      self.model = merged_lora(self.model, placement)
+    self._graphdef, self._state = nnx.split(self.model)
+    self._state_shardings = state_shardings(self._state)
+    self.placement_info = {**placement.info(), "batch_size": self.batch_size,
+                           "per_device_batch": self.batch_size // placement.ways,
+                           "dtype": resolve_dtype(dtype) or "checkpoint",
+                           "lora": None if not lora else ("merged" if merge_lora else "adapters")}
 
   @property
   def window_samples(self) -> int | None:
@@ -127,13 +177,19 @@ class Transcriber(abc.ABC):
   def transcribe(self, batch: dict) -> list[Result | Exception]:
     """One pipeline batch → one result per row (see the module docstring)."""
 
-  def compiled(self, key: tp.Hashable, fn: tp.Callable, *args, what: str):
-    """`jax.jit(fn)` compiled ahead of time for `args`' shapes, once per `key` in the process;
-    the time goes to `compile_seconds` and the log."""
+  def compiled(self, key: tp.Hashable, fn: tp.Callable, *args, what: str,
+               in_shardings=None, out_shardings=None):
+    """`jax.jit(fn)` compiled ahead of time for `args`' shapes (arrays or ShapeDtypeStructs) and
+    the given shardings, traced under the placement's activation rules, once per `key` (and
+    placement) in the process; the time goes to `compile_seconds` and the log."""
+    key = (key, self.placement)
     exe = _EXECUTABLES.get(key)
     if exe is None:
       start = time.perf_counter()
-      exe = jax.jit(fn).lower(*args).compile()
+      jitted = jax.jit(fn) if self.placement is None else jax.jit(
+          fn, in_shardings=in_shardings, out_shardings=out_shardings)
+      with contextlib.nullcontext() if self.placement is None else self.placement.tracing():
+        exe = jitted.lower(*args).compile()
       seconds = time.perf_counter() - start
       self.compile_seconds += seconds
       self.compiled_shapes.append(what)
@@ -148,6 +204,9 @@ class Transcriber(abc.ABC):
     it (too_long="trim", logged) or raises `DurationError` (too_long="error")."""
     from llada_jax.data.pipeline import ArraySource, AudioBatches, PipelineConfig
 
+    if jax.process_count() > 1:
+      raise NotImplementedError("Transcriber(...) on paths or arrays runs in one process; with "
+                                "several, run eval.py (each process feeds its own rows)")
     source = ArraySource(audio)
     if hypotheses is not None and len(hypotheses) != len(source):
       raise ValueError(f"{len(hypotheses)} hypotheses for {len(source)} audio inputs")

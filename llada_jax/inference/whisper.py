@@ -18,16 +18,16 @@ import typing as tp
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from llada_jax import checkpoint as ckpt
-from llada_jax import decoding, features
+from llada_jax import decoding, distributed, features
 from llada_jax.audio import SAMPLE_RATE
 from llada_jax.configs import WhisperConfig
 from llada_jax.features import CHUNK_SAMPLES, HOP, N_FFT
 from llada_jax.inference.long_audio import chunk_windows, merge_chunks
+from llada_jax.inference.placement import Placement
 from llada_jax.inference.transcriber import Result, Transcriber
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ class WhisperSettings:
   suppress: bool = True  # Whisper's suppress_tokens / begin_suppress_tokens (from source.json)
   chunk_stride: float = 5.0  # > 30 s audio: seconds of overlap on each side of a 30 s window
   language: str = "en"  # multilingual models: the language token
-  # Utterances encoded at a time; None: 1 on CPU (the memory-bound attention over 1500 frames is
-  # ~2× faster row by row there), the whole batch on accelerators.
+  # Utterances encoded at a time per data-parallel shard; None: 1 on CPU (the memory-bound
+  # attention over 1500 frames is ~2× faster row by row there), the whole batch on accelerators.
   encoder_rows: int | None = None
   max_new_tokens: int | None = None  # default: Whisper's sample_len, half the decoder context
 
@@ -69,10 +69,11 @@ class WhisperTranscriber(Transcriber):
   max_seconds = None  # audio over 30 s is transcribed in overlapping 30 s windows
 
   def __init__(self, checkpoint: str | os.PathLike, settings: WhisperSettings = WhisperSettings(),
-               *, batch_size: int = 16):
+               *, batch_size: int = 16, placement: Placement | None = None, dtype: str = "auto",
+               merge_lora: bool = True):
     from tokenizers import Tokenizer
 
-    super().__init__(batch_size)
+    super().__init__(batch_size, placement or Placement.create())
     s = self.settings = settings
     try:
       config = ckpt.read_config(checkpoint)
@@ -108,14 +109,11 @@ class WhisperTranscriber(Transcriber):
     self.buckets = (CHUNK_SAMPLES,) if not s.bucketed else bucket_widths(s.bucket_seconds)
     self.stride = int(round(float(s.chunk_stride) * SAMPLE_RATE))
     chunk_windows(2 * CHUNK_SAMPLES, stride=self.stride)  # validates the stride
-    import llada_jax
-
     try:
-      self.model = llada_jax.load(checkpoint)
+      self._load(checkpoint, dtype=dtype, merge_lora=merge_lora)
     except (ckpt.CheckpointError, OSError, ValueError) as e:
       raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
     self.config = config
-    self._graphdef, self._state = nnx.split(self.model)
     rows = s.encoder_rows
     if rows is None and jax.default_backend() == "cpu":
       rows = 1
@@ -133,7 +131,9 @@ class WhisperTranscriber(Transcriber):
     return int(i)
 
   def _decode(self, audio: np.ndarray) -> list[Result]:
-    batch, width = audio.shape
+    """This process's rows of a batch of audio → their transcripts."""
+    local, width = audio.shape
+    batch = self.batch_size
     frames = features.num_frames(width)
     graphdef, n_mels, max_new, eos = self._graphdef, self.config.n_mels, self.max_new_tokens, \
         self.eos_id
@@ -146,15 +146,19 @@ class WhisperTranscriber(Transcriber):
                                      begin_suppress_ids=begin, return_probs=True,
                                      encoder_rows=rows)
 
-    prompt = np.tile(np.asarray(self.prompt, np.int32), (batch, 1))
-    key = ("whisper", graphdef, batch, width, frames, tuple(self.prompt), max_new, eos,
+    p = tp.cast(Placement, self.placement)
+    audio = np.asarray(audio, np.float32)
+    prompt = np.tile(np.asarray(self.prompt, np.int32), (local, 1))
+    key = ("whisper", graphdef, local, width, frames, tuple(self.prompt), max_new, eos,
            self.suppress, self.begin_suppress, rows)
-    exe = self.compiled(key, decode, self._state, jax.ShapeDtypeStruct((batch, width), jnp.float32),
-                        jax.ShapeDtypeStruct(prompt.shape, jnp.int32),
+    exe = self.compiled(key, decode, self._state, p.abstract(audio), p.abstract(prompt),
+                        in_shardings=(self._state_shardings, p.batch_sharding(2),
+                                      p.batch_sharding(2)),
+                        out_shardings=(p.batch_sharding(2), p.batch_sharding(2)),
                         what=f"batch {batch} × {frames} mel frames (audio ≤ "
                              f"{width / SAMPLE_RATE:.2f} s)")
-    tokens, probs = exe(self._state, audio, prompt)
-    tokens, probs = np.asarray(tokens), np.asarray(probs)
+    tokens, probs = exe(self._state, p.put(audio), p.put(prompt))
+    tokens, probs = p.local(tokens), p.local(probs)
     out = []
     for row, p in zip(tokens, probs):
       n = int(np.argmax(row == self.eos_id)) if (row == self.eos_id).any() else row.shape[0]
@@ -177,11 +181,14 @@ class WhisperTranscriber(Transcriber):
         pieces.append(audio[r, start:end])
         owners.append(int(r))
     texts: list[str] = []
-    for start in range(0, len(pieces), self.batch_size):
-      group = np.zeros((self.batch_size, CHUNK_SAMPLES), np.float32)
-      for i, piece in enumerate(pieces[start:start + self.batch_size]):
+    size = self.local_batch_size
+    # Every process decodes as many groups as the one with the most windows (the rest padded).
+    groups = distributed.agree_max(-(-len(pieces) // size))
+    for start in range(0, groups * size, size):
+      group = np.zeros((size, CHUNK_SAMPLES), np.float32)
+      for i, piece in enumerate(pieces[start:start + size]):
         group[i, :piece.shape[0]] = piece
-      texts.extend(t for t, _ in self._decode(group)[:len(pieces[start:start + self.batch_size])])
+      texts.extend(t for t, _ in self._decode(group)[:len(pieces[start:start + size])])
     out: list[Result | Exception] = [("", None)] * audio.shape[0]
     for r in set(owners):
       out[r] = (merge_chunks([t for t, o in zip(texts, owners) if o == r]), None)

@@ -1,0 +1,294 @@
+"""eval.py on device meshes: the same hyps.jsonl on meshes (1,1,1), (8,1,1), (2,2,2) and (1,2,4)
+of the 8 simulated CPU devices for every strategy; rows per step scale with the data-parallel
+ways; LoRA merged at load; a mesh or batch that cannot work exits 2 before compiling.
+
+The models are tiny and random (weights ×SCALE for peaked distributions, LoRA B non-zero), saved
+as checkpoints that eval.py reads; the data are 10 noise utterances of 0.5–1.9 s, batch 8, so the
+second batch is mostly padding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+from flax import nnx
+
+from llada_jax import checkpoint, sharding
+from llada_jax.configs import WhisperConfig, WhisperLLaDAConfig
+from llada_jax.evaluation import cli
+from llada_jax.inference import transcriber as transcriber_lib
+from llada_jax.testing import llada_tokenizer
+from llada_jax.transformer import merge_lora
+from llada_jax.whisper import Whisper
+from llada_jax.whisper_llada import WhisperLLaDA
+
+SCALE = 4.0
+UTTS = 10
+BATCH = 8
+WORDS = [f"w{i}" for i in range(60)]
+MESHES = ["1,1,1", "8,1,1", "2,2,2", "1,2,4"]
+# name → (checkpoint, strategy, extra arguments)
+LLADA = ["--gen-length", "16", "--steps", "8"]
+RUNS = {
+    "whisper": ("whisper", "whisper", ["--bucketed", "--bucket-seconds", "2"]),
+    "ar": ("llama", "ar", ["--gen-length", "8"]),
+    "diffusion": ("llada", "diffusion", LLADA),
+    "semi_ar": ("llada", "semi_ar", [*LLADA, "--block-length", "8"]),
+    "semi_ar_cache": ("llada", "semi_ar", [*LLADA, "--block-length", "8", "--cache",
+                                           "--threshold", "0.6"]),
+    "semi_ar_dual_cache": ("llada", "semi_ar", [*LLADA, "--block-length", "8", "--dual-cache"]),
+    "deliberation_diffusion": ("llada", "deliberation", [
+        "--steps", "8", "--deliberation-strategy", "diffusion", "--masking", "random"]),
+    "deliberation_semi_ar": ("llada", "deliberation", [
+        "--steps", "8", "--deliberation-strategy", "semi_ar", "--num-chunks", "2"]),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_compilations():
+  yield
+  transcriber_lib._EXECUTABLES.clear()
+
+
+def _save(model, config, out: Path, info: dict, tokenizer) -> Path:
+  def items():
+    for path, var in nnx.to_flat_state(nnx.state(model)):
+      if not checkpoint.RNG_STATE(path, var):
+        yield ".".join(str(p) for p in path), np.asarray(var[...])
+
+  return checkpoint.save(out, config, items(), source_info=info, tokenizer=tokenizer)
+
+
+def _scaled(model, seed: int):
+  """Weights ×SCALE (peaked distributions: no near-ties for reduction order to flip) and random
+  LoRA B (a merge that changes the weights)."""
+  nnx.update(model, jax.tree.map(lambda x: x * SCALE, nnx.state(model, nnx.Param)))
+  for path, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
+    if path[-1] == "b":
+      v.set_value(jax.random.normal(jax.random.key(seed + len(path)), v.shape) * 0.5)
+  return model
+
+
+def whisper_tokenizer(folder: Path, vocab_size: int) -> None:
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+  specials = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
+  vocab = {t: i for i, t in enumerate(["<unk>", *specials,
+                                      *[f"v{i}" for i in range(vocab_size - 4)]])}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok.decoder = decoders.WordPiece(prefix="##")
+  tok.add_special_tokens(specials)
+  tok.save(str(folder / "tokenizer.json"))
+
+
+def build_models(tmp: Path) -> dict[str, Path]:
+  """Tiny random checkpoints: Whisper-LLaDA, Whisper-LLaMA (causal) and Whisper."""
+  out = {}
+  info = {"format": "trained", "mel_frames": 200, "response_len": 16, "text_form": "raw"}
+  for name, causal in (("llada", False), ("llama", True)):
+    config = WhisperLLaDAConfig.tiny_test(causal=causal)
+    model = _scaled(WhisperLLaDA(config, rngs=nnx.Rngs(1)), seed=1)
+    out[name] = _save(model, config, tmp / name, info,
+                      lambda d: llada_tokenizer.build(d, WORDS, vocab_size=128))
+  config = WhisperConfig.tiny_test()
+  model = _scaled(Whisper(config, rngs=nnx.Rngs(2)), seed=2)
+  out["whisper"] = _save(model, config, tmp / "whisper", {"format": "test"},
+                         lambda d: whisper_tokenizer(d, config.vocab_size))
+  return out
+
+
+def build_data(tmp: Path) -> tuple[Path, Path]:
+  """A LibriSpeech-layout folder of noise utterances and a first pass for deliberation."""
+  rng = np.random.default_rng(0)
+  chapter = tmp / "data" / "1" / "10"
+  chapter.mkdir(parents=True)
+  lines, first = [], []
+  for i in range(UTTS):
+    utt = f"1-10-{i:04d}"
+    seconds = 0.5 + 1.4 * i / (UTTS - 1)  # ≤ 1.9 s: Whisper's 2 s bucket holds 1.99 s
+    sf.write(chapter / f"{utt}.flac", 0.1 * rng.standard_normal(int(16000 * seconds)), 16000,
+             subtype="PCM_16")
+    lines.append(f"{utt} {' '.join(rng.choice(WORDS, 4))}")
+    first.append(json.dumps({"id": utt, "ref": "", "hyp": " ".join(rng.choice(WORDS, 3 + i))}))
+  (chapter / "1-10.trans.txt").write_text("\n".join(lines) + "\n")
+  (tmp / "first.jsonl").write_text("\n".join(first) + "\n")
+  return tmp / "data", tmp / "first.jsonl"
+
+
+def eval_args(models: dict, data: Path, first: Path, run: str, out: Path, *extra) -> list[str]:
+  ckpt, strategy, args = RUNS[run]
+  argv = ["--checkpoint", str(models[ckpt]), "--data", str(data), "--out", str(out),
+          "--strategy", strategy, "--quiet", *args, *extra]
+  if strategy == "deliberation":
+    argv += ["--first-pass", str(first)]
+  return argv
+
+
+def read_hyps(out: Path) -> list[dict]:
+  return [json.loads(ln) for ln in (Path(out) / "hyps.jsonl").read_text().splitlines()]
+
+
+def assert_same_hyps(got: list[dict], want: list[dict], what: str = "") -> None:
+  """Every record equal (ids, texts, errors, seconds), confidences to float rounding.
+
+  The LLaDA strategies' files come out byte-identical across meshes (only token ids reach them).
+  Whisper's per-token probabilities move in the 6th decimal: XLA:CPU's matmul results depend on
+  the rows per device (a 1-row and an 8-row product sum in different orders), on contractions
+  split over fsdp / tensor (partial sums all-reduced), and on the thread pool of the process
+  (its size follows the simulated device count: a 4-device process differs from a 1-, 2-, 8- or
+  16-device one)."""
+  assert [r["hyp"] for r in got] == [r["hyp"] for r in want], what
+  for a, b in zip(got, want):
+    assert {k: v for k, v in a.items() if k != "confidences"} == \
+        {k: v for k, v in b.items() if k != "confidences"}, what
+    if b.get("confidences") is not None:
+      np.testing.assert_allclose(a["confidences"], b["confidences"], rtol=1e-4, atol=1e-5,
+                                 err_msg=what)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("mesh")
+  models = build_models(tmp)
+  data, first = build_data(tmp)
+  return {"tmp": tmp, "models": models, "data": data, "first": first}
+
+
+def _run(setup, run: str, *extra: str) -> Path:
+  """eval.py's output folder for `run` with `extra` arguments; each is run once per module."""
+  out = setup["tmp"] / "_".join([run, *(e.strip("-").replace(",", "") for e in extra)])
+  if not (out / "summary.json").is_file():
+    assert cli.main(eval_args(setup["models"], setup["data"], setup["first"], run, out,
+                              *extra)) == 0
+  return out
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+def test_every_mesh_gives_the_same_hyps(setup, run):
+  """Token identity on every mesh (texts equal; Whisper's confidences to float rounding)."""
+  got = {}
+  for mesh in MESHES:
+    out = _run(setup, run, "--mesh", mesh, "--batch-size", str(BATCH))
+    got[mesh] = read_hyps(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["placement"]["mesh"] == [int(s) for s in mesh.split(",")]
+    assert summary["num_utts"] == UTTS and summary["num_errors"] == 0
+  want = got[MESHES[0]]
+  assert len({r["hyp"] for r in want}) > 1, "outputs differ between utterances"
+  for mesh in MESHES[1:]:
+    assert_same_hyps(got[mesh], want, mesh)
+
+
+def test_rows_per_step_scale_with_the_data_axis(setup, monkeypatch):
+  """--per-device-batch 2: a step of 2 rows on one device, of 16 on (8,1,1) (2 per device); 10
+  utterances take 5 steps there and 1 here, with the same texts."""
+  from llada_jax.inference.llada import LLaDATranscriber
+  from llada_jax.inference.placement import Placement
+
+  rows = []
+  transcribe = LLaDATranscriber.transcribe
+  monkeypatch.setattr(LLaDATranscriber, "transcribe",
+                      lambda self, batch: rows.append(len(batch["ids"])) or transcribe(self, batch))
+  texts = {}
+  for mesh, want in (("1,1,1", [2] * 5), ("8,1,1", [16])):
+    rows.clear()
+    out = _run(setup, "ar", "--mesh", mesh, "--per-device-batch", "2")
+    texts[mesh] = [r["hyp"] for r in read_hyps(out)]
+    assert rows == want
+    placement = json.loads((out / "summary.json").read_text())["placement"]
+    assert placement["batch_size"] == want[0] and placement["per_device_batch"] == 2
+  assert texts["8,1,1"] == texts["1,1,1"]
+  mesh = Placement.create((8, 1, 1))
+  assert mesh.batch_sharding(2).shard_shape((16, 32000)) == (2, 32000)
+
+
+def test_lora_is_merged_once_at_load(setup):
+  """The adapters are folded into the kernels (placed by the rules); the merged model's logits
+  move from the adapters' by float rounding, no more than placing the model on another mesh moves
+  them, with the same argmax everywhere; eval.py's texts do not change."""
+  from llada_jax.inference.placement import Placement, has_lora, merged_lora
+
+  rng = np.random.default_rng(0)
+  inputs = (jnp.asarray(rng.standard_normal((4, 80, 200)), jnp.float32),
+            jnp.asarray(rng.integers(3, 100, (4, 5)), jnp.int32),
+            jnp.asarray(rng.integers(3, 100, (4, 8)), jnp.int32))
+  logits = {}
+  for shape in ((1, 1, 1), (2, 2, 2)):
+    placement = Placement.create(shape)
+    adapters = checkpoint.load(setup["models"]["llada"], mesh=placement.mesh,
+                               rules=placement.rules)
+    merged = merged_lora(adapters, placement)
+    assert has_lora(adapters) and not has_lora(merged)
+    q = merged.lm.layers[0].self_attn.q_proj
+    rules = sharding.state_shardings(nnx.state(merged), placement.mesh, placement.rules)
+    assert q.lora is None
+    assert q.kernel[...].sharding == rules.lm.layers[0].self_attn.q_proj.kernel.get_value()
+    base = adapters.lm.layers[0].self_attn.q_proj.kernel[...]
+    assert float(jnp.abs(q.kernel[...] - base).max()) > 0.1  # the adapter is not a no-op
+    with sharding.use(placement.mesh, placement.rules):
+      for name, model in (("adapters", adapters), ("merged", merged)):
+        logits[shape, name] = np.asarray(jax.jit(lambda m, *a: m(*a))(model, *inputs))
+  want = logits[(1, 1, 1), "adapters"]
+  merge = np.abs(logits[(1, 1, 1), "merged"] - want).max()
+  mesh = np.abs(logits[(2, 2, 2), "adapters"] - want).max()
+  print(f"max |logit| {np.abs(want).max():.3g}; max |Δ| merging LoRA {merge:.3g}, "
+        f"mesh 2,2,2 vs one device {mesh:.3g}")
+  assert 0 < merge <= 2 * mesh
+  for got in logits.values():
+    np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+  # Unscaled weights (no ×SCALE amplification): the merge is float32 rounding.
+  model = WhisperLLaDA(WhisperLLaDAConfig.tiny_test(), rngs=nnx.Rngs(3))
+  for path, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
+    if path[-1] == "b":
+      v.set_value(jax.random.normal(jax.random.key(len(path)), v.shape) * 0.5)
+  forward = jax.jit(lambda m, *a: m(*a))
+  want = np.asarray(forward(model, *inputs))
+  got = np.asarray(forward(merge_lora(model), *inputs))
+  np.testing.assert_allclose(got, want, atol=2e-6 * np.abs(want).max(), rtol=0)
+  texts = {}
+  for extra in ([], ["--no-merge-lora"]):
+    out = _run(setup, "diffusion", "--mesh", "1,1,1", "--batch-size", str(BATCH), *extra)
+    texts[len(extra)] = [r["hyp"] for r in read_hyps(out)]
+    lora = json.loads((out / "summary.json").read_text())["placement"]["lora"]
+    assert lora == ("adapters" if extra else "merged")
+  assert texts[0] == texts[1]
+
+
+def test_dtype_override(setup):
+  """--dtype bfloat16: every config's compute dtype, weights stored as they are."""
+  from llada_jax import LLaDASettings, Transcriber
+
+  t = Transcriber.open(setup["models"]["llama"], LLaDASettings(strategy="ar", gen_length=8),
+                       batch_size=4, mesh=(2, 2, 1), dtype="bfloat16")
+  cfg = t.model.config
+  assert cfg.whisper.dtype == cfg.qformer.dtype == cfg.lm.dtype == "bfloat16"
+  assert t.model.lm.layers[0].mlp.gate_proj.kernel[...].dtype == jnp.float32
+  assert t.placement_info["dtype"] == "bfloat16" and t.batch_size == 4
+  rows = read_hyps(_run(setup, "ar", "--mesh", "2,2,2", "--batch-size", str(BATCH), "--dtype",
+                        "bfloat16"))
+  assert len(rows) == UTTS and all(r["hyp"] is not None for r in rows)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--mesh", "16,1,1"], "needs 16 devices, have 8"),
+    (["--mesh=-1,3,1"], "does not divide 8 devices"),
+    (["--mesh", "8,1,1", "--batch-size", "4"],
+     "batch size 4 is not divisible by the 8 data-parallel shards (data × fsdp) of mesh 8,1,1"),
+])
+def test_mesh_or_batch_that_does_not_fit_exits_2_before_compiling(setup, extra, message, capsys):
+  compiled = len(transcriber_lib._EXECUTABLES)
+  out = setup["tmp"] / "never"
+  assert cli.main(eval_args(setup["models"], setup["data"], setup["first"], "diffusion", out,
+                            *extra)) == 2
+  assert message in capsys.readouterr().err
+  assert len(transcriber_lib._EXECUTABLES) == compiled and not out.exists()
+  with pytest.raises(SystemExit):
+    cli.parse_args(["--checkpoint", "c", "--data", "d", "--out", "o", "--strategy", "ar",
+                    "--mesh", "2,2"])
