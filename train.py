@@ -15,7 +15,9 @@ export_run; export_run(DIR, OUT)"` does it later).
 
 Multi-host (see docs/training.md): every host runs this same command. With JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID set, or LLADA_DISTRIBUTED=1 where JAX can detect the cluster
-itself (Cloud TPU pod slices, SLURM, Open MPI), `jax.distributed.initialize()` runs first.
+itself (Cloud TPU pod slices, SLURM, Open MPI), `jax.distributed.initialize()` runs first and waits
+at most LLADA_DISTRIBUTED_TIMEOUT seconds (default 300) for the other processes. Process 0 writes
+the logs, metrics and DIR/model; every process joins the checkpoints, validation and export.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ import argparse
 import logging
 import os
 import sys
-
-from llada_jax.distributed import init_distributed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,11 +61,18 @@ def main(argv: list[str] | None = None) -> int:
 
     print(json.dumps(configlib.to_dict(cfg), indent=2))
     return 0
-  init_distributed()
+  from llada_jax import distributed
+
+  try:  # before anything touches a JAX backend
+    distributed.initialize_from_env()
+  except distributed.DistributedError as e:
+    print(f"train.py: {e}", file=sys.stderr)
+    return 2
   from llada_jax.train import loop
 
   try:
-    summary = loop.run(cfg, args.workdir, resume=args.resume, progress=not args.no_progress)
+    summary = loop.run(cfg, args.workdir, resume=args.resume, progress=not args.no_progress,
+                       export_to=None if args.no_export else os.path.join(args.workdir, "model"))
   except ConfigError as e:
     print(f"train.py: config error: {e}", file=sys.stderr)
     return 2
@@ -73,12 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train.py: {e}", file=sys.stderr)
     return 3
   logging.getLogger("llada_jax").info("done: %s", summary)
-  import jax
-
-  if not args.no_export and jax.process_index() == 0:
-    from llada_jax.train.export import export_run
-
-    export_run(args.workdir, os.path.join(args.workdir, "model"))
   return 0
 
 

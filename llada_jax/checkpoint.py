@@ -76,7 +76,11 @@ class PartWriter:
     self.pending_bytes = 0
     self.parts = 0
     self.index: dict[str, dict] = {}
-    self.checkpointer = ocp.StandardCheckpointer()
+    # One process writes (host numpy arrays): on several, orbax must not wait for the others.
+    me = jax.process_index()
+    self.checkpointer = ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me,
+                                                                   active_processes={me}))
 
   def add(self, name: str, array: np.ndarray) -> None:
     if name in self.index:

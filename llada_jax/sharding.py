@@ -14,6 +14,7 @@ import math
 import typing as tp
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -206,3 +207,25 @@ def batch_sharding(mesh: Mesh, config: ShardingConfig, shape: tp.Sequence[int]) 
     raise ValueError(f"batch of shape {tuple(shape)}: batch size {shape[0]} is not divisible by "
                      f"the {ways} data-parallel shards of mesh axes {axes}")
   return NamedSharding(mesh, spec)
+
+
+def process_rows(batch: NamedSharding, rows: int, process_index: int | None = None,
+                 process_of: tp.Callable[[jax.Device], int] = lambda d: d.process_index
+                 ) -> np.ndarray:
+  """The rows of a [rows, ...] global array sharded as `batch` that process `process_index` (this
+  one by default) holds, in the order `jax.make_array_from_process_local_data` reads them from
+  that process's local rows: ascending blocks, one per distinct shard its devices hold.
+
+  Which rows a host loads must follow from the sharding, not from the process count: a mesh axis
+  the batch is replicated over (`tensor`) may span hosts, and then those hosts hold, and must load,
+  the same rows. `process_of` maps a device to its process (tests simulate hosts with it).
+  """
+  p = jax.process_index() if process_index is None else process_index
+  blocks: dict[int, int] = {}
+  for device, index in batch.devices_indices_map((rows,)).items():
+    if process_of(device) == p:
+      start, stop, _ = index[0].indices(rows)
+      blocks[start] = stop
+  if not blocks:
+    raise ValueError(f"process {p} holds no device of the mesh {dict(batch.mesh.shape)}")
+  return np.concatenate([np.arange(start, blocks[start]) for start in sorted(blocks)])

@@ -8,7 +8,6 @@ tiny train step compiles once here rather than once per run.
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llada_jax import sharding, text
+from llada_jax import sharding
 from llada_jax.configlib import ConfigError
 from llada_jax.train import config as config_lib
 from llada_jax.train import loop
@@ -59,39 +58,6 @@ def compile_cache(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", old[0])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
   reset_cache()
-
-
-def make_tokenizer(texts, out: Path) -> Path:
-  """A tiny BPE over the corpus text: ids 0-3 are <s>, </s> (= tiny LM's EOS 1), <eot> (2), <unk>;
-  119 tokens leave the tiny LM's mask id 127 outside the vocabulary."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  from transformers import PreTrainedTokenizerFast
-
-  tok = Tokenizer(models.BPE(unk_token="<unk>"))
-  tok.pre_tokenizer = pre_tokenizers.Metaspace()
-  tok.decoder = decoders.Metaspace()
-  tok.train_from_iterator(list(texts), trainers.BpeTrainer(
-      vocab_size=119, special_tokens=["<s>", "</s>", "<eot>", "<unk>"]))
-  PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                          unk_token="<unk>").save_pretrained(str(out))
-  return out
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  if shutil.which("espeak-ng") is None:
-    pytest.skip("espeak-ng not installed (make system)")
-  root = tmp_path_factory.mktemp("corpus")
-  subprocess.run([sys.executable, str(ROOT / "tools" / "make_corpus.py"), "--out",
-                  str(root / "c"), "--num-train", "8", "--num-dev", "4", "--num-test", "0",
-                  "--jobs", "2"], check=True, capture_output=True)
-  texts = [text.PROMPT]
-  for f in (root / "c").rglob("*.trans.txt"):
-    for ln in f.read_text().splitlines():  # tiny trains on raw text; the prompt is lower case
-      texts += [ln.split(" ", 1)[1], text.normalize(ln.split(" ", 1)[1])]
-  tok = make_tokenizer(texts, root / "tok")
-  return {"train": str(root / "c" / "train-clean"), "dev": str(root / "c" / "dev-clean"),
-          "tokenizer": str(tok)}
 
 
 def data_overrides(corpus) -> list[str]:

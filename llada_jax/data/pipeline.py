@@ -205,19 +205,38 @@ def plan_epoch(bucket_of: np.ndarray, num_buckets: int, global_batch: int, seed:
 
 class AudioBatches:
   """This host's batches of a source: iterate for numpy dicts; `iterator()` for a checkpointable
-  one."""
+  one.
+
+  By default host `process_index` of `process_count` takes the `process_index`-th block of
+  `config.batch_size` rows of each `config.batch_size * process_count`-row global batch. `rows`
+  with `global_batch` name the rows instead (`config.batch_size` of them, in the order the host's
+  batch lists them): the rows a mesh's batch sharding puts on this host's devices
+  (`llada_jax.sharding.process_rows`), where hosts that replicate a shard load the same rows.
+  """
 
   def __init__(self, source: Source, config: PipelineConfig = PipelineConfig(),
-               process_index: int | None = None, process_count: int | None = None):
-    if process_index is None or process_count is None:
-      import jax  # only to ask which host this is
-      process_index = jax.process_index() if process_index is None else process_index
-      process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+               process_index: int | None = None, process_count: int | None = None, *,
+               rows: tp.Sequence[int] | None = None, global_batch: int | None = None):
     self.source, self.config = source, config
+    b = config.batch_size
+    if rows is None:
+      if process_index is None or process_count is None:
+        import jax  # only to ask which host this is
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+      if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+      self.global_batch = b * process_count
+      self.rows = np.arange(process_index * b, (process_index + 1) * b)
+    else:
+      self.rows = np.asarray(rows, np.int64)
+      if global_batch is None:
+        raise ValueError("AudioBatches: rows= needs global_batch=")
+      if self.rows.shape != (b,) or not ((self.rows >= 0) & (self.rows < global_batch)).all():
+        raise ValueError(f"AudioBatches: rows {self.rows.tolist()}: expected batch_size={b} row "
+                         f"indices in [0, {global_batch})")
+      self.global_batch = global_batch
     self.process_index, self.process_count = process_index, process_count
-    self.global_batch = config.batch_size * process_count
     lengths = np.asarray(source.lengths(), np.int64)
     buckets = np.asarray(config.buckets, np.int64)
     bucket_of = np.minimum(np.searchsorted(buckets, lengths, side="left"), buckets.shape[0] - 1)
@@ -260,7 +279,7 @@ class AudioBatches:
     bucket_ids, rows = self._plan(epoch)
     width = int(self.config.buckets[bucket_ids[k]])
     b = self.config.batch_size
-    mine = rows[k, self.process_index * b:(self.process_index + 1) * b]
+    mine = rows[k, self.rows]
     batch = {"audio": np.zeros((b, width), np.float32), "audio_len": np.zeros((b,), np.int32),
              "valid": np.zeros((b,), bool), "index": mine.copy(), "ids": [""] * b, "text": [""] * b,
              "speaker": [""] * b, "errors": [], "epoch": epoch, "step": int(step)}
@@ -307,8 +326,10 @@ def _path_of(source, i: int) -> str:
 
 def make_batches(spec: str | os.PathLike, config: PipelineConfig = PipelineConfig(),
                  data_dir: str | os.PathLike | None = None, process_index: int | None = None,
-                 process_count: int | None = None) -> AudioBatches:
-  """Batches of `spec` for training: every utterance needs a transcript."""
+                 process_count: int | None = None, *, rows: tp.Sequence[int] | None = None,
+                 global_batch: int | None = None) -> AudioBatches:
+  """Batches of `spec` for training: every utterance needs a transcript. `rows`/`global_batch`:
+  see AudioBatches."""
   source = open_source(spec, data_dir)
   untranscribed = [u for u in getattr(source, "utterances", ()) if u.text is None]
   if untranscribed:
@@ -316,4 +337,5 @@ def make_batches(spec: str | os.PathLike, config: PipelineConfig = PipelineConfi
         f"{spec}: {len(untranscribed)} of {len(source)} audio files have no transcript (e.g. "
         f"{untranscribed[0].path}); training reads LibriSpeech folders, Diffusion-ASR JSON data "
         f"files, tfds splits, or JSONL lists with a \"text\" per line")
-  return AudioBatches(source, config, process_index, process_count)
+  return AudioBatches(source, config, process_index, process_count, rows=rows,
+                      global_batch=global_batch)

@@ -211,7 +211,11 @@ def _mesh(value: str) -> tuple[int, int, int]:
 def main(argv: tp.Sequence[str] | None = None, description: str | None = None) -> int:
   args = parse_args(argv, description)
   # One process of several (JAX_COORDINATOR_ADDRESS …): join the others before any device use.
-  distributed.init_distributed()
+  try:
+    distributed.initialize_from_env()
+  except distributed.DistributedError as e:
+    print(f"eval.py: {e}", file=sys.stderr)
+    return 2
   # Our own handler: absl (imported by tfds/orbax) may already own the root logger, which would
   # swallow the compile notices (whisper-jax's users took silent compiles for slowness).
   ours = logging.getLogger("llada_jax")

@@ -45,12 +45,46 @@ def prompt_ids(cfg: TrainConfig, tokenizer) -> tuple[list[int], int]:
   return prompt, seq
 
 
-def pipeline_config(cfg: TrainConfig, *, train: bool, process_count: int = 1) -> PipelineConfig:
-  """One bucket of exactly the samples the step takes: every batch has one shape."""
-  return PipelineConfig(batch_size=cfg.batch_size // process_count, buckets=(cfg.data.samples,),
+def pipeline_config(cfg: TrainConfig, *, train: bool, host_rows: int | None = None
+                    ) -> PipelineConfig:
+  """One bucket of exactly the samples the step takes: every batch has one shape. `host_rows`:
+  the rows of each global batch this host loads (default: all of them)."""
+  return PipelineConfig(batch_size=host_rows or cfg.batch_size, buckets=(cfg.data.samples,),
                         seed=cfg.seed, shuffle=cfg.data.shuffle and train,
                         num_epochs=None if train else 1, too_long="trim",
                         num_threads=max(cfg.data.num_threads, 1), prefetch=cfg.data.prefetch)
+
+
+def host_rows(cfg: TrainConfig, mesh: jax.sharding.Mesh, rules: sharding.ShardingConfig,
+              process_index: int | None = None,
+              process_of: tp.Callable[[jax.Device], int] = lambda d: d.process_index
+              ) -> np.ndarray:
+  """The rows of every global batch that this process (or `process_index`) loads: those its
+  devices hold under the batch sharding. A ConfigError, before anything compiles, if a group_max
+  pad group would straddle hosts (a group is EOS-padded on the host that loads it, so each host's
+  rows must be whole groups of `data.pad_group` consecutive rows)."""
+  b = cfg.batch_size
+  batch = sharding.batch_sharding(mesh, rules, (b,))
+  processes = sorted({process_of(d) for d in mesh.devices.flat})
+  if cfg.objective == "diffusion" and cfg.data.response_eos == "group_max":
+    g = cfg.data.pad_group
+    for p in processes:
+      rows = sharding.process_rows(batch, b, p, process_of)
+      starts = rows[::g]
+      whole = rows.shape[0] % g == 0 and not (starts % g).any() and (
+          rows.reshape(-1, g) == starts[:, None] + np.arange(g)).all()
+      if not whole:
+        raise ConfigError(
+            f"data.pad_group={g}: process {p} of {len(processes)} loads rows {spans(rows)} of "
+            f"the {b}-row batch (mesh {dict(mesh.shape)}): not whole groups of {g} consecutive "
+            f"rows, and a group's rows are padded together on one host")
+  return sharding.process_rows(batch, b, process_index, process_of)
+
+
+def spans(rows: np.ndarray) -> str:
+  """[0, 1, 2, 5, 6] → "0-2, 5-6"."""
+  cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+  return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in np.split(rows, cuts))
 
 
 class BatchMaker:

@@ -286,19 +286,18 @@ def tokenizer_path(cfg: TrainConfig) -> str:
 def check_runtime(cfg: TrainConfig, num_devices: int, num_processes: int = 1,
                   need_data: bool = True) -> tuple[int, int, int]:
   """Everything that can be wrong with `cfg` on this machine, before compiling; the mesh shape."""
-  shape = mesh_shape(cfg, num_devices)
+  hosts = f" over {num_processes} processes" if num_processes > 1 else ""
+  try:
+    shape = mesh_shape(cfg, num_devices)
+  except ConfigError as e:
+    raise ConfigError(f"{e}{hosts}") from None
   ways = data_parallel(cfg, shape)
   if cfg.micro_batch % ways:
     raise ConfigError(f"batch_size={cfg.batch_size} / grad_accum={cfg.grad_accum} = "
                       f"{cfg.micro_batch} rows per micro-batch is not divisible by the {ways} "
-                      f"data-parallel shards of mesh {shape}")
-  if cfg.batch_size % num_processes:
-    raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {num_processes} hosts")
-  group, rows = cfg.data.pad_group, cfg.batch_size // num_processes
-  if cfg.objective == "diffusion" and cfg.data.response_eos == "group_max" and rows % group:
-    raise ConfigError(f"data.pad_group={group} does not divide the {rows} rows of each host's "
-                      f"batch (batch_size={cfg.batch_size}, {num_processes} hosts): a group's "
-                      f"rows are padded together")
+                      f"data-parallel shards of mesh {shape} ({num_devices} devices{hosts})")
+  # Which rows each host loads, and whether group_max pad groups stay on one host, follow from
+  # the mesh's batch sharding: `batches.host_rows` checks that once the mesh exists.
   if cfg.data.encoder_cache is not None and num_processes > 1:
     raise ConfigError("data.encoder_cache is single-host only (each row's encoder output is "
                       "fetched to this host)")

@@ -11,6 +11,7 @@ Outputs under the work dir:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -20,11 +21,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from llada_jax import sharding, text
+from llada_jax import checkpoint, distributed, features, sharding, text
 from llada_jax.configlib import ConfigError
 from llada_jax.data.pipeline import make_batches
 from llada_jax.train import batches as batches_lib
 from llada_jax.train import config as config_lib
+from llada_jax.train import export
 from llada_jax.train.checkpoints import Checkpoints
 from llada_jax.train.config import TrainConfig
 from llada_jax.train.state import create_model
@@ -71,34 +73,47 @@ def _decoder(cfg: TrainConfig) -> tp.Callable | None:
   return lambda model, mel, prompt: decoding.decode(model, mel, prompt, settings=settings)
 
 
+@functools.lru_cache(maxsize=None)
+def _log_mel(n_mels: int, frames: int) -> tp.Callable[[jax.Array], jax.Array]:
+  return jax.jit(functools.partial(features.log_mel, n_mels=n_mels, frames=frames))
+
+
 def dev_wer(trainer: Trainer, state: dict, dev, maker: batches_lib.BatchMaker, tokenizer,
-            examples: int) -> float | None:
-  """WER of the first `examples` dev utterances, decoded with the current weights."""
+            examples: int, rows: np.ndarray) -> float | None:
+  """WER of the first `examples` dev utterances (in global batch order), decoded on the mesh with
+  the current weights. `rows`: the rows of each global batch this host loads. Each host scores
+  its own rows; their per-utterance counts are gathered, so every process gets the same WER (and
+  the same one as a single process)."""
   cfg = trainer.cfg
   decode = _decoder(cfg)
   if decode is None:
     return None
-  from llada_jax import features
+  from llada_jax.evaluation import wer  # scored as eval.py scores (the authors' calc_wer_json)
 
   model = trainer.model(state)
-  refs, hyps = [], []
+  mel = _log_mel(cfg.model.whisper.n_mels, cfg.data.mel_frames)
+  # Per row: valid, then wer.utterance_counts' columns (ins, del, sub, reference words).
+  shape = (cfg.batch_size, 5)
+  counts_sh = sharding.batch_sharding(trainer.mesh, trainer.rules, shape)
+  scored = []
   try:
     for raw in dev:
       batch = maker(raw)
-      mel = features.log_mel(batch["audio"], n_mels=cfg.model.whisper.n_mels,
-                             frames=cfg.data.mel_frames)
-      ids = np.asarray(decode(model, mel, batch["prompt"]))
+      inputs = trainer.put_batch(batch)
+      ids = distributed.to_host(decode(model, mel(inputs["audio"]), inputs["prompt"]))
+      local = np.zeros((len(rows), shape[1]), np.int32)
       for i in np.flatnonzero(batch["valid"]):
-        refs.append(batch["text"][i])
-        hyps.append(text.decode_response(tokenizer, ids[i], cfg.model.lm.eos_id))
-      if len(refs) >= examples:
+        hyp = text.decode_response(tokenizer, ids[rows[i]], cfg.model.lm.eos_id)
+        local[i] = 1, *wer.utterance_counts([batch["text"][i]], [hyp])[0]
+      counts = distributed.to_host(
+          jax.make_array_from_process_local_data(counts_sh, local, shape))
+      scored.append(counts[counts[:, 0] == 1, 1:])
+      if sum(len(c) for c in scored) >= examples:
         break
   except Exception as e:  # a decoder bug must not end a training run
     log.warning("dev WER skipped: decoding failed: %r", e)
     return None
-  from llada_jax.evaluation import wer  # scored as eval.py scores (the authors' calc_wer_json)
-
-  return wer.wer(refs[:examples], hyps[:examples])
+  return wer.CorpusWER.of_counts(np.concatenate(scored)[:examples]).wer
 
 
 class _Outputs:
@@ -148,8 +163,11 @@ def _log_file(workdir: Path) -> logging.Handler:
 
 
 def run(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False,
-        stop_after: int | None = None, progress: bool = True) -> dict:
+        stop_after: int | None = None, progress: bool = True,
+        export_to: str | Path | None = None) -> dict:
   """Train per `cfg` into `workdir`. `stop_after` ends the run after that step (tests of resume).
+  `export_to`: at the end, export the best checkpoint (by validation loss; else the last) there
+  with the run's model (`export.export_state`; what `export.export_run` would write).
 
   Returns a summary: last step, loss, val_loss, compile_s, best_step, skipped.
   """
@@ -159,49 +177,48 @@ def run(cfg: TrainConfig, workdir: str | Path, *, resume: bool = False,
   main = jax.process_index() == 0
   handler = _log_file(workdir) if main else None
   try:
-    return _run(cfg, workdir, shape, resume, stop_after, progress and main, main)
+    return _run(cfg, workdir, shape, resume, stop_after, progress and main, main, export_to)
   finally:
     if handler is not None:
       logging.getLogger("llada_jax").removeHandler(handler)
       handler.close()
 
 
-def _run(cfg, workdir, shape, resume, stop_after, progress, main) -> dict:
+def _run(cfg, workdir, shape, resume, stop_after, progress, main, export_to) -> dict:
   mesh = sharding.make_mesh(shape)
   rules = rules_for(cfg)
+  rows = batches_lib.host_rows(cfg, mesh, rules)
   tokenizer = text.load_tokenizer(config_lib.tokenizer_path(cfg))
   prompt, seq = batches_lib.prompt_ids(cfg, tokenizer)
   ckpts = Checkpoints(workdir / "checkpoints", keep_last=cfg.keep_last, async_save=cfg.async_save)
   try:
-    return _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, tokenizer, prompt,
-                 seq, ckpts)
+    return _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, rows, tokenizer,
+                 prompt, seq, ckpts, export_to)
   finally:
     ckpts.wait()
     ckpts.close()
 
 
-def _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, tokenizer, prompt, seq,
-          ckpts) -> dict:
+def _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, rows, tokenizer, prompt,
+          seq, ckpts, export_to) -> dict:
   latest = ckpts.latest_step()
   if latest is not None and not resume:
     raise ConfigError(f"{workdir} already holds checkpoints (latest step {latest}): pass --resume "
                       f"to continue that run, or give a fresh --workdir")
   if main:
     config_lib.save_json(cfg, workdir / "config.json")
-  log.info("mesh %s over %d devices (%d hosts); batch %d (%d per host, %d micro-batches); sequence "
-           "%d = %d prompt + %d audio + %d response", dict(mesh.shape),
-           jax.device_count(), jax.process_count(), cfg.batch_size,
-           cfg.batch_size // jax.process_count(), cfg.grad_accum, seq, len(prompt), cfg.audio_len,
-           cfg.data.response_len)
+  log.info("mesh %s over %d devices (%d hosts); batch %d (this host loads rows %s; %d "
+           "micro-batches); sequence %d = %d prompt + %d audio + %d response", dict(mesh.shape),
+           jax.device_count(), jax.process_count(), cfg.batch_size, batches_lib.spans(rows),
+           cfg.grad_accum, seq, len(prompt), cfg.audio_len, cfg.data.response_len)
 
-  procs = jax.process_count()
-  train_data = make_batches(cfg.data.train, batches_lib.pipeline_config(cfg, train=True,
-                                                                        process_count=procs),
-                            data_dir=cfg.data.data_dir)
+  def batches_of(spec: str, train: bool):
+    return make_batches(spec, batches_lib.pipeline_config(cfg, train=train, host_rows=len(rows)),
+                        data_dir=cfg.data.data_dir, rows=rows, global_batch=cfg.batch_size)
+
+  train_data = batches_of(cfg.data.train, True)
   want_dev = cfg.eval_every > 0 or cfg.data.wer_examples > 0
-  dev_data = (make_batches(cfg.data.dev, batches_lib.pipeline_config(cfg, train=False,
-                                                                    process_count=procs),
-                           data_dir=cfg.data.data_dir) if want_dev else None)
+  dev_data = batches_of(cfg.data.dev, False) if want_dev else None
   for name, data in (("train", train_data), ("dev", dev_data)):
     if data is not None and data.errors:
       log.warning("%s data: %d unusable utterance(s), e.g. %s", name, len(data.errors),
@@ -236,6 +253,7 @@ def _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, tokeniz
 
   compile_s = trainer.compile()
   log.info("compiled the train step in %.1f s", compile_s)
+  distributed.barrier("compiled")  # hosts compile at their own pace; the steps start together
   out = _Outputs(workdir, start, main)
   bar = None
   if progress:
@@ -278,7 +296,8 @@ def _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, tokeniz
         val_loss = evaluate(trainer, state, dev_data, prepare, cfg.data.dev_batches)
         record["val_loss"] = val_loss
         if cfg.data.wer_examples:
-          wer = dev_wer(trainer, state, dev_data, maker, tokenizer, cfg.data.wer_examples)
+          wer = dev_wer(trainer, state, dev_data, maker, tokenizer, cfg.data.wer_examples,
+                        rows)
           if wer is not None:
             record["dev_wer"] = wer
         record["val_s"] = time.perf_counter() - t_eval
@@ -300,6 +319,13 @@ def _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, tokeniz
         break
     ckpts.wait()
     summary["best_step"] = ckpts.best_step()
+    if export_to is not None:
+      step = summary["best_step"] or ckpts.latest_step()
+      if step is None:
+        raise checkpoint.CheckpointError(f"{workdir}: no training checkpoint to export")
+      if step != summary["step"]:  # else `state` is that step's
+        state, _ = ckpts.restore(step, trainer.abstract_state())
+      export.export_state(trainer, state, export_to, workdir=workdir, step=step)
     return summary
   finally:
     if bar is not None:
