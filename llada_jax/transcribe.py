@@ -47,6 +47,7 @@ from llada_jax import checkpoint as ckpt
 from llada_jax import decoding
 from llada_jax.configs import WhisperConfig, WhisperLLaDAConfig
 from llada_jax.data import files
+from llada_jax.evaluation.cli import mesh_arg
 from llada_jax.evaluation.outputs import jsonable, write_atomic
 from llada_jax.inference.llada import LLaDASettings
 from llada_jax.inference.whisper import ModelError, WhisperSettings
@@ -79,6 +80,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="plain-text output, one line per audio file (default: OUT with .txt)")
   p.add_argument("--batch-size", type=int, default=16,
                  help="windows per batch, each model (default: %(default)s)")
+  p.add_argument("--mesh", type=mesh_arg, default=None, metavar="DATA,FSDP,TENSOR",
+                 help="devices of this process: batch over data x fsdp, weights by the training "
+                      "rules (one size may be -1; default: one device)")
+  p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                 help="compute dtype (auto: bfloat16 on GPU/TPU, the checkpoint's on CPU)")
   p.add_argument("--overwrite", action="store_true", help="start OUT over instead of resuming")
   p.add_argument("--retry-errors", action="store_true",
                  help="resuming: transcribe again the files OUT has error records for")
@@ -209,6 +215,13 @@ def run(args: argparse.Namespace) -> int:
   """Exit status: 0 when every file has a line in OUT (texts or error records)."""
   if args.batch_size < 1:
     raise UsageError(f"--batch-size {args.batch_size}: expected ≥ 1")
+  from llada_jax.inference.placement import Placement, PlacementError
+
+  try:  # the devices, before any output is written
+    args.placement = Placement.create(args.mesh)
+    args.placement.global_batch(args.batch_size)
+  except PlacementError as e:
+    raise UsageError(f"--mesh / --batch-size: {e}") from e
   first = first_settings(args)
   delib = deliberation_settings(args)
   out, txt, settings_file = output_paths(args)
@@ -221,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
                        "first_pass": dataclasses.asdict(first),
                        "deliberate": args.deliberate and os.path.abspath(args.deliberate),
                        "deliberation": delib and dataclasses.asdict(delib),
-                       "chunk_stride": args.chunk_stride})
+                       "chunk_stride": args.chunk_stride, "dtype": args.dtype})
   try:
     journal = Journal(out, overwrite=args.overwrite)
   except (JournalError, OSError) as e:
@@ -271,9 +284,9 @@ def _transcribe(args: argparse.Namespace, first, delib, todo: list[str],
   from llada_jax.inference.cascade import Cascade
 
   try:
-    first_t = Transcriber.open(args.checkpoint, first, batch_size=args.batch_size)
-    delib_t = (None if delib is None else
-               Transcriber.open(args.deliberate, delib, batch_size=args.batch_size))
+    kw = dict(batch_size=args.batch_size, mesh=args.placement, dtype=args.dtype)
+    first_t = Transcriber.open(args.checkpoint, first, **kw)
+    delib_t = None if delib is None else Transcriber.open(args.deliberate, delib, **kw)
     cascade = Cascade(first_t, delib_t, chunk_stride=args.chunk_stride)
   except ModelError as e:
     raise UsageError(str(e)) from e

@@ -304,6 +304,8 @@ def test_whisper_first_pass_deliberated_by_a_whisper_llada(tiny_en, tiny_llada, 
      "--strategy: for a Whisper-LLaDA --checkpoint"),
     (["{wav}", "--deliberate", "{whisper}"], "--deliberate {whisper}: a WhisperConfig"),
     (["{wav}", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["{wav}", "--mesh", "4,1,1", "--batch-size", "6"], "batch size 6 is not divisible"),
+    (["{wav}", "--mesh", "16,1,1"], "needs 16 devices, have 8"),
 ])
 def test_bad_arguments_exit_2_naming_them(tiny_llada, tmp_path, capsys, monkeypatch, request,
                                          argv, words):

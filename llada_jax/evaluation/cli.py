@@ -54,7 +54,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
   p.add_argument("--quiet", action="store_true", help="no progress bar")
 
   g = p.add_argument_group("devices")
-  g.add_argument("--mesh", type=_mesh, default=None, metavar="DATA,FSDP,TENSOR",
+  g.add_argument("--mesh", type=mesh_arg, default=None, metavar="DATA,FSDP,TENSOR",
                  help="device mesh, one size may be -1 (all remaining devices); batches are split "
                       "over data × fsdp, weights placed by --sharding (default: 1,1,1 in one "
                       "process; -1,1,1 with several)")
@@ -197,7 +197,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                     extra={"args": vars(args)})
 
 
-def _mesh(value: str) -> tuple[int, int, int]:
+def mesh_arg(value: str) -> tuple[int, int, int]:
   try:
     shape = tuple(int(v) for v in value.split(","))
   except ValueError:
