@@ -30,6 +30,8 @@ from llada_jax.layers import (
   dtype_of,
 )
 
+KV_AXES = ("batch", "length", "act_kv_heads", None)  # a cache buffer [B, S, K, D]
+
 
 @flax.struct.dataclass
 class KVCache:
@@ -49,7 +51,8 @@ def init_cache(config: LMConfig, batch: int, max_len: int, dtype=None) -> KVCach
     raise ValueError(f"cache max_len {max_len} exceeds LMConfig.max_seq_len {config.max_seq_len}")
   dtype = dtype or dtype_of(config.dtype)
   shape = (batch, max_len, config.n_kv_heads, config.dim_per_head)
-  zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers))
+  zeros = tuple(sharding.constrain(jnp.zeros(shape, dtype), KV_AXES)
+                for _ in range(config.n_layers))
   return KVCache(k=zeros, v=zeros, key_mask=jnp.zeros((batch, max_len), bool))
 
 
@@ -107,20 +110,19 @@ class Attention(nnx.Module):
     v = self.v_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
     q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
     q = sharding.constrain(q, ("batch", "length", "act_heads", None))
-    kv_names = ("batch", "length", "act_kv_heads", None)
 
     if layer_cache is None:
       out = attention(q, k.astype(q.dtype), v.astype(q.dtype), key_mask[:, None, None, :],
                       causal=self.causal, implementation=self.kernel)
       return self.o_proj(out.reshape(b, t, -1)), (k, v)
-    cache_k, cache_v = (sharding.constrain(c, kv_names) for c in layer_cache)
+    cache_k, cache_v = (sharding.constrain(c, KV_AXES) for c in layer_cache)
     q_index, k_index = cache_index + jnp.arange(t), jnp.arange(cache_k.shape[1])
     if update_cache:  # AR decoding, prefix fill: write this window's K/V, attend over the cache
       at = (0, cache_index, 0, 0)
       keys = sharding.constrain(
-          jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), at), kv_names)
+          jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), at), KV_AXES)
       values = sharding.constrain(
-          jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), at), kv_names)
+          jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), at), KV_AXES)
       mask = key_mask[:, None, None, :]  # [B, 1, 1, S]
       if self.causal:
         mask = mask & (k_index[None, :] <= q_index[:, None])[None, None]

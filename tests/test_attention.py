@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from llada_jax import layers, splash
+from llada_jax import layers, sharding, splash
 from llada_jax.configlib import ConfigError
 from llada_jax.configs import LMConfig, QFormerConfig, WhisperConfig
 from llada_jax.qformer import WindowQFormer
@@ -194,3 +196,12 @@ def test_cached_step_does_not_copy_the_cache():
   assert cache_writes_in_loop(update_cache=False) == []
   # the detector sees cache writes: AR steps write every layer's K/V into the cache
   assert cache_writes_in_loop(update_cache=True)
+
+
+def test_kv_cache_is_sharded_by_logical_names():
+  """Cache buffers [B, S, K, D]: batch over data × fsdp, KV heads over tensor (`act_kv_heads`)."""
+  mesh = sharding.make_mesh((2, 1, 2), devices=jax.devices()[:4])
+  with sharding.use(mesh, sharding.ShardingConfig.fsdp_tp()):
+    cache = jax.jit(lambda: init_cache(LMConfig.tiny_test(), 2, 16))()
+  want = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
+  assert cache.k[0].sharding.is_equivalent_to(want, 4), cache.k[0].sharding
