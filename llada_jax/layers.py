@@ -186,6 +186,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
     raise ValueError(f"attention: probability dropout needs implementation 'xla', got "
                      f"{implementation!r} (fused kernels never materialise the probabilities)")
   if implementation in ("dot_product", "cudnn"):
+    if implementation == "cudnn" and mask is not None:
+      # cuDNN takes the mask as a bias, which must span the query length ([B, 1, 1, S] fails).
+      mask = jnp.broadcast_to(mask, (*mask.shape[:2], q.shape[1], k.shape[1]))
     # is_causal rather than a dense triangle: cuDNN then skips the masked tiles.
     return jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=causal,

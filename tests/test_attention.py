@@ -87,6 +87,19 @@ def test_lm_dot_product_equals_xla(causal):
     _close(a, b)
 
 
+def test_lm_gradients_dot_product_equal_xla():
+  """Training through jax.nn.dot_product_attention: the same gradients as the einsums."""
+  tokens = jax.random.randint(jax.random.key(8), (2, 9), 0, 128)
+  key_mask = jnp.arange(9)[None, :] >= jnp.asarray([[0], [2]])
+  grads = []
+  for kernel in ("xla", "dot_product"):
+    lm = Transformer(LMConfig.tiny_test(attention=kernel), rngs=nnx.Rngs(0))
+    loss = lambda m: jnp.mean(jax.nn.log_softmax(m(tokens, key_mask=key_mask))[..., 3])
+    grads.append(jax.tree.leaves(nnx.grad(loss)(lm)))
+  for a, b in zip(*grads):
+    _close(a, b, tol=TOL * max(1.0, float(np.abs(np.asarray(a)).max())))
+
+
 def test_qformer_dot_product_equals_xla_and_dropout_stays_on_xla():
   frames = _rand(3, (2, 51, 64))
   ref = WindowQFormer(QFormerConfig.tiny_test(), rngs=nnx.Rngs(0))
