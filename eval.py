@@ -4,7 +4,8 @@ files and score it (WER, RTF).
 
     python eval.py --checkpoint DIR --data SPEC --out OUTDIR --strategy NAME
                    [--batch-size N | --per-device-batch N] [--mesh DATA,FSDP,TENSOR]
-                   [--dtype {auto,float32,bfloat16,float16}] [--limit N] [--strict]
+                   [--dtype {auto,float32,bfloat16,float16}]
+                   [--attention {xla,dot_product,cudnn,splash,auto}] [--limit N] [--strict]
                    [--tfds-data-dir DIR] [--predictions-json FILE] [--too-long {trim,error}]
 
 SPEC is a LibriSpeech-layout split folder (SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac + transcripts),
@@ -61,7 +62,10 @@ the whole mesh (default 16); --per-device-batch N makes it N × data × fsdp ins
 processes 8× the rows per step of (1,1,1). LoRA adapters are folded into their kernels once at load
 (--no-merge-lora decodes with them as trained; the same up to float rounding). --dtype is the
 model's compute dtype (weights keep theirs): auto = bfloat16 on GPU/TPU, the checkpoint's own
-(float32) on CPU. Transcripts do not depend on the mesh (tests/test_eval_mesh.py).
+(float32) on CPU. --attention picks the attention kernel (default: the checkpoint's, xla):
+dot_product (jax.nn.dot_product_attention), cudnn (flash attention; GPU at bfloat16/float16),
+splash (TPU), auto (cudnn on GPU at half precision, splash on TPU, else xla); a kernel the backend
+lacks exits 2. Transcripts do not depend on the mesh (tests/test_eval_mesh.py).
 
 Several processes (one per host, or several on one machine): run the same command in each with
 JAX_COORDINATOR_ADDRESS=HOST:PORT, JAX_NUM_PROCESSES=N and JAX_PROCESS_ID=0…N-1 (or

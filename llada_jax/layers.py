@@ -141,26 +141,92 @@ class RMSNorm(nnx.Module):
     return self.scale[...].astype(x.dtype) * y.astype(x.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
+def attention_kernel(name: str, dtype: str) -> str:
+  """A config's `attention` (configs.ATTENTION) → the kernel to run on this backend.
+
+  "auto" is cuDNN flash attention on a GPU at bf16/fp16 compute, splash on a TPU, "xla" otherwise.
+  A kernel the backend cannot run is a ValueError here, when the model is built."""
+  backend = jax.default_backend()
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  if name == "auto":
+    return {"tpu": "splash", "gpu": "cudnn" if half else "xla"}.get(backend, "xla")
+  if name == "cudnn" and (backend != "gpu" or not half):
+    raise ValueError(f"attention='cudnn' (cuDNN flash attention) needs a GPU and compute dtype "
+                     f"bfloat16/float16; have backend {backend!r}, dtype {dtype!r}: use 'xla' "
+                     f"or 'dot_product'")
+  if name == "splash" and backend != "tpu":
+    raise ValueError(f"attention='splash' (Pallas TPU splash attention) needs a TPU; have backend "
+                     f"{backend!r}: use 'xla' or 'dot_product'")
+  if name not in ("xla", "dot_product", "cudnn", "splash"):
+    raise ValueError(f"attention={name!r}: expected one of xla, dot_product, cudnn, splash, auto")
+  return name
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *,
+              causal: bool = False, implementation: str = "xla",
               probs_dropout: tp.Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
   """Scaled dot-product attention, grouped-query aware.
 
   q [B, T, H, D]; k, v [B, S, K, D] with H % K == 0; mask bool broadcastable to [B, H, T, S]
-  (True = attend). Softmax in float32 whatever the compute dtype. `probs_dropout` (BERT's
-  attention-probability dropout) is applied to the probabilities.
+  (True = attend); `causal`: query i also sees only keys j ≤ i. Softmax in float32 whatever the
+  compute dtype. `probs_dropout` (BERT's attention-probability dropout) is applied to the
+  probabilities, which only "xla" materialises. `implementation`: an `attention_kernel` result.
+  """
+  if implementation == "splash":
+    if probs_dropout is not None:
+      raise ValueError("attention: probability dropout needs implementation 'xla', got 'splash'")
+    from llada_jax.splash import splash_attention  # Pallas TPU import, kept out of other runs
+    return splash_attention(q, k, v, mask, causal=causal)
+  if implementation == "xla":
+    if causal:
+      tri = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
+      mask = tri if mask is None else mask & tri
+    return attention_blocks(q, [(k, v, mask)], probs_dropout=probs_dropout)
+  if probs_dropout is not None:
+    raise ValueError(f"attention: probability dropout needs implementation 'xla', got "
+                     f"{implementation!r} (fused kernels never materialise the probabilities)")
+  if implementation in ("dot_product", "cudnn"):
+    if implementation == "cudnn" and mask is not None:
+      # cuDNN takes the mask as a bias, which must span the query length ([B, 1, 1, S] fails).
+      mask = jnp.broadcast_to(mask, (*mask.shape[:2], q.shape[1], k.shape[1]))
+    # is_causal rather than a dense triangle: cuDNN then skips the masked tiles.
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=causal,
+        implementation=None if implementation == "dot_product" else "cudnn")
+  raise ValueError(f"attention: unknown implementation {implementation!r}")
+
+
+def attention_blocks(q: jax.Array, blocks: tp.Sequence[tuple[jax.Array, jax.Array,
+                                                               jax.Array | None]], *,
+                     probs_dropout: tp.Callable[[jax.Array], jax.Array] | None = None
+                     ) -> jax.Array:
+  """Attention over the keys of several blocks, softmax over all of them at once (XLA einsums).
+
+  q [B, T, H, D]; each block (k [B, S_i, K, D], v like k, mask broadcastable to [B, H, T, S_i] or
+  None). A cached decode step attends the read-only cache and the step's own K/V as two blocks,
+  so the cache is never rewritten (an update would copy the whole buffer every step).
   """
   b, t, h, d = q.shape
-  kv = k.shape[2]
+  kv = blocks[0][0].shape[2]
   q = q.reshape(b, t, kv, h // kv, d)
-  logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-  logits = logits / math.sqrt(d)
-  if mask is not None:
-    mask = jnp.broadcast_to(mask, (b, h, t, k.shape[1])).reshape(b, kv, h // kv, t, k.shape[1])
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  scores = []
+  for k, _, mask in blocks:
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    logits = logits / math.sqrt(d)
+    if mask is not None:
+      s = k.shape[1]
+      mask = jnp.broadcast_to(mask, (b, h, t, s)).reshape(b, kv, h // kv, t, s)
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    scores.append(logits)
+  v_dtype = blocks[0][1].dtype
+  probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(v_dtype)
   if probs_dropout is not None:
     probs = probs_dropout(probs)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  out, start = None, 0
+  for k, v, _ in blocks:
+    part = jnp.einsum("bkgts,bskd->btkgd", probs[..., start:start + k.shape[1]], v)
+    out = part if out is None else out + part
+    start += k.shape[1]
   return out.reshape(b, t, h, d)
 
 

@@ -14,7 +14,15 @@ from flax import nnx
 
 from llada_jax import sharding
 from llada_jax.configs import QFormerConfig
-from llada_jax.layers import LayerNorm, Linear, attention, check_array, dtype_of, param
+from llada_jax.layers import (
+  LayerNorm,
+  Linear,
+  attention,
+  attention_kernel,
+  check_array,
+  dtype_of,
+  param,
+)
 
 
 def cut_windows(frames: jax.Array, window: int) -> jax.Array:
@@ -53,6 +61,7 @@ class BertAttention(nnx.Module):
     self.norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
     self.probs_dropout = dropout(c)
     self.out_dropout = dropout(c)
+    self.kernel = attention_kernel(c.attention, c.dtype)
 
   def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
     b, t, d = x.shape
@@ -61,8 +70,13 @@ class BertAttention(nnx.Module):
     q = self.query(x).reshape(b, t, h, d // h)
     k = self.key(context).reshape(b, s, h, d // h)
     v = self.value(context).reshape(b, s, h, d // h)
-    # every frame of a window is real: no mask
-    out = attention(q, k, v, None, probs_dropout=self.probs_dropout).reshape(b, t, d)
+    # Every frame of a window is real: no mask. Fused kernels never materialise the
+    # probabilities, so BERT's dropout on them (train mode, rate > 0) runs on the XLA einsums.
+    if self.probs_dropout.deterministic or self.probs_dropout.rate == 0:
+      out = attention(q, k, v, implementation=self.kernel)
+    else:
+      out = attention(q, k, v, probs_dropout=self.probs_dropout)
+    out = out.reshape(b, t, d)
     return self.norm(self.out_dropout(self.dense(out)) + x)
 
 

@@ -27,7 +27,8 @@ MeshAxes = str | tuple[str, ...] | None
 # the `embed` dimension of weights while activations keep `act_embed` whole.
 WEIGHT_AXES = ("vocab", "embed", "mlp", "q_heads", "kv_heads", "norm", "conv_in", "lora_rank",
                "positions", "queries", "qformer_embed", "qformer_mlp", "qformer_heads")
-ACTIVATION_AXES = ("batch", "length", "act_embed", "act_mlp", "act_heads", "act_vocab")
+ACTIVATION_AXES = ("batch", "length", "act_embed", "act_mlp", "act_heads", "act_kv_heads",
+                   "act_vocab")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,8 @@ class ShardingConfig:
         ("positions", None), ("queries", None), ("qformer_embed", None),
         ("qformer_mlp", "tensor"), ("qformer_heads", "tensor"),
         ("batch", ("data", "fsdp")), ("length", None), ("act_embed", None),
-        ("act_mlp", "tensor"), ("act_heads", "tensor"), ("act_vocab", "tensor"),
+        ("act_mlp", "tensor"), ("act_heads", "tensor"), ("act_kv_heads", "tensor"),
+        ("act_vocab", "tensor"),
     ))
 
   @classmethod

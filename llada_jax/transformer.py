@@ -19,7 +19,18 @@ from flax import nnx
 
 from llada_jax import sharding
 from llada_jax.configs import LMConfig, RopeScaling
-from llada_jax.layers import Embed, Linear, RMSNorm, attention, check_array, dtype_of
+from llada_jax.layers import (
+  Embed,
+  Linear,
+  RMSNorm,
+  attention,
+  attention_blocks,
+  attention_kernel,
+  check_array,
+  dtype_of,
+)
+
+KV_AXES = ("batch", "length", "act_kv_heads", None)  # a cache buffer [B, S, K, D]
 
 
 @flax.struct.dataclass
@@ -40,7 +51,8 @@ def init_cache(config: LMConfig, batch: int, max_len: int, dtype=None) -> KVCach
     raise ValueError(f"cache max_len {max_len} exceeds LMConfig.max_seq_len {config.max_seq_len}")
   dtype = dtype or dtype_of(config.dtype)
   shape = (batch, max_len, config.n_kv_heads, config.dim_per_head)
-  zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers))
+  zeros = tuple(sharding.constrain(jnp.zeros(shape, dtype), KV_AXES)
+                for _ in range(config.n_layers))
   return KVCache(k=zeros, v=zeros, key_mask=jnp.zeros((batch, max_len), bool))
 
 
@@ -81,12 +93,17 @@ class Attention(nnx.Module):
     kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
     self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.dim_per_head
     self.causal = c.causal
+    self.kernel = attention_kernel(c.attention, c.dtype)
     self.q_proj = Linear(c.d_model, c.n_heads * c.dim_per_head, axes=("embed", "q_heads"), **kw)
     self.k_proj = Linear(c.d_model, c.n_kv_heads * c.dim_per_head, axes=("embed", "kv_heads"), **kw)
     self.v_proj = Linear(c.d_model, c.n_kv_heads * c.dim_per_head, axes=("embed", "kv_heads"), **kw)
     self.o_proj = Linear(c.n_heads * c.dim_per_head, c.d_model, axes=("q_heads", "embed"), **kw)
 
-  def __call__(self, x, positions, inv_freq, key_mask, layer_cache, cache_index):
+  def __call__(self, x, positions, inv_freq, key_mask, layer_cache, cache_index,
+               update_cache=True):
+    """key_mask [B, S] over the keys (with a cache: the cache's mask with this window's written
+    in). Returns the output and the K/V to keep: this window's, or the written cache; with
+    `update_cache=False` the cache as given (it is only read)."""
     b, t, _ = x.shape
     q = self.q_proj(x).reshape(b, t, self.n_heads, self.head_dim)
     k = self.k_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
@@ -95,18 +112,38 @@ class Attention(nnx.Module):
     q = sharding.constrain(q, ("batch", "length", "act_heads", None))
 
     if layer_cache is None:
-      keys, values, q_index, k_index = k, v, jnp.arange(t), jnp.arange(t)
-    else:
-      cache_k, cache_v = layer_cache
+      out = attention(q, k.astype(q.dtype), v.astype(q.dtype), key_mask[:, None, None, :],
+                      causal=self.causal, implementation=self.kernel)
+      return self.o_proj(out.reshape(b, t, -1)), (k, v)
+    cache_k, cache_v = (sharding.constrain(c, KV_AXES) for c in layer_cache)
+    q_index, k_index = cache_index + jnp.arange(t), jnp.arange(cache_k.shape[1])
+    if update_cache:  # AR decoding, prefix fill: write this window's K/V, attend over the cache
       at = (0, cache_index, 0, 0)
-      keys = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), at)
-      values = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), at)
-      q_index, k_index = cache_index + jnp.arange(t), jnp.arange(keys.shape[1])
-    mask = key_mask[:, None, None, :]  # [B, 1, 1, S]
+      keys = sharding.constrain(
+          jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), at), KV_AXES)
+      values = sharding.constrain(
+          jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), at), KV_AXES)
+      mask = key_mask[:, None, None, :]  # [B, 1, 1, S]
+      if self.causal:
+        mask = mask & (k_index[None, :] <= q_index[:, None])[None, None]
+      # Splash masks are static; a cache's query offset is not.
+      kernel = "xla" if self.kernel == "splash" else self.kernel
+      out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask,
+                      implementation=kernel)
+      return self.o_proj(out.reshape(b, t, -1)), (keys, values)
+    # Cached step (Fast-dLLM prefix / dual cache): the cache is read-only and this window's K/V are
+    # a second key block; the window's own slots in the cache (stale K/V) are masked out. Writing
+    # them in instead makes XLA copy the whole cache per layer per step, as the loop keeps the
+    # unwritten cache. Short windows over a cache are memory-bound, so this stays on XLA einsums.
+    window = (k_index >= cache_index) & (k_index < cache_index + t)
+    cache_mask = (key_mask & ~window[None, :])[:, None, None, :]
+    window_mask = jax.lax.dynamic_slice_in_dim(key_mask, cache_index, t, axis=1)[:, None, None, :]
     if self.causal:
-      mask = mask & (k_index[None, :] <= q_index[:, None])[None, None]
-    out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
-    return self.o_proj(out.reshape(b, t, -1)), (keys, values)
+      cache_mask = cache_mask & (k_index[None, :] <= q_index[:, None])[None, None]
+      window_mask = window_mask & jnp.tril(jnp.ones((t, t), bool))[None, None]
+    out = attention_blocks(q, [(cache_k.astype(q.dtype), cache_v.astype(q.dtype), cache_mask),
+                               (k.astype(q.dtype), v.astype(q.dtype), window_mask)])
+    return self.o_proj(out.reshape(b, t, -1)), (cache_k, cache_v)
 
 
 class MLP(nnx.Module):
@@ -132,9 +169,10 @@ class Block(nnx.Module):
                                             param_dtype=c.param_dtype)
     self.mlp = MLP(c, rngs=rngs)
 
-  def __call__(self, x, positions, inv_freq, key_mask, layer_cache, cache_index):
+  def __call__(self, x, positions, inv_freq, key_mask, layer_cache, cache_index,
+               update_cache=True):
     h, kv = self.self_attn(self.input_layernorm(x), positions, inv_freq, key_mask, layer_cache,
-                           cache_index)
+                           cache_index, update_cache)
     x = x + h
     x = x + self.mlp(self.post_attention_layernorm(x))
     return sharding.constrain(x, ("batch", "length", "act_embed")), kv
@@ -206,10 +244,11 @@ class Transformer(nnx.Module):
     for i, block in enumerate(self.layers):
       layer_cache = None if cache is None else (cache.k[i], cache.v[i])
       if c.remat:
-        x, (k, v) = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions, inv_freq, full_mask,
-                                                        layer_cache, cache_index)
+        x, (k, v) = nnx.remat(lambda blk, *a: blk(*a, update_cache=update_cache))(
+            block, x, positions, inv_freq, full_mask, layer_cache, cache_index)
       else:
-        x, (k, v) = block(x, positions, inv_freq, full_mask, layer_cache, cache_index)
+        x, (k, v) = block(x, positions, inv_freq, full_mask, layer_cache, cache_index,
+                          update_cache)
       new_k.append(k)
       new_v.append(v)
     h = self.norm(x)

@@ -27,6 +27,7 @@ from llada_jax.layers import (
   LayerNorm,
   Linear,
   attention,
+  attention_kernel,
   check_array,
   dtype_of,
   param,
@@ -78,8 +79,10 @@ class PositionTable(nnx.Module):
 class WhisperAttention(nnx.Module):
   """Multi-head attention; k_proj has no bias (as in OpenAI's checkpoints)."""
 
-  def __init__(self, d_model: int, heads: int, *, dtype: str, param_dtype: str, rngs: nnx.Rngs):
+  def __init__(self, d_model: int, heads: int, *, dtype: str, param_dtype: str, attention: str,
+               rngs: nnx.Rngs):
     self.heads, self.head_dim = heads, d_model // heads
+    self.kernel = attention_kernel(attention, dtype)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q_proj = Linear(d_model, d_model, axes=("embed", "q_heads"), use_bias=True, **kw)
     self.k_proj = Linear(d_model, d_model, axes=("embed", "q_heads"), use_bias=False, **kw)
@@ -98,15 +101,16 @@ class WhisperAttention(nnx.Module):
   def output(self, heads: jax.Array) -> jax.Array:
     return self.out_proj(heads.reshape(*heads.shape[:-2], -1))
 
-  def __call__(self, x: jax.Array, source: jax.Array, mask: jax.Array | None) -> jax.Array:
-    return self.output(attention(self.query(x), *self.key_value(source), mask))
+  def __call__(self, x: jax.Array, source: jax.Array, *, causal: bool = False) -> jax.Array:
+    return self.output(attention(self.query(x), *self.key_value(source), causal=causal,
+                                 implementation=self.kernel))
 
 
 class WhisperEncoderLayer(nnx.Module):
   def __init__(self, cfg: WhisperConfig, rngs: nnx.Rngs):
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
     ln = dict(eps=cfg.layer_norm_eps, param_dtype=cfg.param_dtype)
-    self.self_attn = WhisperAttention(cfg.d_model, cfg.encoder_heads, **kw)
+    self.self_attn = WhisperAttention(cfg.d_model, cfg.encoder_heads, attention=cfg.attention, **kw)
     self.self_attn_layer_norm = LayerNorm(cfg.d_model, **ln)
     self.fc1 = Linear(cfg.d_model, cfg.encoder_ffn_dim, axes=("embed", "mlp"), use_bias=True, **kw)
     self.fc2 = Linear(cfg.encoder_ffn_dim, cfg.d_model, axes=("mlp", "embed"), use_bias=True, **kw)
@@ -114,7 +118,7 @@ class WhisperEncoderLayer(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = self.self_attn_layer_norm(x)
-    x = x + self.self_attn(h, h, None)
+    x = x + self.self_attn(h, h)
     x = x + self.fc2(gelu(self.fc1(self.final_layer_norm(x))))
     return sharding.constrain(x, ("batch", "length", "act_embed"))
 
@@ -171,9 +175,10 @@ class WhisperDecoderLayer(nnx.Module):
   def __init__(self, cfg: WhisperConfig, rngs: nnx.Rngs):
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
     ln = dict(eps=cfg.layer_norm_eps, param_dtype=cfg.param_dtype)
-    self.self_attn = WhisperAttention(cfg.d_model, cfg.decoder_heads, **kw)
+    self.self_attn = WhisperAttention(cfg.d_model, cfg.decoder_heads, attention=cfg.attention, **kw)
     self.self_attn_layer_norm = LayerNorm(cfg.d_model, **ln)
-    self.encoder_attn = WhisperAttention(cfg.d_model, cfg.decoder_heads, **kw)
+    self.encoder_attn = WhisperAttention(cfg.d_model, cfg.decoder_heads, attention=cfg.attention,
+                                         **kw)
     self.encoder_attn_layer_norm = LayerNorm(cfg.d_model, **ln)
     self.fc1 = Linear(cfg.d_model, cfg.decoder_ffn_dim, axes=("embed", "mlp"), use_bias=True, **kw)
     self.fc2 = Linear(cfg.decoder_ffn_dim, cfg.d_model, axes=("mlp", "embed"), use_bias=True, **kw)
@@ -181,13 +186,14 @@ class WhisperDecoderLayer(nnx.Module):
 
   def _rest(self, x: jax.Array, cross_k: jax.Array, cross_v: jax.Array) -> jax.Array:
     h = self.encoder_attn_layer_norm(x)
-    x = x + self.encoder_attn.output(attention(self.encoder_attn.query(h), cross_k, cross_v, None))
+    x = x + self.encoder_attn.output(attention(self.encoder_attn.query(h), cross_k, cross_v,
+                                               implementation=self.encoder_attn.kernel))
     x = x + self.fc2(gelu(self.fc1(self.final_layer_norm(x))))
     return sharding.constrain(x, ("batch", "length", "act_embed"))
 
-  def __call__(self, x: jax.Array, enc: jax.Array, mask: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, enc: jax.Array) -> jax.Array:
     h = self.self_attn_layer_norm(x)
-    x = x + self.self_attn(h, h, mask)
+    x = x + self.self_attn(h, h, causal=True)
     return self._rest(x, *self.encoder_attn.key_value(enc))
 
   def step(self, x: jax.Array, k_cache: jax.Array, v_cache: jax.Array, cross_k: jax.Array,
@@ -198,7 +204,10 @@ class WhisperDecoderLayer(nnx.Module):
     at = (0, index, 0, 0)
     k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), at)
     v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), at)
-    x = x + self.self_attn.output(attention(self.self_attn.query(h), k_cache, v_cache, mask))
+    # Splash masks are static; the step's query offset is not.
+    kernel = "xla" if self.self_attn.kernel == "splash" else self.self_attn.kernel
+    x = x + self.self_attn.output(attention(self.self_attn.query(h), k_cache, v_cache, mask,
+                                            implementation=kernel))
     return self._rest(x, cross_k, cross_v), k_cache, v_cache
 
 
@@ -228,9 +237,8 @@ class WhisperDecoder(nnx.Module):
     length = ids.shape[1]
     x = self.embed_tokens(ids) + self.embed_positions.embedding[:length].astype(
         dtype_of(self.config.dtype))
-    mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
     for layer in self.layers:
-      x = layer(x, enc, mask)
+      x = layer(x, enc)
     return self._logits(x)
 
   def init_cache(self, batch: int, max_len: int, enc: jax.Array) -> DecoderCache:

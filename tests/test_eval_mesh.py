@@ -276,6 +276,26 @@ def test_dtype_override(setup):
   assert len(rows) == UTTS and all(r["hyp"] is not None for r in rows)
 
 
+@pytest.mark.parametrize("run", ["whisper", "semi_ar_dual_cache"])
+def test_attention_override(setup, run, capsys):
+  """--attention dot_product: every config's kernel, the same hyps as the checkpoint's (xla); a
+  kernel this backend lacks is exit 2 naming it."""
+  from llada_jax import Transcriber
+
+  want = read_hyps(_run(setup, run, "--mesh", "1,1,1", "--batch-size", str(BATCH)))
+  out = _run(setup, run, "--mesh", "1,1,1", "--batch-size", str(BATCH), "--attention",
+             "dot_product")
+  assert_same_hyps(read_hyps(out), want, f"{run} dot_product")
+  assert json.loads((out / "summary.json").read_text())["placement"]["attention"] == "dot_product"
+  ckpt = setup["models"][RUNS[run][0]]
+  cfg = Transcriber.open(ckpt, batch_size=BATCH, attention="dot_product").model.config
+  assert {c.attention for c in (cfg.whisper, cfg.qformer, cfg.lm)} == {"dot_product"} if (
+      run != "whisper") else cfg.attention == "dot_product"
+  assert cli.main(eval_args(setup["models"], setup["data"], setup["first"], run,
+                            setup["tmp"] / f"never_splash_{run}", "--attention", "splash")) == 2
+  assert "'splash' (Pallas TPU splash attention) needs a TPU" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--mesh", "16,1,1"], "needs 16 devices, have 8"),
     (["--mesh=-1,3,1"], "does not divide 8 devices"),

@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 
 from llada_jax import decoding, distributed, text
+from llada_jax.configs import ATTENTION
 from llada_jax.data import manifest
 from llada_jax.evaluation import outputs, runner
 from llada_jax.evaluation.inputs import EvalError
@@ -64,6 +65,11 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
   g.add_argument("--dtype", choices=placement.DTYPES, default="auto",
                  help="compute dtype of the model (weights keep theirs); auto: bfloat16 on "
                       "GPU/TPU, the checkpoint's own (float32) on CPU")
+  g.add_argument("--attention", choices=ATTENTION, default=None,
+                 help="attention kernel: xla (einsums), dot_product "
+                      "(jax.nn.dot_product_attention), cudnn (flash attention; GPU, bf16/fp16), "
+                      "splash (TPU), auto (cudnn on GPU at half precision, splash on TPU, else "
+                      "xla); default: the checkpoint's (xla)")
   g.add_argument("--no-merge-lora", action="store_true",
                  help="decode with the LoRA adapters as trained instead of folding them into "
                       "the weights once at load (the same up to float rounding)")
@@ -191,7 +197,7 @@ def evaluate(args: argparse.Namespace) -> dict:
   except placement.PlacementError as e:
     raise EvalError(str(e)) from None
   transcriber = Transcriber.open(args.checkpoint, model_settings, batch_size=batch_size,
-                                 mesh=devices, dtype=args.dtype,
+                                 mesh=devices, dtype=args.dtype, attention=args.attention,
                                  merge_lora=not args.no_merge_lora)
   return runner.run(transcriber, run, checkpoint=args.checkpoint, started=start,
                     extra={"args": vars(args)})

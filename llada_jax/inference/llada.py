@@ -93,7 +93,7 @@ class LLaDATranscriber(Transcriber):
 
   def __init__(self, checkpoint: str | os.PathLike, settings: LLaDASettings = LLaDASettings(),
                *, batch_size: int = 16, placement: Placement | None = None, dtype: str = "auto",
-               merge_lora: bool = True):
+               attention: str | None = None, merge_lora: bool = True):
     super().__init__(batch_size, placement or Placement.create())
     s = self.settings = settings
     self.name = s.strategy
@@ -133,7 +133,10 @@ class LLaDATranscriber(Transcriber):
                        f"no room for a response in the LM's {config.lm.max_seq_len} positions")
     self.max_seconds = self.mel_frames / 100.0
     self.too_long = s.too_long
-    self._load(checkpoint, dtype=dtype, merge_lora=merge_lora)
+    try:
+      self._load(checkpoint, dtype=dtype, attention=attention, merge_lora=merge_lora)
+    except (ckpt.CheckpointError, OSError, ValueError) as e:
+      raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
     self.cache = bool(s.cache or s.dual_cache)  # the dual cache extends the prefix cache
     self.info = {"mel_frames": self.mel_frames, "gen_length": self.gen_length,
                  "steps": self.steps, "threshold": s.threshold,

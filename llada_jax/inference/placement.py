@@ -173,12 +173,13 @@ def resolve_dtype(dtype: str | None) -> str | None:
 
 
 def load_model(checkpoint: str | os.PathLike, placement: Placement, *, dtype: str | None = None,
-               merge_lora: bool = True) -> nnx.Module:
+               attention: str | None = None, merge_lora: bool = True) -> nnx.Module:
   """A checkpoint's model on `placement`'s mesh (each weight restored straight into its shards),
   in compute `dtype` (`resolve_dtype`), with any LoRA adapters folded into their base kernels
-  (`merge_lora=True`): one matmul per projection when decoding instead of three."""
+  (`merge_lora=True`): one matmul per projection when decoding instead of three. `attention`
+  overrides the checkpoint's attention kernel (configs.ATTENTION; None keeps it)."""
   model = ckpt.load(checkpoint, mesh=placement.mesh, rules=placement.rules,
-                    dtype=resolve_dtype(dtype))
+                    dtype=resolve_dtype(dtype), attention=attention)
   if merge_lora:
     model = merged_lora(model, placement)
   return model

@@ -105,7 +105,7 @@ class Transcriber(abc.ABC):
   @staticmethod
   def open(checkpoint: str | os.PathLike, settings=None, *, batch_size: int = 16,
            per_device_batch: int | None = None, mesh=None, rules="fsdp_tp", dtype="auto",
-           merge_lora: bool = True) -> Transcriber:
+           attention: str | None = None, merge_lora: bool = True) -> Transcriber:
     """The transcriber the settings ask for: Whisper (`WhisperSettings`) or a Whisper-LLaDA /
     Whisper-LLaMA (`LLaDASettings`); a checkpoint of another kind is a ModelError naming it.
     `settings=None` takes the defaults for the checkpoint's kind.
@@ -114,7 +114,8 @@ class Transcriber(abc.ABC):
     default one device (every device on the data axis with several processes). `rules`:
     "fsdp_tp" (training's placement) or "replicated". `batch_size`: rows per step over the whole
     mesh, or `per_device_batch` × the data-parallel ways. `dtype`: compute dtype ("auto":
-    bfloat16 on accelerators, the checkpoint's own on CPU). `merge_lora`: fold LoRA adapters into
+    bfloat16 on accelerators, the checkpoint's own on CPU). `attention`: the attention kernel
+    (configs.ATTENTION; None: the checkpoint's). `merge_lora`: fold LoRA adapters into
     their kernels once at load. A mesh or batch that does not fit is a PlacementError naming the
     numbers, raised before the checkpoint is read."""
     from llada_jax import checkpoint as ckpt
@@ -127,7 +128,8 @@ class Transcriber(abc.ABC):
     if settings is None:
       whisper = isinstance(ckpt.read_config(checkpoint), WhisperConfig)
       settings = WhisperSettings() if whisper else LLaDASettings()
-    kw = dict(batch_size=batch_size, placement=placement, dtype=dtype, merge_lora=merge_lora)
+    kw = dict(batch_size=batch_size, placement=placement, dtype=dtype, attention=attention,
+              merge_lora=merge_lora)
     if isinstance(settings, WhisperSettings):
       return WhisperTranscriber(checkpoint, settings, **kw)
     return LLaDATranscriber(checkpoint, settings, **kw)
@@ -138,7 +140,8 @@ class Transcriber(abc.ABC):
     return self.batch_size if self.placement is None else self.placement.local_batch(
         self.batch_size)
 
-  def _load(self, checkpoint: str | os.PathLike, *, dtype: str | None, merge_lora: bool) -> None:
+  def _load(self, checkpoint: str | os.PathLike, *, dtype: str | None, attention: str | None,
+            merge_lora: bool) -> None:
     """The model on the placement's mesh, split for the compiled functions; its placement in
     `info`."""
     from flax import nnx
@@ -146,7 +149,8 @@ class Transcriber(abc.ABC):
     from llada_jax.inference.placement import has_lora, load_model, resolve_dtype, state_shardings
 
     placement = tp.cast(Placement, self.placement)
-    self.model = load_model(checkpoint, placement, dtype=dtype, merge_lora=False)
+    self.model = load_model(checkpoint, placement, dtype=dtype, attention=attention,
+                            merge_lora=False)
     lora = has_lora(self.model)
     if merge_lora and lora:
       from llada_jax.inference.placement import merged_lora
@@ -157,6 +161,7 @@ class Transcriber(abc.ABC):
     self.placement_info = {**placement.info(), "batch_size": self.batch_size,
                            "per_device_batch": self.batch_size // placement.ways,
                            "dtype": resolve_dtype(dtype) or "checkpoint",
+                           "attention": attention or "checkpoint",
                            "lora": None if not lora else ("merged" if merge_lora else "adapters")}
 
   @property

@@ -70,7 +70,7 @@ class WhisperTranscriber(Transcriber):
 
   def __init__(self, checkpoint: str | os.PathLike, settings: WhisperSettings = WhisperSettings(),
                *, batch_size: int = 16, placement: Placement | None = None, dtype: str = "auto",
-               merge_lora: bool = True):
+               attention: str | None = None, merge_lora: bool = True):
     from tokenizers import Tokenizer
 
     super().__init__(batch_size, placement or Placement.create())
@@ -110,7 +110,7 @@ class WhisperTranscriber(Transcriber):
     self.stride = int(round(float(s.chunk_stride) * SAMPLE_RATE))
     chunk_windows(2 * CHUNK_SAMPLES, stride=self.stride)  # validates the stride
     try:
-      self._load(checkpoint, dtype=dtype, merge_lora=merge_lora)
+      self._load(checkpoint, dtype=dtype, attention=attention, merge_lora=merge_lora)
     except (ckpt.CheckpointError, OSError, ValueError) as e:
       raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
     self.config = config
