@@ -75,6 +75,7 @@ def jax_side(batch: int, seed: int = 0):
           "response": rng.integers(3, 4000, (batch, s["response"])).astype(np.int32),
           "response_len": np.full((batch,), s["response"], np.int32),
           "target_len": np.full((batch,), s["response"], np.int32),
+          "audio_len": np.full((batch,), cfg.data.samples, np.int32),
           "valid": np.ones((batch,), bool)}
   gbatch = trainer.put_batch(data)
   box = {"state": state}

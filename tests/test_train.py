@@ -110,6 +110,7 @@ def random_batch(cfg, from_encoder: bool, seed: int = 0) -> dict:
   batch = {"prompt": rng.integers(3, 120, (b, PROMPT_LEN)).astype(np.int32),
            "response": rng.integers(3, 120, (b, r)).astype(np.int32),
            "response_len": rng.integers(2, r + 1, (b,)).astype(np.int32),
+           "audio_len": rng.integers(1, cfg.data.samples + 1, (b,)).astype(np.int32),
            "valid": np.array([True] * (b - 1) + [False])}
   # group_max targets, as BatchMaker makes them: each pad_group rows up to their longest
   g = cfg.data.pad_group
