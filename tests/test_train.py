@@ -154,6 +154,14 @@ def test_runtime_errors_come_before_compilation(overrides, field, tmp_path, monk
     loop.run(cfg, tmp_path / "w")
 
 
+@pytest.mark.parametrize("override, field", [
+    ("profile_steps=3,2", "profile_steps"), ("profile_steps=3", "profile_steps"),
+    ("peak_tflops_per_device=0", "peak_tflops_per_device")])
+def test_throughput_fields_are_checked(override, field):
+  with pytest.raises(ConfigError, match=field):
+    config_lib.load("tiny", [override])
+
+
 def test_full_finetune_trains_everything_but_the_encoder():
   cfg = tiny()
   model = nnx.eval_shape(lambda: WhisperLLaDA(cfg.resolved_model(), rngs=nnx.Rngs(0)))
