@@ -6,9 +6,12 @@
 A run is a file in configs/ (`def config() -> TrainConfig`; a bare name such as `paper` or `tiny`
 resolves there) or a .json dump of one; `--set` overrides dotted keys, type-checked
 (`--set optimizer.peak_lr=1e-4 mesh=1,-1,1 data.train=/data/LibriSpeech/train-960`). Writes
-DIR/metrics.jsonl, DIR/tb (TensorBoard), DIR/checkpoints (orbax; last k + best by validation loss)
-and DIR/train.log. `--resume` continues from the newest complete checkpoint exactly where it stopped
-(weights, optimizer, RNG, data order). At the end the best checkpoint (by validation loss; else the
+DIR/metrics.jsonl (loss, tokens/s, step time, data wait, FLOPs, MFU; docs/training.md
+"Throughput"), DIR/tb (TensorBoard), DIR/checkpoints (orbax; last k + best by validation loss)
+and DIR/train.log; `--profile-steps A:B` adds a jax.profiler trace in DIR/profile. Compiled
+executables are cached in ~/.cache/llada_jax/xla (`--no-compile-cache` turns that off).
+`--resume` continues from the newest complete checkpoint exactly where it stopped (weights,
+optimizer, RNG, data order). At the end the best checkpoint (by validation loss; else the
 last) is exported to DIR/model, a self-contained checkpoint for `llada_jax.load` and `eval.py
 --checkpoint DIR/model` (`--no-export` skips it; `python -c "from llada_jax.train.export import
 export_run; export_run(DIR, OUT)"` does it later).
@@ -41,6 +44,15 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
   ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
   ap.add_argument("--no-export", action="store_true", help="do not export DIR/model at the end")
+  ap.add_argument("--peak-tflops", type=float, metavar="T",
+                  help="bf16 peak TFLOP/s of one device for the logged MFU "
+                       "(peak_tflops_per_device; default: by device kind, none on CPU)")
+  ap.add_argument("--profile-steps", metavar="A:B",
+                  help="write a jax.profiler trace of steps A..B to WORKDIR/profile "
+                       "(profile_steps)")
+  ap.add_argument("--no-compile-cache", action="store_true",
+                  help="no persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, "
+                       "$LLADA_JAX_CACHE_DIR or ~/.cache/llada_jax/xla)")
   args = ap.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "orbax", "jax._src"):
@@ -51,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
   from llada_jax.train import config as config_lib
 
   overrides = [item for group in args.overrides for item in group]
+  if args.peak_tflops is not None:
+    overrides.append(f"peak_tflops_per_device={args.peak_tflops}")
+  if args.profile_steps is not None:
+    overrides.append(f"profile_steps={args.profile_steps.replace(':', ',')}")
   try:
     cfg = config_lib.load(args.config, overrides)
   except ConfigError as e:
@@ -68,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
   except distributed.DistributedError as e:
     print(f"train.py: {e}", file=sys.stderr)
     return 2
+  from llada_jax import compile_cache
   from llada_jax.train import loop
+
+  compile_cache.enable(disable=args.no_compile_cache)
 
   try:
     summary = loop.run(cfg, args.workdir, resume=args.resume, progress=not args.no_progress,

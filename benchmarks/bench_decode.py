@@ -2,6 +2,19 @@
 
   python benchmarks/bench_decode.py [--layers 4] [--vocab 8192] [--seconds 5] [--gen-length 64]
       [--scale 5] [--repeats 3] [--batch-repeats 2] [--batch 8] [--dtype float32]
+  python benchmarks/bench_decode.py --shape llada8b [--layers N] [--tiny] [--seconds 30]
+      [--gen-length 128] [--repeats 3]
+
+`--shape llada8b` (for an accelerator): the paper's Whisper-LLaDA (whisper-large-v3 encoder,
+Q-Former, LLaDA-8B: d 4096, 32 layers, 32 heads, MLP 12288, vocab 126464), random bf16 weights
+made on the device (LM ×`--scale`), one utterance of 30 s (16 prompt + 352 audio + 128 response
+tokens), batch 1. Two rows: an authors'-style loop (ML-GSAI/LLaDA generate.py: a Python loop of
+jitted full forwards over [prompt, audio, response], one per step, low-confidence top-k commits,
+semi-AR blocks of 32, steps = gen_length; only the response positions' logits are projected, which
+favours it) against our `decode` with dual cache + threshold 0.9 (one jitted while loop), their
+time ratio, tokens per forward, and the loop's forward MFU against a bf16 matmul peak measured in
+the same run. `--layers N` / `--tiny` shrink the model for a quick CPU check (`--shape llada8b
+--tiny --seconds 2 --gen-length 32`).
 
 On an accelerator (jax's default backend is not the CPU) the PyTorch loop runs on CUDA too, in the
 same dtype; there, e.g. `--layers 30 --vocab 49152 --gen-length 128 --seconds 10 --dtype bfloat16
@@ -420,12 +433,124 @@ def torch_check(ref, llada: WhisperLLaDA, prefix: jax.Array) -> float:
   return float(np.abs(want - np.asarray(llada.lm(embeds=prefix[:1]), np.float32)).max())
 
 
+# --- the LLaDA-8B shape ---------------------------------------------------------------------------
+def build_8b(args) -> WhisperLLaDA:
+  """The paper's model (or the tiny one), bf16, LoRA merged away, random weights made by one
+  jitted init on the default device, LM weights ×`scale`."""
+  cfg = WhisperLLaDAConfig.tiny_test() if args.tiny else WhisperLLaDAConfig.paper()
+  dt = dict(dtype="bfloat16", param_dtype="bfloat16")
+  lm = dataclasses.replace(cfg.lm, lora=None, n_layers=args.layers or cfg.lm.n_layers, **dt)
+  whisper = dataclasses.replace(cfg.whisper, **dt,
+                                encoder_layers=args.layers or cfg.whisper.encoder_layers)
+  cfg = dataclasses.replace(cfg, lm=lm, whisper=whisper,
+                            qformer=dataclasses.replace(cfg.qformer, **dt))
+  graphdef = nnx.split(nnx.eval_shape(lambda: WhisperLLaDA(cfg, rngs=nnx.Rngs(0))))[0]
+
+  def init():
+    model = WhisperLLaDA(cfg, rngs=nnx.Rngs(0))
+    nnx.update(model.lm, jax.tree.map(lambda x: x * args.scale, nnx.state(model.lm, nnx.Param)))
+    return nnx.split(model)[1]
+
+  return nnx.merge(graphdef, jax.jit(init)())
+
+
+def authors_loop(model: WhisperLLaDA, gen_length: int, block: int) -> tp.Callable:
+  """ML-GSAI/LLaDA generate.py at batch 1, temperature 0, low-confidence remasking: every step a
+  full forward of [prompt, audio, response]; (prompt, mel) → response ids."""
+  graphdef, state = nnx.split(model.lm)
+  mask_id = model.config.lm.mask_id
+  prefix_fn = nnx.jit(lambda m, p, x: m.prefix_embeds(p, x))
+
+  @jax.jit
+  def step(state, prefix, x, lo, k):
+    lm = nnx.merge(graphdef, state)
+    embeds = jnp.concatenate([prefix, lm.embed(x).astype(prefix.dtype)], axis=1)
+    logits = lm(embeds=embeds, logits_from=prefix.shape[1]).astype(jnp.float32)
+    x0 = jnp.argmax(logits, -1)
+    p = jnp.take_along_axis(jax.nn.softmax(logits, -1), x0[..., None], -1)[..., 0]
+    pos = jnp.arange(x.shape[1])
+    conf = jnp.where((x == mask_id) & (pos >= lo) & (pos < lo + block), p, -jnp.inf)
+    rank = jnp.argsort(jnp.argsort(-conf, axis=-1), axis=-1)
+    return jnp.where(rank < k, x0, x)
+
+  steps = num_transfer_tokens(block, block)  # steps = gen_length: one token per step
+
+  def run(prompt, mel):
+    prefix = prefix_fn(model, prompt, mel)
+    x = jnp.full((prompt.shape[0], gen_length), mask_id, jnp.int32)
+    for b in range(gen_length // block):
+      for k in steps:
+        x = step(state, prefix, x, jnp.int32(b * block), jnp.int32(k))
+    return jax.block_until_ready(x)
+
+  return run
+
+
+def llada8b(args) -> int:
+  from llada_jax.train.flops import measured_peak_tflops, peak_tflops
+
+  wall = time.perf_counter()
+  seconds, g = args.seconds or 30.0, args.gen_length or 128
+  block = min(32, g)
+  model = build_8b(args)
+  c = model.config
+  frames = int(seconds * MELS_PER_SECOND) // 2 * 2
+  mel = jax.random.normal(jax.random.key(1), (1, c.whisper.n_mels, frames), jnp.bfloat16)
+  prompt = jax.random.randint(jax.random.key(2), (1, PROMPT_LEN), 0, c.lm.mask_id)
+  settings = DiffusionSettings(gen_length=g, steps=g, block_length=block, eos_rule=False,
+                               cache=True, dual_cache=True, threshold=0.9)
+  ours = jax_config("dual cache + threshold τ=0.9 (ours)", 1,
+                    lambda m, mel, p: decode(m, mel, p, settings=settings), model, mel, prompt,
+                    twin=None if args.no_count else counting_twin(model))
+  loop = authors_loop(model, g, block)
+  t0 = time.perf_counter()
+  loop(prompt, mel)  # compiles the step (and the prefix) once
+  theirs = Config("authors'-style loop (full forward per step)", 1, lambda r: loop(prompt, mel),
+                  compile_s=time.perf_counter() - t0, forwards=[g])
+  for r in range(args.repeats):  # interleaved
+    for cfg in (theirs, ours):
+      cfg.time_once(r)
+  prefix_len = PROMPT_LEN + c.qformer.num_windows(frames // 2) * c.qformer.num_queries
+  forward_tflop = forward_gflop(c.lm, 1, prefix_len + g, g) / 1e3
+  forward_s = theirs.seconds / g
+  peak, rates = measured_peak_tflops("bfloat16")
+  sheet = peak_tflops(jax.devices()[0].device_kind)
+  print(f"{jax.devices()[0].device_kind}; jax {jax.__version__}; "
+        f"{'tiny widths' if args.tiny else 'LLaDA-8B shape'}: LM d {c.lm.d_model} × "
+        f"{c.lm.n_layers} layers, vocab {c.lm.vocab_size}; encoder {c.whisper.d_model} × "
+        f"{c.whisper.encoder_layers}; bf16, random weights (LM ×{args.scale:g}); batch 1, "
+        f"{seconds:g} s audio → {PROMPT_LEN} prompt + {prefix_len - PROMPT_LEN} audio + {g} "
+        f"response tokens; steps = gen_length = {g}, blocks of {block}; EOS rule off; medians of "
+        f"{args.repeats} interleaved runs\n")
+  print("| decoder | s / utterance | tokens/s | forwards | tokens / forward | compile s |")
+  print("|---|---|---|---|---|---|")
+  for cfg in (theirs, ours):
+    fw = statistics.median(cfg.forwards) if cfg.forwards else None
+    print(f"| {cfg.name} | {cfg.seconds:.3f} | {g / cfg.seconds:.1f} | "
+          f"{'-' if fw is None else f'{fw:.0f}'} | {'-' if fw is None else f'{g / fw:.2f}'} | "
+          f"{cfg.compile_s:.1f} |")
+  print(f"\nspeed-up of ours over the authors'-style loop (time ratio): "
+        f"{theirs.seconds / ours.seconds:.2f}×")
+  achieved = forward_tflop / forward_s
+  print(f"the loop's full forward: {forward_tflop:.3g} TFLOP (matmuls) in {forward_s * 1e3:.1f} "
+        f"ms = {achieved:.3g} TFLOP/s, MFU {achieved / peak:.1%} of the measured bf16 matmul peak "
+        f"{peak:.3g} TFLOP/s (" + ", ".join(f"{n}²: {t:.3g}" for n, t in rates.items()) + ")"
+        + (f"; {achieved / sheet:.1%} of the data-sheet {sheet:g}" if sheet else ""))
+  print(f"(total wall time {time.perf_counter() - wall:.0f} s)")
+  return 0
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--layers", type=int, default=4)
+  p.add_argument("--shape", choices=("llada8b",), default=None,
+                 help="the paper-shaped batch-1 comparison (see above) instead of the table")
+  p.add_argument("--tiny", action="store_true", help="--shape llada8b with tiny test widths")
+  p.add_argument("--layers", type=int, default=None, help="LM layers (default 4; 8B: all 32)")
   p.add_argument("--vocab", type=int, default=8192)
-  p.add_argument("--seconds", type=float, default=5.0, help="audio per utterance")
-  p.add_argument("--gen-length", type=int, default=64, help="response length = steps")
+  p.add_argument("--seconds", type=float, default=None,
+                 help="audio per utterance (default 5; 8B: 30)")
+  p.add_argument("--gen-length", type=int, default=None,
+                 help="response length = steps (default 64; 8B: 128)")
   p.add_argument("--scale", type=float, default=5.0, help="LM weight scale (peaked logits)")
   p.add_argument("--repeats", type=int, default=3, help="timed rounds at batch 1")
   p.add_argument("--batch-repeats", type=int, default=2, help="of which also at --batch")
@@ -437,6 +562,10 @@ def main(argv=None) -> int:
   p.add_argument("--no-count", action="store_true",
                  help="skip the separately compiled forward-counting runs (tokens/step: '-')")
   args = p.parse_args(argv)
+  if args.shape == "llada8b":
+    return llada8b(args)
+  args.layers, args.seconds = args.layers or 4, args.seconds or 5.0
+  args.gen_length = args.gen_length or 64
   import torch
 
   batch_n = args.batch

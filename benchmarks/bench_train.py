@@ -2,6 +2,7 @@
 """Train-step throughput: our jitted JAX step vs a PyTorch reference of the same model, same CPU.
 
     python benchmarks/bench_train.py [--steps 8] [--rounds 3] [--batch 8]
+    python benchmarks/bench_train.py --shape llada8b [--rows 8] [--seconds 30] [--layers N] [--tiny]
 
 Both sides do the same work per step: 16 kHz audio → Whisper log-mel → frozen Whisper encoder →
 window Q-Former (2 BERT layers, cross-attention per 17-frame window) → Linear → bidirectional LLaMA
@@ -12,6 +13,16 @@ LlamaModel with an all-True 4-D mask, i.e. bidirectional) plus a hand-written Lo
 float32. Timing alternates rounds of each side so shared-machine load hits both alike; the table
 reports the median step. Sizes are small (Whisper tiny.en shapes, a 4-layer 512-wide LM) so that a
 run takes a minute or two.
+
+`--shape llada8b` (for an accelerator; no PyTorch side): the paper's model, configs/paper.py —
+whisper-large-v3 encoder (frozen), window Q-Former, LLaDA-8B (d 4096, 32 layers, 32 heads, MLP
+12288, vocab 126464) with LoRA on q/k/v, bf16 compute, full remat — with random weights created
+already sharded over every device (no checkpoint), `--rows` rows of 20 prompt + 352 audio (30 s)
++ 128 response tokens. It reports tokens/s, the step time and MFU (analytic model FLOPs,
+`llada_jax.train.flops`) against the bf16 matmul peak measured in the same run and against the
+data-sheet peak of the device kind. `--layers N` cuts the LM and the encoder to N layers and
+`--tiny` swaps in the tiny test widths, so that the mode can be checked on a CPU in seconds
+(`--shape llada8b --tiny --seconds 2`).
 """
 
 from __future__ import annotations
@@ -22,8 +33,6 @@ import os
 import statistics
 import sys
 import time
-
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 SIZES = dict(
     mel_frames=400,  # 4 s: 200 encoder frames → 11 windows × 4 queries = 44 audio embeddings
@@ -75,6 +84,7 @@ def jax_side(batch: int, seed: int = 0):
           "response": rng.integers(3, 4000, (batch, s["response"])).astype(np.int32),
           "response_len": np.full((batch,), s["response"], np.int32),
           "target_len": np.full((batch,), s["response"], np.int32),
+          "audio_len": np.full((batch,), cfg.data.samples, np.int32),
           "valid": np.ones((batch,), bool)}
   gbatch = trainer.put_batch(data)
   box = {"state": state}
@@ -189,6 +199,76 @@ def torch_side(batch: int, data: dict, seed: int = 0):
   return step, seq
 
 
+def llada8b(args) -> int:
+  """The paper-shaped train step on every device of the default backend (see the docstring)."""
+  import dataclasses
+
+  import jax
+  import numpy as np
+
+  from llada_jax import configlib, sharding
+  from llada_jax.configs import WhisperLLaDAConfig
+  from llada_jax.train import flops
+  from llada_jax.train.config import TrainConfig
+  from llada_jax.train.state import create_model
+  from llada_jax.train.step import Trainer, rules_for
+
+  base = configlib.load("paper", TrainConfig)
+  model = WhisperLLaDAConfig.tiny_test() if args.tiny else base.model
+  if args.layers:
+    model = dataclasses.replace(
+        model, lm=dataclasses.replace(model.lm, n_layers=args.layers),
+        whisper=dataclasses.replace(model.whisper, encoder_layers=args.layers))
+  mel_frames = int(round(args.seconds * 100 / 2)) * 2
+  cfg = dataclasses.replace(
+      base, model=model, batch_size=args.rows, mesh=(1, -1, 1), steps=1000,
+      data=dataclasses.replace(base.data, mel_frames=mel_frames, response_len=args.response))
+  prompt_len = 20  # LLaDA's chat template around "Transcribe the audio:"
+  mesh = sharding.make_mesh(sharding.mesh_shape(cfg.mesh, jax.device_count()))
+  rules = rules_for(cfg)
+  t0 = time.perf_counter()
+  trainer = Trainer(cfg, create_model(cfg, mesh, rules), mesh, prompt_len=prompt_len, rules=rules)
+  build_s = time.perf_counter() - t0
+  compile_s = trainer.compile()
+  state = trainer.init_state()
+  trainer.release_init()
+  rng = np.random.default_rng(0)
+  b, r, v = args.rows, cfg.data.response_len, cfg.model.lm.vocab_size
+  data = {"audio": (rng.normal(size=(b, cfg.data.samples)) * 0.1).astype(np.float32),
+          "prompt": rng.integers(3, v - 2, (b, prompt_len)).astype(np.int32),
+          "response": rng.integers(3, v - 2, (b, r)).astype(np.int32),
+          "response_len": np.full((b,), r, np.int32), "target_len": np.full((b,), r, np.int32),
+          "audio_len": np.full((b,), cfg.data.samples, np.int32), "valid": np.ones((b,), bool)}
+  batch = trainer.put_batch(data)
+  times = []
+  for i in range(args.warmup + args.steps):
+    t0 = time.perf_counter()
+    state, metrics = trainer.train_step(state, batch)
+    loss = float(metrics["loss"])  # blocks until the step is done
+    if i >= args.warmup:
+      times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times)
+  n = jax.device_count()
+  count = flops.train_step_flops(cfg, prompt_len)
+  peak, rates = flops.measured_peak_tflops("bfloat16")  # per device: the dot runs on one
+  sheet = flops.peak_tflops(jax.devices()[0].device_kind)
+  achieved = count.model / step_s / n / 1e12
+  m = cfg.model
+  print(f"train step, {'tiny widths' if args.tiny else 'LLaDA-8B shape'}: LM d {m.lm.d_model} × "
+        f"{m.lm.n_layers} layers (vocab {m.lm.vocab_size}), encoder {m.whisper.d_model} × "
+        f"{m.whisper.encoder_layers}; {b} rows × {trainer.seq_len} tokens ({prompt_len} prompt + "
+        f"{cfg.audio_len} audio + {r} response); {cfg.dtype}, remat {cfg.remat}; {n} × "
+        f"{jax.devices()[0].device_kind}; median of {args.steps} steps after {args.warmup}")
+  print(f"build {build_s:.1f} s, compile {compile_s:.1f} s, loss {loss:.3f}")
+  print(f"step {step_s * 1e3:.1f} ms, {b * trainer.seq_len / step_s:.0f} tokens/s; "
+        f"{count.model / 1e12:.3g} model TFLOP/step ({count.total / 1e12:.3g} with remat): "
+        f"{achieved:.3g} TFLOP/s per device")
+  print(f"MFU {achieved / peak:.1%} of the measured bf16 matmul peak {peak:.3g} TFLOP/s ("
+        + ", ".join(f"{k}²: {t:.3g}" for k, t in rates.items()) + ")"
+        + (f"; {achieved / sheet:.1%} of the data-sheet {sheet:g}" if sheet else ""))
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -196,7 +276,19 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--steps", type=int, default=4, help="timed steps per round per side")
   ap.add_argument("--rounds", type=int, default=3)
   ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+  g = ap.add_argument_group("--shape llada8b")
+  g.add_argument("--shape", choices=("llada8b",), default=None,
+                 help="the paper-shaped step on the default backend instead of the CPU table")
+  g.add_argument("--rows", type=int, default=8, help="rows per step (global)")
+  g.add_argument("--seconds", type=float, default=30.0, help="audio per row (30: 352 tokens)")
+  g.add_argument("--response", type=int, default=128, help="response tokens per row")
+  g.add_argument("--layers", type=int, default=None, help="LM and encoder layers (default: all)")
+  g.add_argument("--tiny", action="store_true", help="tiny test widths (a CPU check)")
+  g.add_argument("--warmup", type=int, default=2, help="untimed steps first")
   args = ap.parse_args(argv)
+  if args.shape == "llada8b":
+    return llada8b(args)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import torch
 
   torch.set_num_threads(args.threads)

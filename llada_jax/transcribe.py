@@ -44,7 +44,7 @@ import typing as tp
 from pathlib import Path
 
 from llada_jax import checkpoint as ckpt
-from llada_jax import decoding
+from llada_jax import compile_cache, decoding
 from llada_jax.configs import WhisperConfig, WhisperLLaDAConfig
 from llada_jax.data import files
 from llada_jax.evaluation.cli import mesh_arg
@@ -89,6 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--retry-errors", action="store_true",
                  help="resuming: transcribe again the files OUT has error records for")
   p.add_argument("--quiet", action="store_true", help="no progress bar, no texts on stdout")
+  p.add_argument("--no-compile-cache", action="store_true",
+                 help="no persistent compilation cache (llada_jax.compile_cache)")
   p.add_argument("--chunk-stride", type=float, default=WhisperSettings.chunk_stride,
                  metavar="SECONDS",
                  help="long audio: overlap on each side of a 30 s window, in proportion for "
@@ -215,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
   """Exit status: 0 when every file has a line in OUT (texts or error records)."""
   if args.batch_size < 1:
     raise UsageError(f"--batch-size {args.batch_size}: expected ≥ 1")
+  compile_cache.enable(disable=args.no_compile_cache)
   from llada_jax.inference.placement import Placement, PlacementError
 
   try:  # the devices, before any output is written

@@ -6,6 +6,9 @@ import os
 # Must happen before jax is imported anywhere: XLA reads the flag once, at backend start-up.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The entry points' default compilation cache (llada_jax.compile_cache) is the user's: tests and
+# their subprocesses stay out of it (those that want a cache give their own folder).
+os.environ.setdefault("LLADA_JAX_CACHE_DIR", "off")
 
 import shutil  # noqa: E402
 import subprocess  # noqa: E402

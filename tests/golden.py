@@ -28,7 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-TIMING = {"tokens_per_s", "step_s", "val_s", "seconds_per_step", "compile_s", "data_wait_s"}
+TIMING = {"tokens_per_s", "step_s", "val_s", "seconds_per_step", "compile_s", "data_wait_s",
+          "tflops_per_device", "mfu"}
 
 
 def sh(cmd: list, repo: Path, env: dict, log: Path) -> None:

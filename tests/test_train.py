@@ -8,6 +8,7 @@ tiny train step compiles once here rather than once per run.
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,9 @@ from llada_jax import sharding
 from llada_jax.configlib import ConfigError
 from llada_jax.train import config as config_lib
 from llada_jax.train import loop
+from llada_jax.train.batches import real_tokens
 from llada_jax.train.checkpoints import Checkpoints
+from llada_jax.train.flops import train_step_flops
 from llada_jax.train.state import create_model
 from llada_jax.train.step import Trainer, make_optimizer, trainable_filter
 from llada_jax.whisper_llada import WhisperLLaDA
@@ -83,10 +86,11 @@ def read_metrics(workdir) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def straight_run(corpus, compile_cache, tmp_path_factory):
-  """train.py, tiny preset, 4 steps without interruption (validation at 2 and 4, saves at 2, 4)."""
+  """train.py, tiny preset, 4 steps without interruption (validation at 2 and 4, saves at 2, 4),
+  steps 1-2 traced by the profiler (which changes no value)."""
   workdir = tmp_path_factory.mktemp("straight") / "run"
   t0 = time.perf_counter()
-  proc = run_train_py(workdir, corpus, cache=compile_cache)
+  proc = run_train_py(workdir, corpus, "--profile-steps", "1:2", cache=compile_cache)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return {"workdir": workdir, "seconds": time.perf_counter() - t0, "stderr": proc.stderr}
 
@@ -110,6 +114,7 @@ def random_batch(cfg, from_encoder: bool, seed: int = 0) -> dict:
   batch = {"prompt": rng.integers(3, 120, (b, PROMPT_LEN)).astype(np.int32),
            "response": rng.integers(3, 120, (b, r)).astype(np.int32),
            "response_len": rng.integers(2, r + 1, (b,)).astype(np.int32),
+           "audio_len": rng.integers(1, cfg.data.samples + 1, (b,)).astype(np.int32),
            "valid": np.array([True] * (b - 1) + [False])}
   # group_max targets, as BatchMaker makes them: each pad_group rows up to their longest
   g = cfg.data.pad_group
@@ -147,6 +152,14 @@ def test_runtime_errors_come_before_compilation(overrides, field, tmp_path, monk
   monkeypatch.setattr(loop, "create_model", no_model)
   with pytest.raises(ConfigError, match=field):
     loop.run(cfg, tmp_path / "w")
+
+
+@pytest.mark.parametrize("override, field", [
+    ("profile_steps=3,2", "profile_steps"), ("profile_steps=3", "profile_steps"),
+    ("peak_tflops_per_device=0", "peak_tflops_per_device")])
+def test_throughput_fields_are_checked(override, field):
+  with pytest.raises(ConfigError, match=field):
+    config_lib.load("tiny", [override])
 
 
 def test_full_finetune_trains_everything_but_the_encoder():
@@ -194,15 +207,25 @@ def test_train_py_end_to_end(straight_run, corpus, compile_cache):
   workdir = straight_run["workdir"]
   records = read_metrics(workdir)
   assert [r["step"] for r in records] == [1, 2, 3, 4]
+  cfg = config_lib.load("tiny")
+  log = (workdir / "train.log").read_text()
+  prompt_len = int(re.search(r"sequence \d+ = (\d+) prompt", log).group(1))
+  flops = train_step_flops(cfg, prompt_len).model
   for r in records:
-    assert {"step", "loss", "lr", "tokens_per_s", "grad_norm"} <= set(r)
+    assert {"step", "loss", "lr", "tokens_per_s", "grad_norm", "step_s", "data_wait_s",
+            "tflops_per_device"} <= set(r)
     assert np.isfinite(r["loss"]) and r["tokens_per_s"] > 0
+    # real tokens: at most the padded batch; each of the 8 rows has its prompt and some audio
+    assert 8 * (prompt_len + 4) < r["tokens"] < cfg.batch_size * (prompt_len + cfg.audio_len +
+                                                                  cfg.data.response_len)
+    assert r["flops_per_step"] == pytest.approx(flops) and "mfu" not in r  # no CPU peak
+    assert 0 <= r["data_wait_s"] < r["step_s"]
   assert "val_loss" in records[1] and "val_loss" in records[3]
+  assert list((workdir / "profile").rglob("*.xplane.pb"))
   steps = sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == ["2", "4"]
   assert list((workdir / "tb").glob("events.out.tfevents.*"))
   assert (workdir / "config.json").is_file()
-  log = (workdir / "train.log").read_text()
   assert "compiled the train step in" in log
   # a second run into the same folder must be told to --resume
   again = run_train_py(workdir, corpus, cache=compile_cache)
@@ -370,6 +393,15 @@ def test_non_finite_step_is_not_applied(reference):
   assert not bool(m["finite"])
   assert int(state["step"]) == 2 and int(state["updates"]) == 1
   assert_trees_close(jax.device_get(state["params"]), before, atol=0)
+
+
+def test_real_tokens_count_prompt_audio_windows_and_transcript():
+  cfg = tiny()  # 100 encoder frames: 5 windows of 17 frames (2 × 160 samples each), 4 queries
+  window = 17 * 2 * 160
+  batch = {"audio_len": np.array([window, window + 1, cfg.data.samples, 0]),
+           "response_len": np.array([3, 3, 16, 0]), "valid": np.array([True, True, True, False])}
+  np.testing.assert_array_equal(real_tokens(cfg, PROMPT_LEN, batch),
+                                [PROMPT_LEN + 4 + 3, PROMPT_LEN + 8 + 3, PROMPT_LEN + 20 + 16, 0])
 
 
 def test_encoder_cache_computes_once_per_utterance(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jax
 
-from llada_jax import decoding, distributed, text
+from llada_jax import compile_cache, decoding, distributed, text
 from llada_jax.configs import ATTENTION
 from llada_jax.data import manifest
 from llada_jax.evaluation import outputs, runner
@@ -53,6 +53,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
   p.add_argument("--strict", action="store_true", help="stop at the first bad file or utterance")
   p.add_argument("--tfds-data-dir", default=None, help="where tfds:NAME/SPLIT was prepared")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--no-compile-cache", action="store_true",
+                 help="no persistent compilation cache (llada_jax.compile_cache)")
 
   g = p.add_argument_group("devices")
   g.add_argument("--mesh", type=mesh_arg, default=None, metavar="DATA,FSDP,TENSOR",
@@ -222,6 +224,7 @@ def main(argv: tp.Sequence[str] | None = None, description: str | None = None) -
   except distributed.DistributedError as e:
     print(f"eval.py: {e}", file=sys.stderr)
     return 2
+  compile_cache.enable(disable=args.no_compile_cache)
   # Our own handler: absl (imported by tfds/orbax) may already own the root logger, which would
   # swallow the compile notices (whisper-jax's users took silent compiles for slowness).
   ours = logging.getLogger("llada_jax")

@@ -99,8 +99,9 @@ class BatchMaker:
     self.truncated = 0  # transcripts cut to data.response_len
 
   def __call__(self, raw: dict) -> dict[str, tp.Any]:
-    """A pipeline batch → {audio, prompt, response, response_len, target_len, valid} plus ids and
-    text lists. response_len counts a row's real tokens (with its EOS where one is appended);
+    """A pipeline batch → {audio, prompt, response, response_len, target_len, audio_len, valid}
+    plus ids and text lists. audio_len: samples of real audio per row (all if the pipeline does
+    not say). response_len counts a row's real tokens (with its EOS where one is appended);
     target_len the positions the diffusion objective sees and trains (see `DataConfig`)."""
     c = self.cfg.data
     audio = np.asarray(raw["audio"], np.float32)
@@ -126,9 +127,21 @@ class BatchMaker:
     else:
       target = np.full((b,), r, np.int32)
     prompt = np.broadcast_to(self.prompt, (b, self.prompt.shape[0])).copy()
+    audio_len = np.minimum(np.asarray(raw.get("audio_len", [c.samples] * b), np.int32), c.samples)
     return {"audio": audio, "prompt": prompt, "response": response, "response_len": lengths,
-            "target_len": target, "valid": valid, "ids": list(raw["ids"]),
+            "target_len": target, "audio_len": audio_len, "valid": valid, "ids": list(raw["ids"]),
             "text": list(raw["text"])}
+
+
+def real_tokens(cfg: TrainConfig, prompt_len: int, batch: dict) -> jax.Array:
+  """[B] float32: the tokens of each row that are its utterance's, not padding: the prompt, the
+  audio embeddings of the Q-Former windows that hold some of its audio (`audio_len` samples), its
+  transcript (with the EOS where one is appended: `response_len`); 0 for a padding row."""
+  q = cfg.model.qformer
+  enc_frames = -(-batch["audio_len"] // (2 * features.HOP))  # stride-2 encoder frames of real audio
+  windows = jnp.minimum(-(-enc_frames // q.window_frames), q.num_windows(cfg.data.mel_frames // 2))
+  n = prompt_len + windows * q.num_queries + batch["response_len"]
+  return jnp.where(batch["valid"], n, 0).astype(jnp.float32)
 
 
 def cache_fingerprint(cfg: TrainConfig) -> str:

@@ -152,6 +152,11 @@ class TrainConfig:
   async_save: bool = True
   nan_policy: str = "stop"  # non-finite loss/grad: stop with an error, or skip the update
   seed: int = 0
+  # bf16 dense peak of one device, TFLOP/s, for the logged MFU; None: by device kind
+  # (llada_jax.train.flops.PEAK_TFLOPS; unknown kinds, CPU included, log no MFU).
+  peak_tflops_per_device: float | None = None
+  # (first, last) step traced by jax.profiler into WORKDIR/profile on process 0; None: no trace.
+  profile_steps: tuple[int, int] | None = None
 
   def __post_init__(self):
     _one_of("objective", self.objective, OBJECTIVES)
@@ -168,6 +173,12 @@ class TrainConfig:
         raise ConfigError(f"{name}={value}: must be a positive int")
     if self.eval_every < 0:
       raise ConfigError(f"eval_every={self.eval_every}: must be >= 0")
+    if self.peak_tflops_per_device is not None and self.peak_tflops_per_device <= 0:
+      raise ConfigError(f"peak_tflops_per_device={self.peak_tflops_per_device}: must be > 0")
+    if self.profile_steps is not None and (
+        len(self.profile_steps) != 2 or not 1 <= self.profile_steps[0] <= self.profile_steps[1]):
+      raise ConfigError(f"profile_steps={self.profile_steps}: expected (first, last) steps with "
+                        f"1 <= first <= last")
     if self.batch_size % self.grad_accum:
       raise ConfigError(f"batch_size={self.batch_size} is not divisible by "
                         f"grad_accum={self.grad_accum}")

@@ -1,8 +1,12 @@
 """The training loop behind train.py: data → sharded steps → logs, validation, checkpoints.
 
 Outputs under the work dir:
-  metrics.jsonl   one JSON object per logged step: step, loss, grad_norm, lr, tokens, tokens_per_s,
-                  step_s, and val_loss / dev_wer on validation steps
+  metrics.jsonl   one JSON object per logged step: step, loss, grad_norm, lr, tokens (the step's
+                  real tokens: `batches.real_tokens`), targets, skipped, the `Throughput` window
+                  (tokens_per_s, step_s, data_wait_s, flops_per_step, tflops_per_device, mfu
+                  where the device's peak is known), and val_loss / dev_wer / val_s on
+                  validation steps
+  profile/        a jax.profiler trace of `profile_steps`, if set
   tb/             TensorBoard scalars (tensorboardX)
   checkpoints/    orbax: last `keep_last` + the best by validation loss
   config.json     the resolved TrainConfig
@@ -27,6 +31,7 @@ from llada_jax.data.pipeline import make_batches
 from llada_jax.train import batches as batches_lib
 from llada_jax.train import config as config_lib
 from llada_jax.train import export
+from llada_jax.train import flops as flops_lib
 from llada_jax.train.checkpoints import Checkpoints
 from llada_jax.train.config import TrainConfig
 from llada_jax.train.state import create_model
@@ -114,6 +119,76 @@ def dev_wer(trainer: Trainer, state: dict, dev, maker: batches_lib.BatchMaker, t
     log.warning("dev WER skipped: decoding failed: %r", e)
     return None
   return wer.CorpusWER.of_counts(np.concatenate(scored)[:examples]).wer
+
+
+class Throughput:
+  """Step time, data wait, tokens/s, FLOPs and MFU, averaged over the steps since the last record.
+
+  Time runs from one step's metrics arriving on the host to the next's (validation and checkpoint
+  saves are left out); `data_wait_s` is the part of it the loop spent getting the next batch
+  (pipeline, tokenising, host→device), time the device may spend idle."""
+
+  def __init__(self, cfg: TrainConfig, trainer: Trainer):
+    self.flops = flops_lib.train_step_flops(cfg, trainer.prompt_len,
+                                            from_encoder=trainer.from_encoder)
+    self.devices = trainer.mesh.devices.size
+    kind = trainer.mesh.devices.flat[0].device_kind
+    self.peak = cfg.peak_tflops_per_device or flops_lib.peak_tflops(kind)
+    self._reset()
+    self.resume()
+
+  def _reset(self) -> None:
+    self.steps, self.seconds, self.wait, self.tokens = 0, 0.0, 0.0, 0.0
+
+  def resume(self) -> None:
+    self.mark = time.perf_counter()
+
+  def waited(self, seconds: float) -> None:
+    self.wait += seconds
+
+  def done(self, tokens: float) -> None:
+    now = time.perf_counter()
+    self.steps += 1
+    self.seconds += now - self.mark
+    self.tokens += tokens
+    self.mark = now
+
+  def window(self) -> dict:
+    steps = max(self.steps, 1)
+    step_s = max(self.seconds, 1e-9) / steps
+    tflops = self.flops.model / step_s / self.devices / 1e12
+    out = {"tokens_per_s": self.tokens / max(self.seconds, 1e-9), "step_s": step_s,
+           "data_wait_s": self.wait / steps, "flops_per_step": self.flops.model,
+           "tflops_per_device": tflops}
+    if self.peak:
+      out["mfu"] = tflops / self.peak
+    self._reset()
+    return out
+
+
+class _Profile:
+  """A jax.profiler trace (XPlane, for TensorBoard's profile plugin / xprof) of steps
+  first..last into `folder`, on process 0."""
+
+  def __init__(self, steps: tuple[int, int] | None, folder: Path, main: bool):
+    self.first, self.last = steps if steps is not None else (None, None)
+    self.folder, self.main, self.active = folder, main, False
+
+  def before(self, n: int) -> None:
+    if self.main and not self.active and self.first is not None and self.first <= n <= self.last:
+      self.folder.mkdir(parents=True, exist_ok=True)
+      jax.profiler.start_trace(str(self.folder))
+      self.active = True
+      log.info("profiling steps %d-%d into %s", n, self.last, self.folder)
+
+  def after(self, n: int) -> None:
+    if n == self.last:
+      self.close()
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
 
 
 class _Outputs:
@@ -262,61 +337,86 @@ def _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, rows, t
     bar = tqdm(total=cfg.steps, initial=start, dynamic_ncols=True, desc="train")
 
   summary = {"step": start, "loss": None, "val_loss": None, "compile_s": compile_s, "skipped": 0}
-  # Throughput counts data + step time only: validation and checkpoint saves are logged apart.
-  window_tokens, window_s = 0.0, 0.0
+  meter = Throughput(cfg, trainer)
+  log.info("train step: %.3g model FLOPs (%s)%s", meter.flops.model, meter.flops,
+           f"; MFU against {meter.peak:g} TFLOP/s per device" if meter.peak else
+           "; no MFU (unknown peak: set peak_tflops_per_device)")
+  profile = _Profile(cfg.profile_steps, workdir / "profile", main)
+
+  def finish(n: int, metrics: dict) -> None:
+    """Step n is done on the device: its metrics → checks, logs, validation, checkpoint."""
+    metrics = {k: v.item() for k, v in jax.device_get(metrics).items()}
+    meter.done(metrics["tokens"])
+    if not metrics["finite"]:
+      if cfg.nan_policy == "stop":
+        ckpts.wait()
+        raise NonFiniteError(
+            f"step {n}: loss {metrics['loss']}, grad norm {metrics['grad_norm']} (nan_policy="
+            f"'stop'; the update was not applied and nothing was saved; last checkpoint: "
+            f"{ckpts.latest_step()})")
+      summary["skipped"] += 1
+      log.warning("step %d: non-finite loss %s / grad norm %s: update skipped", n,
+                  metrics["loss"], metrics["grad_norm"])
+    validate = bool(cfg.eval_every) and (n % cfg.eval_every == 0 or n == cfg.steps)
+    record = None
+    if validate or n % cfg.log_every == 0 or n == cfg.steps:
+      record = {"step": n, "loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
+                "lr": metrics["lr"], "tokens": metrics["tokens"], **meter.window(),
+                "targets": metrics["targets"], "skipped": summary["skipped"]}
+    val_loss = None
+    if validate:
+      t_eval = time.perf_counter()
+      val_loss = evaluate(trainer, state, dev_data, prepare, cfg.data.dev_batches)
+      record["val_loss"] = val_loss
+      if cfg.data.wer_examples:
+        wer = dev_wer(trainer, state, dev_data, maker, tokenizer, cfg.data.wer_examples, rows)
+        if wer is not None:
+          record["dev_wer"] = wer
+      record["val_s"] = time.perf_counter() - t_eval
+      meter.resume()  # validation is not step time
+      summary["val_loss"] = val_loss
+      log.info("step %d: val_loss %.4f%s", n, val_loss,
+               f", dev WER {record['dev_wer']:.2%}" if "dev_wer" in record else "")
+    if record is not None:
+      out.write(record)
+      if bar is not None:
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                        tok_s=f"{record['tokens_per_s']:.0f}")
+    if bar is not None:
+      bar.update(1)
+    summary.update(step=n, loss=metrics["loss"])
+    if n % cfg.save_every == 0 or n == cfg.steps:
+      ckpts.save(n, state, {"iterator": iterator.get_state(), "step": n}, val_loss)
+      meter.resume()  # nor is saving
+
+  def needs_state(n: int) -> bool:
+    """Step n's end reads the state (validation, a save, the end) or the profile stops: it is
+    finished before step n + 1 is dispatched (the state is donated to that step)."""
+    return (bool(cfg.eval_every) and n % cfg.eval_every == 0) or n % cfg.save_every == 0 or (
+        n == cfg.steps or (stop_after is not None and n >= stop_after) or profile.last == n)
+
+  # Step n's metrics are fetched after step n + 1 is dispatched, so the host's device_get never
+  # leaves the device idle; steps whose end needs the state are finished at once.
+  pending = None
+  meter.resume()
   try:
     for n in range(start + 1, cfg.steps + 1):
-      t_step = time.perf_counter()
+      profile.before(n)
+      t_data = time.perf_counter()
       batch = trainer.put_batch(prepare(next(iterator)))
+      meter.waited(time.perf_counter() - t_data)
       state, metrics = trainer.train_step(state, batch)
-      metrics = {k: v.item() for k, v in jax.device_get(metrics).items()}
-      step_s = time.perf_counter() - t_step
-      window_tokens += metrics["tokens"]
-      window_s += step_s
-      if not metrics["finite"]:
-        if cfg.nan_policy == "stop":
-          ckpts.wait()
-          raise NonFiniteError(
-              f"step {n}: loss {metrics['loss']}, grad norm {metrics['grad_norm']} (nan_policy="
-              f"'stop'; the update was not applied and nothing was saved; last checkpoint: "
-              f"{ckpts.latest_step()})")
-        summary["skipped"] += 1
-        log.warning("step %d: non-finite loss %s / grad norm %s: update skipped", n,
-                    metrics["loss"], metrics["grad_norm"])
-      validate = bool(cfg.eval_every) and (n % cfg.eval_every == 0 or n == cfg.steps)
-      record = None
-      if validate or n % cfg.log_every == 0 or n == cfg.steps:
-        record = {"step": n, "loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
-                  "lr": metrics["lr"], "tokens": metrics["tokens"],
-                  "tokens_per_s": window_tokens / max(window_s, 1e-9), "step_s": step_s,
-                  "targets": metrics["targets"], "skipped": summary["skipped"]}
-      val_loss = None
-      if validate:
-        t_eval = time.perf_counter()
-        val_loss = evaluate(trainer, state, dev_data, prepare, cfg.data.dev_batches)
-        record["val_loss"] = val_loss
-        if cfg.data.wer_examples:
-          wer = dev_wer(trainer, state, dev_data, maker, tokenizer, cfg.data.wer_examples,
-                        rows)
-          if wer is not None:
-            record["dev_wer"] = wer
-        record["val_s"] = time.perf_counter() - t_eval
-        summary["val_loss"] = val_loss
-        log.info("step %d: val_loss %.4f%s", n, val_loss,
-                 f", dev WER {record['dev_wer']:.2%}" if "dev_wer" in record else "")
-      if record is not None:
-        out.write(record)
-        window_tokens, window_s = 0.0, 0.0
-        if bar is not None:
-          bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                          tok_s=f"{record['tokens_per_s']:.0f}")
-      if bar is not None:
-        bar.update(1)
-      summary.update(step=n, loss=metrics["loss"])
-      if n % cfg.save_every == 0 or n == cfg.steps:
-        ckpts.save(n, state, {"iterator": iterator.get_state(), "step": n}, val_loss)
-      if stop_after is not None and n >= stop_after:
-        break
+      if pending is not None:
+        finish(*pending)
+      pending = (n, metrics)
+      if needs_state(n):
+        pending = None
+        finish(n, metrics)
+        profile.after(n)
+        if stop_after is not None and n >= stop_after:
+          break
+    if pending is not None:  # not reached: the last step needs the state
+      finish(*pending)
     ckpts.wait()
     summary["best_step"] = ckpts.best_step()
     if export_to is not None:
@@ -328,6 +428,7 @@ def _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, rows, t
       export.export_state(trainer, state, export_to, workdir=workdir, step=step)
     return summary
   finally:
+    profile.close()
     if bar is not None:
       bar.close()
     out.close()

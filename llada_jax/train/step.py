@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llada_jax import features, sharding
-from llada_jax.train import losses
+from llada_jax.train import batches, losses
 from llada_jax.train.config import OptimizerConfig, TrainConfig
 from llada_jax.whisper_llada import TRAINABLE, WhisperLLaDA
 
@@ -235,7 +235,7 @@ class Trainer:
       feats = ("audio", (b, c.data.samples), jnp.float32)
     return {feats[0]: feats[1:], "prompt": ((b, self.prompt_len), jnp.int32),
             "response": ((b, c.data.response_len), jnp.int32), "response_len": ((b,), jnp.int32),
-            "target_len": ((b,), jnp.int32),
+            "target_len": ((b,), jnp.int32), "audio_len": ((b,), jnp.int32),
             "valid": ((b,), jnp.bool_)}
 
   def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
@@ -379,7 +379,7 @@ class Trainer:
                  "key": state["key"]}
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": self.schedule(state["updates"]),
                "finite": ok, "targets": count,
-               "tokens": jnp.sum(batch["valid"]).astype(jnp.float32) * self.seq_len}
+               "tokens": jnp.sum(batches.real_tokens(self.cfg, self.prompt_len, batch))}
     return new_state, metrics
 
   def _eval_step(self, params, frozen, batch, index):
