@@ -35,6 +35,15 @@ def test_presets_by_name():
     dataclasses.replace(config_lib.load("tiny"), sharding="zero3")
 
 
+def test_inference_placement_takes_the_presets_by_name():
+  from llada_jax.inference.placement import Placement, PlacementError
+
+  assert Placement.create((2, 2, 2), "lora_dp").info()["rules"] == "lora_dp"
+  assert Placement.create((2, 2, 2), "fsdp_tp").info()["rules"] == "full_fsdp"
+  with pytest.raises(PlacementError, match="'zero3'"):
+    Placement.create((2, 2, 2), "zero3")
+
+
 def test_lora_dp_places_each_collection_by_its_rules():
   mesh = sharding.make_mesh((2, 2, 2))
   rules = sharding.preset("lora_dp")
