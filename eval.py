@@ -54,8 +54,9 @@ widths, so each (batch, width) compiles once, ahead of time, and is logged; comp
 reported apart (compile_seconds) and RTF = decode seconds on compiled shapes / audio seconds.
 
 Devices. --mesh DATA,FSDP,TENSOR runs the model on a mesh of devices (one size may be -1 for the
-remaining devices: --mesh=-1,1,1). The weights are placed as training places them (--sharding
-fsdp_tp: the model dimension over fsdp, heads / MLP / vocabulary over tensor; or replicated), each
+remaining devices: --mesh=-1,1,1). The weights are placed by a training sharding preset (--sharding
+full_fsdp: the model dimension over fsdp, heads / MLP / vocabulary over tensor; lora_dp: whole on
+every data-parallel device, split over tensor only, so no weight is gathered; or replicated), each
 restored straight into its shards, and every batch is split over data × fsdp. Default: one device
 (1,1,1); with several processes, every device on the data axis. --batch-size is rows per step over
 the whole mesh (default 16); --per-device-batch N makes it N × data × fsdp instead, so (8,1,1)

@@ -218,7 +218,7 @@ def load(path: str | Path, *, mesh: jax.sharding.Mesh | None = None,
   targets = None
   if mesh is not None:
     shardings = dict(nnx.to_flat_state(sharding.state_shardings(
-        state, mesh, rules or sharding.ShardingConfig.fsdp_tp())))
+        state, mesh, rules or sharding.ShardingConfig.full_fsdp())))
     targets = {n: jax.ShapeDtypeStruct(flat[k].shape, flat[k].dtype,
                                        sharding=shardings[k].get_value())
                for n, k in names.items()}

@@ -3,6 +3,12 @@
 Every weight carries its logical axis names (variable metadata `logical_axes`, e.g. `('embed',
 'mlp')`); activations are constrained by name through `constrain`. A `ShardingConfig` maps names to
 the mesh axes `data`, `fsdp`, `tensor`; changing parallelism means changing rules, never model code.
+
+A train step places three collections, each by its own rules: the frozen weights, the trained ones
+and their optimizer state. Presets by name (`preset`): `full_fsdp` (every weight FSDP-sharded, the
+default), `lora_dp` (frozen weights whole over data × fsdp, optimizer state ZeRO-sharded) and
+`replicated`. A weight dimension that its mesh axes do not divide is an error, not a silent
+replication, unless the rule set's `replicate` list allows it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 import typing as tp
 
 import jax
@@ -31,24 +38,65 @@ ACTIVATION_AXES = ("batch", "length", "act_embed", "act_mlp", "act_heads", "act_
                    "act_vocab")
 
 
+Rules = tuple[tuple[str, MeshAxes], ...]
+# Weights by role in a train step: the frozen base (encoder, LM), the trained ones (LoRA adapters,
+# Q-Former) and the optimizer state that mirrors them. Inference places everything as "frozen".
+COLLECTIONS = ("frozen", "trained", "optimizer")
+
+
+class ShardingError(ValueError):
+  """A weight that its rules would split over mesh axes that do not divide it."""
+
+
+def _targets(target: MeshAxes) -> tuple[str, ...]:
+  return target if isinstance(target, tuple) else ((target,) if target else ())
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardingConfig:
-  """Rules from logical axis names to mesh axes. Every logical name must have a rule."""
+  """Rules from logical axis names to mesh axes, per collection.
 
-  rules: tuple[tuple[str, MeshAxes], ...]
+  `rules` maps every logical name: activations, and the weights of every collection. `trained`
+  and `optimizer` replace some weight-axis rules for the trained weights and for their optimizer
+  state (Adam moments). A weight dimension whose mesh axes do not divide it is a ShardingError,
+  unless a `replicate` entry (regex searched in the weight's path, logical axis) lets it stay
+  whole there.
+  """
+
+  rules: Rules
+  trained: Rules = ()
+  optimizer: Rules = ()
+  replicate: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self):
     names = [name for name, _ in self.rules]
     missing = set(WEIGHT_AXES + ACTIVATION_AXES) - set(names)
     if missing:
       raise ValueError(f"ShardingConfig: no rule for logical axes {sorted(missing)}")
-    for name, target in self.rules:
-      for axis in (target if isinstance(target, tuple) else (target,)):
-        if axis is not None and axis not in MESH_AXES:
-          raise ValueError(f"ShardingConfig rule {name!r} → {axis!r}: not a mesh axis {MESH_AXES}")
+    for field in ("rules", "trained", "optimizer"):
+      for name, target in getattr(self, field):
+        if field != "rules" and name not in WEIGHT_AXES:
+          raise ValueError(f"ShardingConfig.{field} rule {name!r}: not a weight axis {WEIGHT_AXES}")
+        for axis in _targets(target):
+          if axis not in MESH_AXES:
+            raise ValueError(f"ShardingConfig.{field} rule {name!r} → {axis!r}: not a mesh axis "
+                             f"{MESH_AXES}")
+    for pattern, name in self.replicate:
+      re.compile(pattern)
+      if name not in WEIGHT_AXES:
+        raise ValueError(f"ShardingConfig.replicate ({pattern!r}, {name!r}): not a weight axis")
 
-  def mesh_axes(self, logical: tp.Sequence[str | None]) -> PartitionSpec:
+  def table(self, collection: str = "frozen") -> dict[str, MeshAxes]:
+    if collection not in COLLECTIONS:
+      raise ValueError(f"collection {collection!r}: expected one of {COLLECTIONS}")
     table = dict(self.rules)
+    if collection != "frozen":
+      table.update(getattr(self, collection))
+    return table
+
+  def mesh_axes(self, logical: tp.Sequence[str | None], collection: str = "frozen"
+                ) -> PartitionSpec:
+    table = self.table(collection)
     out = []
     for name in logical:
       if name is None:
@@ -59,9 +107,15 @@ class ShardingConfig:
         out.append(table[name])
     return PartitionSpec(*out)
 
+  def may_replicate(self, path: str, name: str) -> bool:
+    return any(n == name and re.search(p, path) for p, n in self.replicate)
+
   @classmethod
-  def fsdp_tp(cls) -> ShardingConfig:
-    """Batch over data×fsdp, weights' model dim over fsdp, heads/mlp/vocab over tensor."""
+  def full_fsdp(cls) -> ShardingConfig:
+    """Every weight, trained or not, and its optimizer state: model dim over fsdp, heads / MLP /
+    vocab over tensor; batch over data × fsdp. Each layer's weights are gathered over fsdp where
+    they are used (forward, remat, backward): the plan for full fine-tuning, or when the frozen
+    weights do not fit a device whole."""
     return cls(rules=(
         ("vocab", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("q_heads", "tensor"),
         ("kv_heads", "tensor"), ("norm", None), ("conv_in", None), ("lora_rank", None),
@@ -70,14 +124,54 @@ class ShardingConfig:
         ("batch", ("data", "fsdp")), ("length", None), ("act_embed", None),
         ("act_mlp", "tensor"), ("act_heads", "tensor"), ("act_kv_heads", "tensor"),
         ("act_vocab", "tensor"),
-    ))
+    ), replicate=_WHISPER_VOCAB)
+
+  # The name of `full_fsdp` before rule sets per collection existed (saved run configs use it).
+  fsdp_tp = full_fsdp
+
+  @classmethod
+  def lora_dp(cls) -> ShardingConfig:
+    """LoRA training: frozen weights whole on every device of data × fsdp (split over tensor
+    only), so the step gathers none of them; the batch over data × fsdp. The trained weights
+    (adapters, Q-Former: ~30 M at paper scale) are placed like the frozen ones and their Adam
+    moments split ZeRO-style over data × fsdp: the step all-reduces gradients of the trained
+    weights only. Needs the frozen weights / tensor to fit one device."""
+    rules = dict(cls.full_fsdp().rules)
+    rules["embed"] = None
+    zero = ("data", "fsdp")
+    return cls(rules=tuple(rules.items()),
+               optimizer=(("embed", zero), ("qformer_embed", zero)), replicate=_WHISPER_VOCAB)
 
   @classmethod
   def replicated(cls) -> ShardingConfig:
     """Data parallel only: every weight whole on every device."""
-    rules = {name: None for name in WEIGHT_AXES + ACTIVATION_AXES}
+    rules = dict.fromkeys(WEIGHT_AXES + ACTIVATION_AXES)
     rules["batch"] = ("data", "fsdp")
     return cls(rules=tuple(rules.items()))
+
+
+# Whisper's vocabularies (51864-51866 tokens) have odd factors: its decoder's token embedding
+# (~130 MB) stays whole where `tensor` does not divide it.
+_WHISPER_VOCAB = ((r"(^|/)decoder/embed_tokens/", "vocab"),)
+
+PRESETS: dict[str, tp.Callable[[], ShardingConfig]] = {
+    "full_fsdp": ShardingConfig.full_fsdp, "lora_dp": ShardingConfig.lora_dp,
+    "replicated": ShardingConfig.replicated}
+ALIASES = {"fsdp_tp": "full_fsdp"}
+PRESET_NAMES = tuple(PRESETS) + tuple(ALIASES)
+
+
+def preset(name: str) -> ShardingConfig:
+  """A preset rule set by name (`PRESET_NAMES`); a ValueError naming the choices otherwise."""
+  name = ALIASES.get(name, name)
+  if name not in PRESETS:
+    raise ValueError(f"sharding preset {name!r}: expected one of {PRESET_NAMES}")
+  return PRESETS[name]()
+
+
+def preset_name(config: ShardingConfig) -> str:
+  """The preset `config` equals, or "custom"."""
+  return next((n for n, make in PRESETS.items() if make() == config), "custom")
 
 
 def mesh_shape(shape: tp.Sequence[int], num_devices: int) -> tuple[int, ...]:
@@ -112,19 +206,19 @@ def make_mesh(shape: tp.Sequence[int], axes: tp.Sequence[str] = MESH_AXES,
                        devices=devices)
 
 
-def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, what: str) -> PartitionSpec:
-  """Make a spec placeable: drop mesh axes that do not divide a dimension (small test models, odd
-  vocab sizes) or that an earlier dimension already uses (e.g. ('embed', 'embed') → fsdp twice)."""
+def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh,
+         indivisible: tp.Callable[[int, int, tuple[str, ...], int], None]) -> PartitionSpec:
+  """`spec` made placeable: a mesh axis that an earlier dimension already uses (e.g. ('embed',
+  'embed') → fsdp twice) is dropped; a dimension its mesh axes do not divide goes to
+  `indivisible(dim index, size, mesh axes, their size)`, which raises or lets it stay whole."""
   out, used = [], set()
-  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    names = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
+  for i, (dim, axes) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
+    names = _targets(axes)
     size = math.prod(mesh.shape[a] for a in names) if names else 1
-    if size > 1 and dim % size:
-      log.info("%s: dim %d not divisible by mesh axes %s (size %d); replicated", what, dim, names,
-               size)
+    if used & set(names):
       axes = None
-    elif used & set(names):
-      log.info("%s: mesh axes %s already used by an earlier dim; replicated", what, names)
+    elif size > 1 and dim % size:
+      indivisible(i, dim, names, size)
       axes = None
     else:
       used |= set(names)
@@ -132,22 +226,49 @@ def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, what: str) -> 
   return PartitionSpec(*out)
 
 
+def path_str(path: tp.Sequence) -> str:
+  """A weight's path as `lm/layers/0/self_attn/q_proj/kernel` (from tree keys or plain names)."""
+  keys = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+  return "/".join(str(k) for k in keys)
+
+
 def logical_axes(variable: nnx.Variable) -> tuple[str | None, ...] | None:
   return variable.get_metadata().get("logical_axes")
 
 
-def state_shardings(state: nnx.State, mesh: Mesh, config: ShardingConfig) -> nnx.State:
-  """A NamedSharding for every variable of `state`, from its logical axes (replicated if none)."""
+def weight_spec(config: ShardingConfig, mesh: Mesh, where: str, names: tp.Sequence[str | None],
+                shape: tuple[int, ...], collection: str = "frozen") -> PartitionSpec:
+  """The PartitionSpec of the weight at path `where` (logical axes `names`) under `collection`'s
+  rules; a ShardingError naming the weight, dimension and mesh axes if they do not divide it and
+  no `replicate` entry allows it to stay whole."""
+  if len(names) != len(shape):
+    raise ValueError(f"{where}: logical axes {tuple(names)} do not match shape {shape}")
+
+  def indivisible(i, dim, axes, size):
+    if config.may_replicate(where, names[i]):
+      log.info("%s: dim %d (%s) of size %d not divisible by mesh axes %s (size %d); replicated "
+               "(allowed by the rules)", where, i, names[i], dim, axes, size)
+      return
+    mesh_sizes = ", ".join(f"{a}={mesh.shape[a]}" for a in axes)
+    raise ShardingError(
+        f"{where}: dim {i} ({names[i]!r}, size {dim}) of shape {shape} is not divisible by mesh "
+        f"axes {mesh_sizes} (together {size}) under the {collection} rules. Pick a mesh whose "
+        f"{'/'.join(axes)} size divides {dim}, another sharding preset, or let it stay whole with "
+        f"a ShardingConfig.replicate entry (path regex, {names[i]!r})")
+
+  return _fit(config.mesh_axes(names, collection), shape, mesh, indivisible)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, config: ShardingConfig,
+                    collection: str = "frozen") -> nnx.State:
+  """A NamedSharding for every variable of `state` from its logical axes under `collection`'s
+  rules (replicated if it has none)."""
 
   def one(path, variable):
     names = logical_axes(variable)
-    where = "/".join(str(p) for p in path)
-    if names is None:
-      spec = PartitionSpec()
-    else:
-      if len(names) != len(variable.shape):
-        raise ValueError(f"{where}: logical axes {names} do not match shape {variable.shape}")
-      spec = _fit(config.mesh_axes(names), tuple(variable.shape), mesh, where)
+    where = path_str(path)
+    spec = (PartitionSpec() if names is None else
+            weight_spec(config, mesh, where, names, tuple(variable.shape), collection))
     return variable.replace(NamedSharding(mesh, spec))
 
   return jax.tree.map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
@@ -180,7 +301,9 @@ def constrain(x: jax.Array, names: tp.Sequence[str | None]) -> jax.Array:
   if not _ACTIVE:
     return x
   mesh, config = _ACTIVE[-1]
-  spec = _fit(config.mesh_axes(names), x.shape, mesh, "activation")
+  # Activations may stay whole where a mesh axis does not divide them (4 heads on tensor=8, a
+  # batch of 1 while decoding): that costs compute, never correctness or a weight's memory.
+  spec = _fit(config.mesh_axes(names), x.shape, mesh, lambda *_: None)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 

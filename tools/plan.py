@@ -3,11 +3,15 @@
 
     python tools/plan.py                         # paper preset on 8, 16 and 64 devices
     python tools/plan.py --meshes 1,8,1 1,4,2 --set remat=false
+    python tools/plan.py --meshes 1,8,1 --set sharding=lora_dp --json
 
 Nothing is allocated: the model is `nnx.eval_shape`d, the inputs are `jax.ShapeDtypeStruct`s with
 their shardings, and the jitted step (the one train.py runs) is `.lower(...).compile()`d for each
 mesh over simulated CPU devices. XLA's `memory_analysis()` then gives the per-device bytes of
 arguments (weights, optimizer state, batch), outputs, aliased (donated) buffers and temporaries.
+`--json` prints one JSON object per mesh instead of the table, with the collectives of the
+compiled step (`llada_jax.hlo`: count, result and operand bytes per kind; a loop body's counted
+once).
 
 CPU numbers are a planning estimate, not a promise: XLA's CPU backend fuses and schedules
 differently from TPU/GPU. In particular it has no native bf16 matmul, so it adds float32 copies of
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                   help="(data, fsdp, tensor) shapes; default 8, 16, 64 devices")
   ap.add_argument("--per-device-batch", type=int, default=4, help="rows per data shard (paper: 4)")
   ap.add_argument("--prompt-len", type=int, default=20, help="chat-template prompt tokens")
+  ap.add_argument("--json", action="store_true",
+                  help="one JSON object per mesh (memory, compile seconds, collectives)")
   ap.add_argument("--cpu-scheduler", action="store_true",
                   help="keep XLA CPU's concurrency-optimised scheduler (much larger temporaries)")
   args = ap.parse_args(argv)
@@ -58,26 +64,29 @@ def main(argv: list[str] | None = None) -> int:
   os.environ["XLA_FLAGS"] = " ".join(f for f in flags if f)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import dataclasses
+  import json
 
   import jax
   from flax import nnx
 
-  from llada_jax import sharding
+  from llada_jax import hlo, sharding
   from llada_jax.train import config as config_lib
   from llada_jax.train.step import Trainer
   from llada_jax.whisper_llada import WhisperLLaDA
 
   base = config_lib.load(args.config, args.overrides)
-  print(f"config {args.config}: LM {base.model.lm.n_layers}×{base.model.lm.d_model} "
+  say = (lambda *a, **k: None) if args.json else print
+  say(f"config {args.config}: LM {base.model.lm.n_layers}×{base.model.lm.d_model} "
         f"(vocab {base.model.lm.vocab_size}), Whisper {base.model.whisper.encoder_layers}×"
         f"{base.model.whisper.d_model}; compute {base.dtype}, frozen {base.param_dtype}, trained "
         f"{base.master_dtype}, remat {base.remat}; sequence {args.prompt_len} + {base.audio_len} + "
-        f"{base.data.response_len}; {args.per_device_batch} rows per data shard\n")
+        f"{base.data.response_len}; {args.per_device_batch} rows per data shard; sharding "
+        f"{base.sharding}\n")
   budgets = " ".join(f"{n + ' ' + str(g) + 'G':>12}" for n, g in BUDGETS)
   header = (f"{'mesh (d,f,t)':>14} {'devices':>7} {'batch':>5} {'args':>8} {'temp':>8} "
             f"{'out-alias':>9} {'peak/dev':>9} {budgets} {'compile':>8}")
-  print(header)
-  print("-" * len(header))
+  say(header)
+  say("-" * len(header))
   for shape in args.meshes:
     n = shape[0] * shape[1] * shape[2]
     batch = args.per_device_batch * shape[0] * shape[1]
@@ -93,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     arg, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
     alias, temp = mem.alias_size_in_bytes, mem.temp_size_in_bytes
     peak = arg + temp + out - alias  # donated state: outputs reuse the argument buffers
+    if args.json:
+      print(json.dumps({
+          "config": args.config, "overrides": args.overrides, "sharding": cfg.sharding,
+          "mesh": list(shape), "devices": n, "batch": cfg.batch_size,
+          "compile_s": round(seconds, 2), "argument_bytes": arg, "output_bytes": out,
+          "alias_bytes": alias, "temp_bytes": temp, "peak_bytes": peak,
+          "collectives": hlo.summary(hlo.collectives(compiled.as_text()))}), flush=True)
+      continue
     fits = " ".join(f"{('yes' if peak <= g * GiB else 'no'):>12}" for _, g in BUDGETS)
     print(f"{str(shape):>14} {n:>7} {cfg.batch_size:>5} {arg / GiB:>7.2f}G {temp / GiB:>7.2f}G "
           f"{(out - alias) / GiB:>8.2f}G {peak / GiB:>8.2f}G {fits} {seconds:>7.1f}s", flush=True)

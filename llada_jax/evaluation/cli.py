@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jax
 
-from llada_jax import compile_cache, decoding, distributed, text
+from llada_jax import compile_cache, decoding, distributed, sharding, text
 from llada_jax.configs import ATTENTION
 from llada_jax.data import manifest
 from llada_jax.evaluation import outputs, runner
@@ -61,9 +61,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                  help="device mesh, one size may be -1 (all remaining devices); batches are split "
                       "over data × fsdp, weights placed by --sharding (default: 1,1,1 in one "
                       "process; -1,1,1 with several)")
-  g.add_argument("--sharding", choices=tuple(placement.RULES), default="fsdp_tp",
-                 help="weight placement: training's fsdp_tp (model dim over fsdp; heads, MLP and "
-                      "vocabulary over tensor) or replicated")
+  g.add_argument("--sharding", choices=sharding.PRESET_NAMES, default="full_fsdp",
+                 help="weight placement, a training preset: full_fsdp (model dim over fsdp; heads, "
+                      "MLP and vocabulary over tensor), lora_dp (whole on every data-parallel "
+                      "device, split over tensor only: no weight gathers) or replicated")
   g.add_argument("--dtype", choices=placement.DTYPES, default="auto",
                  help="compute dtype of the model (weights keep theirs); auto: bfloat16 on "
                       "GPU/TPU, the checkpoint's own (float32) on CPU")

@@ -4,8 +4,11 @@ batches on it, and the moves between this process's rows and global arrays.
     p = Placement.create((2, 2, 2))          # (data, fsdp, tensor); one entry may be -1
     model = load_model("ckpt", p)            # weights placed by the training rules, LoRA merged
 
-Weights are placed by their logical axes under the rules (`ShardingConfig.fsdp_tp`, as training
-places them: model dim over fsdp, heads / MLP / vocabulary over tensor; or `replicated`). A global
+Weights are placed by their logical axes under a training sharding preset, by name
+(`sharding.PRESETS`, all weights as the frozen collection): `full_fsdp` (model dim over fsdp,
+heads / MLP / vocabulary over tensor), `lora_dp` (whole on every data-parallel device, split over
+tensor only: no weight gathers while decoding, if the model / tensor fits a device) or
+`replicated`. A global
 batch of B rows is split over the data-parallel axes (the rules' `batch` axes: data × fsdp), B /
 ways rows per shard; the tensor axis splits each row's work. With P processes each process feeds
 its own B / P rows (`jax.make_array_from_process_local_data`) and reads back the same rows of each
@@ -31,7 +34,6 @@ from llada_jax.sharding import ShardingConfig
 
 log = logging.getLogger(__name__)
 
-RULES = {"fsdp_tp": ShardingConfig.fsdp_tp, "replicated": ShardingConfig.replicated}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -46,15 +48,16 @@ class Placement:
 
   @classmethod
   def create(cls, shape: tp.Sequence[int] | Mesh | None = None,
-             rules: str | ShardingConfig = "fsdp_tp") -> Placement:
+             rules: str | ShardingConfig = "full_fsdp") -> Placement:
     """A (data, fsdp, tensor) mesh. Default: one device in a single process; with several
     processes every device on the data axis (a one-device mesh would leave the others idle). A
     single process may use fewer devices than it has (the first ones); several processes use all
     of theirs. A PlacementError names the numbers when the shape does not fit."""
     if isinstance(rules, str):
-      if rules not in RULES:
-        raise PlacementError(f"sharding rules {rules!r}: expected one of {tuple(RULES)}")
-      rules = RULES[rules]()
+      try:
+        rules = sharding.preset(rules)
+      except ValueError as e:
+        raise PlacementError(str(e)) from None
     if isinstance(shape, Mesh):
       return cls(shape, rules)
     if shape is None:
@@ -151,8 +154,7 @@ class Placement:
     return np.concatenate([np.asarray(blocks[k].data) for k in sorted(blocks)])
 
   def info(self) -> dict:
-    names = {v: k for k, v in ((n, RULES[n]()) for n in RULES)}
-    return {"mesh": list(self.shape), "rules": names.get(self.rules, "custom"),
+    return {"mesh": list(self.shape), "rules": sharding.preset_name(self.rules),
             "devices": int(self.mesh.size), "processes": self.process_count}
 
   def tracing(self):

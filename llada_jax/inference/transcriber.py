@@ -104,18 +104,18 @@ class Transcriber(abc.ABC):
 
   @staticmethod
   def open(checkpoint: str | os.PathLike, settings=None, *, batch_size: int = 16,
-           per_device_batch: int | None = None, mesh=None, rules="fsdp_tp", dtype="auto",
+           per_device_batch: int | None = None, mesh=None, rules="full_fsdp", dtype="auto",
            attention: str | None = None, merge_lora: bool = True) -> Transcriber:
     """The transcriber the settings ask for: Whisper (`WhisperSettings`) or a Whisper-LLaDA /
     Whisper-LLaMA (`LLaDASettings`); a checkpoint of another kind is a ModelError naming it.
     `settings=None` takes the defaults for the checkpoint's kind.
 
     `mesh`: (data, fsdp, tensor) sizes (one may be -1), a `jax.sharding.Mesh` or a `Placement`;
-    default one device (every device on the data axis with several processes). `rules`:
-    "fsdp_tp" (training's placement) or "replicated". `batch_size`: rows per step over the whole
-    mesh, or `per_device_batch` × the data-parallel ways. `dtype`: compute dtype ("auto":
-    bfloat16 on accelerators, the checkpoint's own on CPU). `attention`: the attention kernel
-    (configs.ATTENTION; None: the checkpoint's). `merge_lora`: fold LoRA adapters into
+    default one device (every device on the data axis with several processes). `rules`: a
+    sharding preset name (`sharding.PRESETS`) or a ShardingConfig. `batch_size`: rows per step
+    over the whole mesh, or `per_device_batch` × the data-parallel ways. `dtype`: compute dtype
+    ("auto": bfloat16 on accelerators, the checkpoint's own on CPU). `attention`: the attention
+    kernel (configs.ATTENTION; None: the checkpoint's). `merge_lora`: fold LoRA adapters into
     their kernels once at load. A mesh or batch that does not fit is a PlacementError naming the
     numbers, raised before the checkpoint is read."""
     from llada_jax import checkpoint as ckpt

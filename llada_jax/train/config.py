@@ -24,7 +24,6 @@ from llada_jax.features import HOP
 OBJECTIVES = ("diffusion", "ar")
 WEIGHTINGS = ("paper", "llada")
 NAN_POLICIES = ("stop", "skip")
-SHARDINGS = ("fsdp_tp", "replicated")
 RESPONSE_EOS = ("group_max", "appended")
 COSINE_FROM = ("warmup_end", "start")
 
@@ -141,7 +140,11 @@ class TrainConfig:
   master_dtype: str = "float32"  # storage of the trained weights (and so of their Adam moments)
   remat: bool = False  # recompute each LM block in the backward pass
   mesh: tuple[int, ...] = (1, -1, 1)  # (data, fsdp, tensor); one entry may be -1
-  sharding: str = "fsdp_tp"
+  # Weight placement preset (sharding.PRESETS): "full_fsdp" gathers every layer's weights over
+  # fsdp where they are used; "lora_dp" keeps the frozen weights whole on every data-parallel
+  # device (split over tensor only) and gathers none of them, for LoRA runs whose frozen model /
+  # tensor fits a device; "replicated".
+  sharding: str = "full_fsdp"
   batch_size: int = 32  # global, per optimizer step
   grad_accum: int = 1  # micro-batches per step (batch_size / grad_accum rows each)
   steps: int = 30000
@@ -162,7 +165,7 @@ class TrainConfig:
     _one_of("objective", self.objective, OBJECTIVES)
     _one_of("weighting", self.weighting, WEIGHTINGS)
     _one_of("nan_policy", self.nan_policy, NAN_POLICIES)
-    _one_of("sharding", self.sharding, SHARDINGS)
+    _one_of("sharding", self.sharding, sharding.PRESET_NAMES)
     for name in ("dtype", "param_dtype", "master_dtype"):
       _one_of(name, getattr(self, name), configs.DTYPES)
     if not 0 < self.mask_eps < 1:

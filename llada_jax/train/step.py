@@ -44,8 +44,7 @@ def trainable_filter(cfg: TrainConfig) -> nnx.filterlib.Filter:
 
 
 def rules_for(cfg: TrainConfig) -> sharding.ShardingConfig:
-  return (sharding.ShardingConfig.fsdp_tp() if cfg.sharding == "fsdp_tp"
-          else sharding.ShardingConfig.replicated())
+  return sharding.preset(cfg.sharding)
 
 
 def lr_schedule(o: OptimizerConfig, steps: int) -> optax.Schedule:
@@ -136,8 +135,9 @@ def _flat_dict(tree: dict, prefix: tuple = ()) -> dict[tuple, tp.Any]:
 
 
 def opt_shardings(opt_abstract, params_abstract: dict, params_sh: dict, replicated):
-  """A sharding for every optimizer-state leaf: that of the parameter it mirrors (Adam moments,
-  found by their trailing dict path and shape), else replicated (counts, masked-out nodes)."""
+  """A sharding for every optimizer-state leaf: `params_sh` of the parameter it mirrors (Adam
+  moments, found by their trailing dict path and shape), else replicated (counts, masked-out
+  nodes). `params_sh` are the parameters' shardings under the optimizer rules."""
   shapes = {k: v.shape for k, v in _flat_dict(params_abstract).items()}
   shards = _flat_dict(params_sh)
 
@@ -183,13 +183,15 @@ class Trainer:
     # Trained weights as a pure dict in the master dtype; the template turns it back into State.
     self._template = [(p, v.replace(jax.ShapeDtypeStruct(v.shape, master)))
                       for p, v in nnx.to_flat_state(params)]
-    self.params_sh = nnx.to_pure_dict(sharding.state_shardings(params, mesh, self.rules))
-    self.frozen_sh = sharding.state_shardings(frozen, mesh, self.rules)
+    self.params_sh = nnx.to_pure_dict(
+        sharding.state_shardings(params, mesh, self.rules, "trained"))
+    self.frozen_sh = sharding.state_shardings(frozen, mesh, self.rules, "frozen")
+    moments_sh = nnx.to_pure_dict(sharding.state_shardings(params, mesh, self.rules, "optimizer"))
     params_abs = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, master),
                               nnx.to_pure_dict(params))
     opt_abs = jax.eval_shape(self.tx.init, params_abs)
     self.state_sh = {"params": self.params_sh,
-                     "opt": opt_shardings(opt_abs, params_abs, self.params_sh, self.replicated),
+                     "opt": opt_shardings(opt_abs, params_abs, moments_sh, self.replicated),
                      "step": self.replicated, "updates": self.replicated, "key": self.replicated}
     self._abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
