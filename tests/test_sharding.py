@@ -92,6 +92,7 @@ def batch(cfg, seed=0) -> dict:
   return {"prompt": rng.integers(3, 120, (b, PROMPT_LEN)).astype(np.int32),
           "response": rng.integers(3, 120, (b, r)).astype(np.int32), "response_len": lens,
           "target_len": np.full((b,), r, np.int32), "valid": np.ones((b,), bool),
+          "audio_len": np.full((b,), cfg.data.samples, np.int32),
           "enc": rng.normal(size=(b, cfg.data.mel_frames // 2, 64)).astype(np.float32)}
 
 
