@@ -178,26 +178,26 @@ def abstract_model(config) -> nnx.Module:
   return nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
 
 
+def _with_everywhere(config, field: str, value):
+  """`config` with `field` set to `value` in it and in every nested config that has one."""
+  changes = {f.name: _with_everywhere(getattr(config, f.name), field, value)
+             for f in dataclasses.fields(config)
+             if dataclasses.is_dataclass(getattr(config, f.name))}
+  if any(f.name == field for f in dataclasses.fields(config)):
+    changes[field] = value
+  return dataclasses.replace(config, **changes)
+
+
 def with_compute_dtype(config, dtype: str):
   """`config` with every (sub-)config's compute `dtype` set to `dtype`; parameters keep their
   `param_dtype` (each matmul casts its weights to the compute dtype)."""
-  changes = {f.name: with_compute_dtype(getattr(config, f.name), dtype)
-             for f in dataclasses.fields(config)
-             if dataclasses.is_dataclass(getattr(config, f.name))}
-  if any(f.name == "dtype" for f in dataclasses.fields(config)):
-    changes["dtype"] = dtype
-  return dataclasses.replace(config, **changes)
+  return _with_everywhere(config, "dtype", dtype)
 
 
 def with_attention(config, attention: str):
   """`config` with every (sub-)config's `attention` kernel (configs.ATTENTION) set to
   `attention`: a runtime choice, like the compute dtype, not a property of the weights."""
-  changes = {f.name: with_attention(getattr(config, f.name), attention)
-             for f in dataclasses.fields(config)
-             if dataclasses.is_dataclass(getattr(config, f.name))}
-  if any(f.name == "attention" for f in dataclasses.fields(config)):
-    changes["attention"] = attention
-  return dataclasses.replace(config, **changes)
+  return _with_everywhere(config, "attention", attention)
 
 
 def load(path: str | Path, *, mesh: jax.sharding.Mesh | None = None,
