@@ -28,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
-from llada_jax import configs, sharding
+from llada_jax import configs, sharding, stacked
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,13 @@ def iter_params(path: str | Path, targets: dict[str, tp.Any] | None = None, *,
     yield from (item for item in restored.items() if keep is None or keep(item[0]))
 
 
+def _fresh_rng(variable: nnx.Variable) -> jax.Array:
+  """A dropout stream's key (or count) as a freshly built model has it, for any stack shape."""
+  if isinstance(variable, nnx.RngKey):
+    return jnp.broadcast_to(jax.random.key(0), variable.shape)
+  return jnp.zeros(variable.shape, variable.dtype)
+
+
 def model_class(config):
   from llada_jax.transformer import Transformer
   from llada_jax.whisper import Whisper
@@ -214,26 +222,32 @@ def load(path: str | Path, *, mesh: jax.sharding.Mesh | None = None,
     config = with_attention(config, attention)
   graphdef, state = nnx.split(abstract_model(config))
   flat = dict(nnx.to_flat_state(state))
-  names = {".".join(str(p) for p in k): k for k, v in flat.items() if not RNG_STATE(k, v)}
+  # On disk a stacked layer weight is one entry per layer (stacked.per_layer_names).
+  names = {n: at for n, at in stacked.per_layer_names(state).items()
+           if not RNG_STATE(at[0], flat[at[0]])}
+  shape_of = lambda n: stacked.layer_shape(flat[names[n][0]])  # noqa: E731
   targets = None
   if mesh is not None:
     shardings = dict(nnx.to_flat_state(sharding.state_shardings(
         state, mesh, rules or sharding.ShardingConfig.full_fsdp())))
-    targets = {n: jax.ShapeDtypeStruct(flat[k].shape, flat[k].dtype,
-                                       sharding=shardings[k].get_value())
-               for n, k in names.items()}
+    layer_sharding = lambda key, i: (  # noqa: E731
+        shardings[key].get_value() if i is None else NamedSharding(
+            mesh, PartitionSpec(*tuple(shardings[key].get_value().spec)[1:])))
+    targets = {n: jax.ShapeDtypeStruct(shape_of(n), flat[key].dtype,
+                                       sharding=layer_sharding(key, i))
+               for n, (key, i) in names.items()}
   stored = read_index(path)["params"]
   missing = sorted(set(names) - set(stored))
   unexpected = sorted(set(stored) - set(names))
-  wrong = [f"{n}: stored {tuple(stored[n]['shape'])}, model {flat[names[n]].shape}"
-           for n in names if n in stored and tuple(stored[n]["shape"]) != flat[names[n]].shape]
+  wrong = [f"{n}: stored {tuple(stored[n]['shape'])}, model {shape_of(n)}"
+           for n in names if n in stored and tuple(stored[n]["shape"]) != shape_of(n)]
   if missing or unexpected or wrong:
     raise CheckpointError(f"{path}: checkpoint does not fit its config: missing {missing}, "
                           f"unexpected {unexpected}, shape mismatches {wrong}")
-  for name, array in iter_params(path, targets):
-    flat[names[name]].set_value(jnp.asarray(array, dtype=flat[names[name]].dtype))
+  place = None if mesh is None else (  # a stacked weight is put on its sharding once stacked
+      lambda key, value: jax.device_put(value, shardings[key].get_value()))
+  stacked.assign(state, iter_params(path, targets), place or (lambda key, value: value))
   for key, variable in flat.items():
     if RNG_STATE(key, variable):  # fresh dropout streams, as after `Module(rngs=nnx.Rngs(0))`
-      variable.set_value(jax.random.key(0) if isinstance(variable, nnx.RngKey)
-                         else jnp.zeros(variable.shape, variable.dtype))
+      variable.set_value(_fresh_rng(variable))
   return nnx.merge(graphdef, state)

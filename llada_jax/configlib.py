@@ -91,9 +91,12 @@ def coerce(value, annotation, key: str):
       if type(None) in args:
         return None
     inner = [a for a in args if a is not type(None)]
-    if len(inner) == 1:
-      return coerce(value, inner[0], key)
-    raise ConfigError(f"{key}: unsupported field type {annotation}")
+    for i, one in enumerate(inner):  # the first member type the value fits, in declared order
+      try:
+        return coerce(value, one, key)
+      except ConfigError:
+        if i == len(inner) - 1:
+          raise
   if annotation is str:
     if isinstance(value, str):
       return value

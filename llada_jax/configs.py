@@ -19,6 +19,20 @@ DTYPES = ("float32", "bfloat16", "float16")
 # "splash" the Pallas TPU splash-attention kernel; "auto" cudnn on GPU at half precision, splash on
 # TPU, xla otherwise. A runtime choice: `checkpoint.with_attention` overrides a checkpoint's.
 ATTENTION = ("xla", "dot_product", "cudnn", "splash", "auto")
+# Rematerialisation of each LM layer in the backward pass (`stacked.remat_policy`): "none"; "full"
+# (recompute the layer); "dots_saveable" (keep the weight matmuls' outputs, recompute the attention
+# core); "names" (keep the attention output and the MLP input, tagged by `checkpoint_name`);
+# "offload" (those two moved to pinned host memory: GPU / TPU). true / false from older configs
+# mean full / none.
+REMAT_POLICIES = ("none", "full", "dots_saveable", "names", "offload")
+
+
+def remat_name(owner: str, value: str | bool) -> str:
+  if value is True or value is False:
+    return "full" if value else "none"
+  if value not in REMAT_POLICIES:
+    raise ConfigError(f"{owner}.remat={value!r}: expected one of {REMAT_POLICIES}")
+  return value
 
 
 def _check_dtype(owner: str, name: str, value: str) -> None:
@@ -210,7 +224,7 @@ class LMConfig:
   pad_id: int = 126081  # LLaDA pads with EOS
   eot_id: int = 126348
   lora: LoRAConfig | None = None
-  remat: bool = False
+  remat: str | bool = "none"  # one of REMAT_POLICIES
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention: str = "xla"  # one of ATTENTION
@@ -229,6 +243,7 @@ class LMConfig:
     _check_dtype("LMConfig", "dtype", self.dtype)
     _check_dtype("LMConfig", "param_dtype", self.param_dtype)
     _check_attention("LMConfig", self.attention)
+    object.__setattr__(self, "remat", remat_name("LMConfig", self.remat))
 
   @property
   def dim_per_head(self) -> int:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llada_jax import sharding
+from llada_jax import sharding, stacked
 from llada_jax.configs import QFormerConfig
 from llada_jax.layers import (
   LayerNorm,
@@ -112,7 +112,7 @@ class WindowQFormer(nnx.Module):
                               (None, "queries", "qformer_embed"))
     self.input_norm = LayerNorm(c.hidden_size, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
     self.input_dropout = dropout(c)  # BertEmbeddings: LayerNorm, then dropout
-    self.layers = nnx.List([QFormerLayer(c, rngs=rngs) for _ in range(c.num_layers)])
+    self.layers = stacked.stack(lambda: QFormerLayer(c, rngs=rngs), c.num_layers)
     self.proj = Linear(c.hidden_size, c.out_dim, axes=("qformer_embed", "embed"), use_bias=True,
                        dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
 
@@ -127,7 +127,6 @@ class WindowQFormer(nnx.Module):
     x = jnp.broadcast_to(self.query_tokens[...].astype(windows.dtype),
                          (windows.shape[0], c.num_queries, c.hidden_size))
     x = self.input_dropout(self.input_norm(x))
-    for layer in self.layers:
-      x = layer(x, windows)
+    x, _ = stacked.scan(self.layers, lambda layer, x, _: (layer(x, windows), None), x)
     out = self.proj(x).reshape(b, -1, c.out_dim)
     return sharding.constrain(out, ("batch", "length", "act_embed"))

@@ -32,8 +32,10 @@ MeshAxes = str | tuple[str, ...] | None
 
 # Weight axes and activation axes are named apart (as MaxText does) so that, e.g., FSDP can shard
 # the `embed` dimension of weights while activations keep `act_embed` whole.
+# `layers` is the leading axis of a layer stack (llada_jax.stacked): never sharded, as each layer
+# runs on every device in turn.
 WEIGHT_AXES = ("vocab", "embed", "mlp", "q_heads", "kv_heads", "norm", "conv_in", "lora_rank",
-               "positions", "queries", "qformer_embed", "qformer_mlp", "qformer_heads")
+               "positions", "queries", "qformer_embed", "qformer_mlp", "qformer_heads", "layers")
 ACTIVATION_AXES = ("batch", "length", "act_embed", "act_mlp", "act_heads", "act_kv_heads",
                    "act_vocab")
 
@@ -120,7 +122,7 @@ class ShardingConfig:
         ("vocab", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("q_heads", "tensor"),
         ("kv_heads", "tensor"), ("norm", None), ("conv_in", None), ("lora_rank", None),
         ("positions", None), ("queries", None), ("qformer_embed", None),
-        ("qformer_mlp", "tensor"), ("qformer_heads", "tensor"),
+        ("qformer_mlp", "tensor"), ("qformer_heads", "tensor"), ("layers", None),
         ("batch", ("data", "fsdp")), ("length", None), ("act_embed", None),
         ("act_mlp", "tensor"), ("act_heads", "tensor"), ("act_kv_heads", "tensor"),
         ("act_vocab", "tensor"),
@@ -227,7 +229,7 @@ def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh,
 
 
 def path_str(path: tp.Sequence) -> str:
-  """A weight's path as `lm/layers/0/self_attn/q_proj/kernel` (from tree keys or plain names)."""
+  """A weight's path as `lm/layers/self_attn/q_proj/kernel` (from tree keys or plain names)."""
   keys = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
   return "/".join(str(k) for k in keys)
 

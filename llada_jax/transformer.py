@@ -3,6 +3,9 @@
 Attribute names follow HF LLaMA (`embed_tokens`, `layers[i].self_attn.q_proj`, `mlp.gate_proj`,
 `norm`, `lm_head`); the converter maps LLaDA's own names onto them.
 
+The layers are one stack (`llada_jax.stacked`): every block weight has a leading `layers` axis and
+the stack runs as one `lax.scan` with the config's remat policy inside.
+
 A `KVCache` serves both decoders: AR decoding writes each new token's K/V (`update_cache=True`);
 diffusion decoding with a prefix cache (Fast-dLLM) computes the prompt + audio K/V once and then
 runs every denoising step over the response only, attending to the cached prefix without writing.
@@ -16,12 +19,14 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
-from llada_jax import sharding
+from llada_jax import sharding, stacked
 from llada_jax.configs import LMConfig, RopeScaling
 from llada_jax.layers import (
   Embed,
   Linear,
+  LoRA,
   RMSNorm,
   attention,
   attention_blocks,
@@ -30,15 +35,15 @@ from llada_jax.layers import (
   dtype_of,
 )
 
-KV_AXES = ("batch", "length", "act_kv_heads", None)  # a cache buffer [B, S, K, D]
+KV_AXES = ("batch", "length", "act_kv_heads", None)  # one layer's cache buffer [B, S, K, D]
 
 
 @flax.struct.dataclass
 class KVCache:
-  """Per-layer K/V buffers [B, S, K, D] and which of the S key slots hold real tokens."""
+  """K/V buffers of every layer [L, B, S, K, D] and which of the S key slots hold real tokens."""
 
-  k: tuple[jax.Array, ...]
-  v: tuple[jax.Array, ...]
+  k: jax.Array
+  v: jax.Array
   key_mask: jax.Array  # [B, S] bool; False for padding and for slots not yet written
 
   @property
@@ -50,9 +55,8 @@ def init_cache(config: LMConfig, batch: int, max_len: int, dtype=None) -> KVCach
   if max_len > config.max_seq_len:
     raise ValueError(f"cache max_len {max_len} exceeds LMConfig.max_seq_len {config.max_seq_len}")
   dtype = dtype or dtype_of(config.dtype)
-  shape = (batch, max_len, config.n_kv_heads, config.dim_per_head)
-  zeros = tuple(sharding.constrain(jnp.zeros(shape, dtype), KV_AXES)
-                for _ in range(config.n_layers))
+  shape = (config.n_layers, batch, max_len, config.n_kv_heads, config.dim_per_head)
+  zeros = sharding.constrain(jnp.zeros(shape, dtype), (None, *KV_AXES))
   return KVCache(k=zeros, v=zeros, key_mask=jnp.zeros((batch, max_len), bool))
 
 
@@ -102,8 +106,8 @@ class Attention(nnx.Module):
   def __call__(self, x, positions, inv_freq, key_mask, layer_cache, cache_index,
                update_cache=True):
     """key_mask [B, S] over the keys (with a cache: the cache's mask with this window's written
-    in). Returns the output and the K/V to keep: this window's, or the written cache; with
-    `update_cache=False` the cache as given (it is only read)."""
+    in). Returns the output and this window's K/V [B, T, K, D] (the caller writes them into the
+    cache when `update_cache`)."""
     b, t, _ = x.shape
     q = self.q_proj(x).reshape(b, t, self.n_heads, self.head_dim)
     k = self.k_proj(x).reshape(b, t, self.n_kv_heads, self.head_dim)
@@ -114,7 +118,7 @@ class Attention(nnx.Module):
     if layer_cache is None:
       out = attention(q, k.astype(q.dtype), v.astype(q.dtype), key_mask[:, None, None, :],
                       causal=self.causal, implementation=self.kernel)
-      return self.o_proj(out.reshape(b, t, -1)), (k, v)
+      return self._out(out), (k, v)
     cache_k, cache_v = (sharding.constrain(c, KV_AXES) for c in layer_cache)
     q_index, k_index = cache_index + jnp.arange(t), jnp.arange(cache_k.shape[1])
     if update_cache:  # AR decoding, prefix fill: write this window's K/V, attend over the cache
@@ -130,7 +134,7 @@ class Attention(nnx.Module):
       kernel = "xla" if self.kernel == "splash" else self.kernel
       out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask,
                       implementation=kernel)
-      return self.o_proj(out.reshape(b, t, -1)), (keys, values)
+      return self._out(out), (k.astype(cache_k.dtype), v.astype(cache_v.dtype))
     # Cached step (Fast-dLLM prefix / dual cache): the cache is read-only and this window's K/V are
     # a second key block; the window's own slots in the cache (stale K/V) are masked out. Writing
     # them in instead makes XLA copy the whole cache per layer per step, as the loop keeps the
@@ -143,7 +147,13 @@ class Attention(nnx.Module):
       window_mask = window_mask & jnp.tril(jnp.ones((t, t), bool))[None, None]
     out = attention_blocks(q, [(cache_k.astype(q.dtype), cache_v.astype(q.dtype), cache_mask),
                                (k.astype(q.dtype), v.astype(q.dtype), window_mask)])
-    return self.o_proj(out.reshape(b, t, -1)), (cache_k, cache_v)
+    return self._out(out), (k.astype(cache_k.dtype), v.astype(cache_v.dtype))
+
+  def _out(self, heads: jax.Array) -> jax.Array:
+    # Tagged for the "names" / "offload" remat policies: the backward reads it (o_proj's weight
+    # gradient, LoRA's), and recomputing it costs the whole attention core.
+    heads = checkpoint_name(heads.reshape(*heads.shape[:2], -1), "attn_out")
+    return self.o_proj(heads)
 
 
 class MLP(nnx.Module):
@@ -174,7 +184,7 @@ class Block(nnx.Module):
     h, kv = self.self_attn(self.input_layernorm(x), positions, inv_freq, key_mask, layer_cache,
                            cache_index, update_cache)
     x = x + h
-    x = x + self.mlp(self.post_attention_layernorm(x))
+    x = x + self.mlp(checkpoint_name(self.post_attention_layernorm(x), "mlp_in"))
     return sharding.constrain(x, ("batch", "length", "act_embed")), kv
 
 
@@ -185,7 +195,7 @@ class Transformer(nnx.Module):
     c = self.config = config
     self.embed_tokens = Embed(c.vocab_size, c.d_model, dtype=c.dtype, param_dtype=c.param_dtype,
                               rngs=rngs)
-    self.layers = nnx.List([Block(c, rngs=rngs) for _ in range(c.n_layers)])
+    self.layers = stacked.stack(lambda: Block(c, rngs=rngs), c.n_layers)
     self.norm = RMSNorm(c.d_model, eps=c.rms_norm_eps, param_dtype=c.param_dtype)
     self.lm_head = nnx.data(None if c.tie_embeddings else Linear(
         c.d_model, c.vocab_size, axes=("embed", "vocab"), dtype=c.dtype,
@@ -240,17 +250,27 @@ class Transformer(nnx.Module):
 
     x = sharding.constrain(embeds.astype(dtype_of(c.dtype)), ("batch", "length", "act_embed"))
     inv_freq = rope_frequencies(c)
-    new_k, new_v = [], []
-    for i, block in enumerate(self.layers):
-      layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-      if c.remat:
-        x, (k, v) = nnx.remat(lambda blk, *a: blk(*a, update_cache=update_cache))(
-            block, x, positions, inv_freq, full_mask, layer_cache, cache_index)
-      else:
-        x, (k, v) = block(x, positions, inv_freq, full_mask, layer_cache, cache_index,
-                          update_cache)
-      new_k.append(k)
-      new_v.append(v)
+    run = lambda block, x, layer_cache: block(  # noqa: E731
+        x, positions, inv_freq, full_mask, layer_cache, cache_index, update_cache)
+    if cache is None:
+      x, _ = stacked.scan(self.layers, lambda blk, x, _: (run(blk, x, None)[0], None), x,
+                          remat=c.remat)
+    elif not update_cache:
+      # The cache is read-only: scanned over as an input, so no layer writes (or copies) it.
+      x, _ = stacked.scan(self.layers, lambda blk, x, kv: (run(blk, x, kv)[0], None), x,
+                          (cache.k, cache.v), remat=c.remat)
+    else:
+      # The cache rides in the carry; each layer writes only its window's slots, in place.
+      def write(block, carry, i):
+        x, keys, values = carry
+        x, (k, v) = run(block, x, (keys[i], values[i]))
+        at = (i, 0, cache_index, 0, 0)
+        keys = jax.lax.dynamic_update_slice(keys, k[None], at)
+        values = jax.lax.dynamic_update_slice(values, v[None], at)
+        return (x, keys, values), None
+
+      (x, new_k, new_v), _ = stacked.scan(self.layers, write, (x, cache.k, cache.v),
+                                          jnp.arange(c.n_layers), remat=c.remat)
     h = self.norm(x)
     if return_hidden:
       return h
@@ -259,20 +279,28 @@ class Transformer(nnx.Module):
       return logits
     if not update_cache:
       return logits, cache
-    return logits, KVCache(k=tuple(new_k), v=tuple(new_v), key_mask=full_mask)
+    return logits, KVCache(k=new_k, v=new_v, key_mask=full_mask)
 
 
 def add_lora(model: nnx.Module, rngs: nnx.Rngs, config=None) -> nnx.Module:
   """Attach LoRA adapters to the LM's target projections (config defaults to
-  `model.config.lora`)."""
+  `model.config.lora`): one stacked adapter per target, its layers drawn in the order of a
+  per-layer loop."""
   lm = model if isinstance(model, Transformer) else model.lm
   config = config or lm.config.lora
   if config is None:
     raise ValueError("add_lora: no LoRAConfig given and LMConfig.lora is None")
-  for block in lm.layers:
+  blocks = lm.layers
+  target = lambda name: getattr(  # noqa: E731
+      blocks.self_attn if name in ("q_proj", "k_proj", "v_proj", "o_proj") else blocks.mlp, name)
+  adapters = {name: [] for name in config.targets}
+  for _ in range(lm.config.n_layers):
     for name in config.targets:
-      owner = block.self_attn if name in ("q_proj", "k_proj", "v_proj", "o_proj") else block.mlp
-      getattr(owner, name).add_lora(config, rngs)
+      base = target(name)
+      adapters[name].append(LoRA(base.in_features, base.out_features, config, axes=base.axes,
+                                 dtype=base.dtype, param_dtype=base.param_dtype, rngs=rngs))
+  for name, layers in adapters.items():
+    target(name).lora = nnx.data(stacked.stack_modules(layers))
   return model
 
 

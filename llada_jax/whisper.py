@@ -5,8 +5,10 @@ a converter maps checkpoints by name: torch `weight` is our `kernel` (Linear, tr
 out]; conv, [out, in, k] → [k, in, out]), `scale` (LayerNorm) or `embedding` (tables). The output
 projection is tied to `decoder.embed_tokens`, as in every released Whisper.
 
-Decoding keeps its KV cache as a plain pytree (`DecoderCache`), not module state, so the whole
-greedy loop (`llada_jax.decoding.whisper_greedy`) is one `lax.while_loop` with static shapes.
+The encoder's layers are one stack (`llada_jax.stacked`, run by `lax.scan`); the decoder, used
+only for first-pass greedy decoding, keeps a list. Decoding keeps its KV cache as a plain pytree
+(`DecoderCache`), not module state, so the whole greedy loop (`llada_jax.decoding.whisper_greedy`)
+is one `lax.while_loop` with static shapes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llada_jax import sharding
+from llada_jax import sharding, stacked
 from llada_jax.configs import WhisperConfig
 from llada_jax.layers import (
   Buffer,
@@ -131,7 +133,7 @@ class WhisperEncoder(nnx.Module):
     self.conv2 = Conv1d(cfg.d_model, cfg.d_model, kernel_size=3, stride=2, padding=1, **kw)
     self.embed_positions = PositionTable(cfg.max_source_positions, cfg.d_model,
                                          param_dtype=cfg.param_dtype)
-    self.layers = nnx.List([WhisperEncoderLayer(cfg, rngs) for _ in range(cfg.encoder_layers)])
+    self.layers = stacked.stack(lambda: WhisperEncoderLayer(cfg, rngs), cfg.encoder_layers)
     self.layer_norm = LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, param_dtype=cfg.param_dtype)
 
   def __call__(self, mel: jax.Array) -> jax.Array:
@@ -151,8 +153,7 @@ class WhisperEncoder(nnx.Module):
     # the padded computation's positions is exactly what those frames saw.
     x = x + self.embed_positions.embedding[: frames // 2].astype(x.dtype)
     x = sharding.constrain(x, ("batch", "length", "act_embed"))
-    for layer in self.layers:
-      x = layer(x)
+    x, _ = stacked.scan(self.layers, lambda layer, x, _: (layer(x), None), x)
     return self.layer_norm(x)
 
 

@@ -200,9 +200,10 @@ def cache_writes_in_loop(update_cache: bool) -> list[str]:
     return jax.lax.fori_loop(0, 3, step, (window, cache))
 
   hlo = jax.jit(decode).lower(state, cache, window).compile().as_text()
-  buffer = re.escape(f"f32[{','.join(map(str, shape))}]")
-  return re.findall(rf"= {buffer}(?:\{{[^}}]*\}})? (?:copy|dynamic-update-slice)\(.*", _loop_text(
-      hlo))
+  # One layer's buffer [B, S, K, D] or the whole stack's [L, B, S, K, D].
+  buffer = "|".join(re.escape(f"f32[{','.join(map(str, s))}]") for s in (shape, cache.k.shape))
+  return re.findall(rf"= (?:{buffer})(?:\{{[^}}]*\}})? (?:copy|dynamic-update-slice)\(.*",
+                    _loop_text(hlo))
 
 
 def test_cached_step_does_not_copy_the_cache():
@@ -212,9 +213,9 @@ def test_cached_step_does_not_copy_the_cache():
 
 
 def test_kv_cache_is_sharded_by_logical_names():
-  """Cache buffers [B, S, K, D]: batch over data × fsdp, KV heads over tensor (`act_kv_heads`)."""
+  """The cache [L, B, S, K, D]: batch over data × fsdp, KV heads over tensor (`act_kv_heads`)."""
   mesh = sharding.make_mesh((2, 1, 2), devices=jax.devices()[:4])
   with sharding.use(mesh, sharding.ShardingConfig.fsdp_tp()):
     cache = jax.jit(lambda: init_cache(LMConfig.tiny_test(), 2, 16))()
-  want = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
-  assert cache.k[0].sharding.is_equivalent_to(want, 4), cache.k[0].sharding
+  want = NamedSharding(mesh, P(None, ("data", "fsdp"), None, "tensor", None))
+  assert cache.k.sharding.is_equivalent_to(want, 5), cache.k.sharding

@@ -153,7 +153,7 @@ def test_bfloat16_conversion_within_tolerance(tmp_path, capsys):
   metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert metrics["top1_agreement"] >= 0.95
   model = llada_jax.load(tmp_path / "jx")
-  assert model.layers[0].self_attn.q_proj.kernel[...].dtype == jnp.bfloat16
+  assert model.layers.self_attn.q_proj.kernel[...].dtype == jnp.bfloat16
 
 
 def _diffusion_asr_pth(path: Path, *, hidden=32, layers=2, width=32, lm_d=32, lm_layers=2,
@@ -208,12 +208,12 @@ def test_whisper_llada_from_diffusion_asr_pth(tmp_path):
   assert cfg.qformer.hidden_size == 32 and cfg.qformer.num_layers == 2
   np.testing.assert_array_equal(model.projector.query_tokens[...],
                                 tensors["speech_query_tokens"].numpy())
-  a = model.lm.layers[1].self_attn.k_proj.lora.a[...]
+  a = model.lm.layers.self_attn.k_proj.lora.a[...][1]  # the stack's layer 1
   np.testing.assert_array_equal(
       a, tensors["llada.base_model.model.model.transformer.blocks.1.k_proj.lora_A.default.weight"]
       .numpy().T)
   layer = "adapter.bert.encoder.layer.0"
-  np.testing.assert_array_equal(model.projector.layers[0].fc1.kernel[...],
+  np.testing.assert_array_equal(model.projector.layers.fc1.kernel[...][0],
                                 tensors[f"{layer}.intermediate_query.dense.weight"].numpy().T)
   mel = jnp.ones((1, 80, 100))
   logits = model(mel, jnp.ones((1, 3), jnp.int32), jnp.ones((1, 4), jnp.int32))
@@ -325,8 +325,8 @@ def test_load_onto_a_mesh_restores_sharded(tmp_path):
   assert run("--kind", "llama", "--src", tmp_path / "hf", "--out", tmp_path / "jx") == 0
   mesh = sharding.make_mesh((1, 4, 2))
   model = llada_jax.load(tmp_path / "jx", mesh=mesh, rules=sharding.ShardingConfig.fsdp_tp())
-  kernel = model.layers[0].mlp.gate_proj.kernel[...]
-  assert kernel.sharding.spec == sharding.PartitionSpec("fsdp", "tensor")
+  kernel = model.layers.mlp.gate_proj.kernel[...]  # [layers, embed, mlp]
+  assert kernel.sharding.spec == sharding.PartitionSpec(None, "fsdp", "tensor")
   tokens = np.random.default_rng(1).integers(0, 96, (2, 12))
   with torch.no_grad():
     want = ref(torch.as_tensor(tokens)).logits.numpy()

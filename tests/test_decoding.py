@@ -772,8 +772,8 @@ def test_sharded_equals_single_device(llada, audio, hypotheses):
   mesh = sharding.make_mesh((2, 2, 2))
   rules = sharding.ShardingConfig.fsdp_tp()
   model = sharding.shard_model(nnx.clone(llada), mesh, rules)
-  assert model.lm.layers[0].mlp.gate_proj.kernel[...].sharding.spec == jax.sharding.PartitionSpec(
-      "fsdp", "tensor")
+  assert model.lm.layers.mlp.gate_proj.kernel[...].sharding.spec == jax.sharding.PartitionSpec(
+      None, "fsdp", "tensor")
   put = lambda x: jax.device_put(jnp.asarray(x), sharding.batch_sharding(mesh, rules, x.shape))
   with sharding.use(mesh, rules):
     got_dec = decode(model, put(mel), put(prompt), settings=DECODE_CACHED)

@@ -13,7 +13,7 @@ from flax import nnx
 from test_convert import llada_dir, run, tiny_llama, tiny_whisper
 
 import llada_jax
-from llada_jax import checkpoint
+from llada_jax import checkpoint, stacked
 from llada_jax.configs import WhisperLLaDAConfig
 from llada_jax.convert.source import torch_to_numpy
 from llada_jax.testing.torch_diffusion_asr import TheirTrainedParts
@@ -144,7 +144,8 @@ def test_model_trained_here_loads_into_their_model(tmp_path):
   x = np.random.default_rng(2).standard_normal((3, c.lm.d_model)).astype(np.float32)
   for layer in range(c.lm.n_layers):
     for proj in ("q_proj", "k_proj", "v_proj"):
-      ours = getattr(model.lm.layers[layer].self_attn, proj).lora(jnp.asarray(x))
+      block = stacked.layer(model.lm.layers, layer)
+      ours = getattr(block.self_attn, proj).lora(jnp.asarray(x))
       np.testing.assert_allclose(np.asarray(ours), reference.lora(layer, proj, torch.from_numpy(x)),
                                  atol=1e-5, rtol=0, err_msg=f"{layer} {proj}")
 

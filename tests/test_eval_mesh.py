@@ -226,11 +226,11 @@ def test_lora_is_merged_once_at_load(setup):
                                rules=placement.rules)
     merged = merged_lora(adapters, placement)
     assert has_lora(adapters) and not has_lora(merged)
-    q = merged.lm.layers[0].self_attn.q_proj
+    q = merged.lm.layers.self_attn.q_proj
     rules = sharding.state_shardings(nnx.state(merged), placement.mesh, placement.rules)
     assert q.lora is None
-    assert q.kernel[...].sharding == rules.lm.layers[0].self_attn.q_proj.kernel.get_value()
-    base = adapters.lm.layers[0].self_attn.q_proj.kernel[...]
+    assert q.kernel[...].sharding == rules.lm.layers.self_attn.q_proj.kernel.get_value()
+    base = adapters.lm.layers.self_attn.q_proj.kernel[...]
     assert float(jnp.abs(q.kernel[...] - base).max()) > 0.1  # the adapter is not a no-op
     with sharding.use(placement.mesh, placement.rules):
       for name, model in (("adapters", adapters), ("merged", merged)):
@@ -269,7 +269,7 @@ def test_dtype_override(setup):
                        batch_size=4, mesh=(2, 2, 1), dtype="bfloat16")
   cfg = t.model.config
   assert cfg.whisper.dtype == cfg.qformer.dtype == cfg.lm.dtype == "bfloat16"
-  assert t.model.lm.layers[0].mlp.gate_proj.kernel[...].dtype == jnp.float32
+  assert t.model.lm.layers.mlp.gate_proj.kernel[...].dtype == jnp.float32
   assert t.placement_info["dtype"] == "bfloat16" and t.batch_size == 4
   rows = read_hyps(_run(setup, "ar", "--mesh", "2,2,2", "--batch-size", str(BATCH), "--dtype",
                         "bfloat16"))

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from llada_jax import hlo, sharding
+from llada_jax import hlo, sharding, stacked
 from llada_jax.configlib import ConfigError
 from llada_jax.configs import LMConfig, WhisperConfig, WhisperLLaDAConfig
 from llada_jax.train import config as config_lib
@@ -48,16 +48,16 @@ def test_lora_dp_places_each_collection_by_its_rules():
   mesh = sharding.make_mesh((2, 2, 2))
   rules = sharding.preset("lora_dp")
   state = abstract_state(lambda: WhisperLLaDA(WhisperLLaDAConfig.tiny_test(), rngs=nnx.Rngs(0)))
-  q = state.lm.layers[0].self_attn.q_proj
+  q = state.lm.layers.self_attn.q_proj  # stacked: [layers, ...], the layer axis never split
 
   def spec(variable, collection):
     leaf = sharding.state_shardings(nnx.State({"x": variable}), mesh, rules, collection)["x"]
     return leaf.get_value().spec
 
-  assert spec(q.kernel, "frozen") == PartitionSpec(None, "tensor")
-  assert spec(q.lora.a, "trained") == PartitionSpec(None, None)
-  assert spec(q.lora.a, "optimizer") == PartitionSpec(("data", "fsdp"), None)
-  assert spec(q.lora.b, "optimizer") == PartitionSpec(None, "tensor")
+  assert spec(q.kernel, "frozen") == PartitionSpec(None, None, "tensor")
+  assert spec(q.lora.a, "trained") == PartitionSpec(None, None, None)
+  assert spec(q.lora.a, "optimizer") == PartitionSpec(None, ("data", "fsdp"), None)
+  assert spec(q.lora.b, "optimizer") == PartitionSpec(None, None, "tensor")
   full = sharding.preset("full_fsdp")
   assert spec(q.kernel, "frozen") != sharding.state_shardings(
       nnx.State({"x": q.kernel}), mesh, full)["x"].get_value().spec
@@ -67,8 +67,8 @@ def test_indivisible_weight_is_an_error_naming_it():
   mesh = sharding.make_mesh((1, 1, 8))
   lm = abstract_state(lambda: Transformer(LMConfig.tiny_test(n_kv_heads=1), rngs=nnx.Rngs(0)))
   with pytest.raises(sharding.ShardingError,
-                     match=r"^layers/0/self_attn/k_proj/kernel: dim 1 \('kv_heads', size 12\) of "
-                           r"shape \(48, 12\) is not divisible by mesh axes tensor=8"):
+                     match=r"^layers/self_attn/k_proj/kernel: dim 2 \('kv_heads', size 12\) of "
+                           r"shape \(2, 48, 12\) is not divisible by mesh axes tensor=8"):
     sharding.state_shardings(lm, mesh, sharding.preset("full_fsdp"))
 
   # Whisper's odd vocabulary stays whole by the presets' explicit allow-list entry, and only by it.
@@ -113,7 +113,8 @@ def steps():
                       from_encoder=True)
     compiled = trainer.lower().compile()
     state, metrics = compiled(trainer.init_state(), trainer.frozen, trainer.put_batch(batch(cfg)))
-    frozen = {tuple(v.shape) for p, v in nnx.to_flat_state(trainer.frozen)
+    # A stacked weight is gathered a layer at a time inside the layer scan: its per-layer shape.
+    frozen = {stacked.layer_shape(v) for p, v in nnx.to_flat_state(trainer.frozen)
               if p[0] == "lm" and p[-1] in ("kernel", "embedding")}
     out[name] = {"collectives": hlo.collectives(compiled.as_text()), "frozen_shapes": frozen,
                  "loss": float(metrics["loss"]), "params": jax.device_get(state["params"])}

@@ -13,7 +13,7 @@ import torch
 import transformers
 from flax import nnx
 
-from llada_jax import sharding, whisper
+from llada_jax import sharding, stacked, whisper
 from llada_jax.configs import WhisperConfig
 from llada_jax.convert.mapping import HF_WHISPER, DictSource, load_into
 from llada_jax.decoding import greedy_loop, whisper_greedy
@@ -208,7 +208,7 @@ def test_greedy_suppression_probabilities_and_row_groups():
   cfg = WhisperConfig.tiny_test(max_source_positions=50)
   model = whisper.Whisper(cfg, rngs=nnx.Rngs(0))
   for _, var in nnx.iter_graph(model):  # larger weights: std-0.02 init repeats one token
-    if isinstance(var, nnx.Param) and var.ndim > 1:
+    if isinstance(var, nnx.Param) and len(stacked.layer_shape(var)) > 1:  # not norms / biases
       var[...] = var[...] * 8.0
   rng = np.random.default_rng(0)
   mel = jnp.asarray(rng.standard_normal((4, cfg.n_mels, 100)).astype(np.float32))

@@ -76,9 +76,10 @@ def test_sharded_forward_equals_single_device(inputs, shape):
   mesh = sharding.make_mesh(shape)
   rules = sharding.ShardingConfig.fsdp_tp()
   model = sharding.shard_model(WhisperLLaDA(cfg, rngs=nnx.Rngs(0)), mesh, rules)
-  kernel = model.lm.layers[0].mlp.gate_proj.kernel[...]
+  kernel = model.lm.layers.mlp.gate_proj.kernel[...]  # [layers, embed, mlp]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(
-      "fsdp" if shape[1] > 1 else None, "tensor" if shape[2] > 1 else None) or shape == (8, 1, 1)
+      None, "fsdp" if shape[1] > 1 else None, "tensor" if shape[2] > 1 else None
+  ) or shape == (8, 1, 1)
   put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, rules, x.shape))
   with sharding.use(mesh, rules):
     got = nnx.jit(lambda m, a, p, r: m(a, p, r))(model, put(mel), put(prompt), put(response))

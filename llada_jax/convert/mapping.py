@@ -16,14 +16,12 @@ import typing as tp
 import numpy as np
 from flax import nnx
 
+from llada_jax import stacked
 from llada_jax.layers import Buffer
 
 
 class MappingError(ValueError):
   """Source tensors do not fit the target model; the message lists every problem."""
-
-
-Path = tuple[str | int, ...]
 
 
 def _transpose(x: np.ndarray) -> np.ndarray:
@@ -67,14 +65,6 @@ class Rule:
 
 def _pattern(template: str) -> str:
   return "^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$"
-
-
-def path_to_str(path: Path) -> str:
-  return ".".join(str(p) for p in path)
-
-
-def str_to_path(name: str) -> Path:
-  return tuple(int(p) if p.isdigit() else p for p in name.split("."))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,27 +169,26 @@ def model_targets(model: nnx.Module, kinds=BASE_WEIGHTS
                   ) -> dict[str, tuple[tuple[int, ...], tp.Any]]:
   """{target name: (shape, dtype)} of the model's weights of `kinds` (base weights by default)."""
   state = nnx.state(model, kinds)
-  return {path_to_str(path): (tuple(v.shape), v.dtype) for path, v in nnx.to_flat_state(state)}
+  flat = dict(nnx.to_flat_state(state))
+  # Layer stacks are named per layer, as in the source checkpoints (stacked.per_layer_names).
+  return {name: (stacked.layer_shape(flat[key]), flat[key].dtype)
+          for name, (key, _) in stacked.per_layer_names(state).items()}
 
 
 def load_into(model: nnx.Module, source: TensorSource, mapping: Mapping, *, kinds=BASE_WEIGHTS,
               what: str = "checkpoint") -> nnx.Module:
   """Fill `model`'s weights from `source` in place (all-or-nothing)."""
-  import jax.numpy as jnp
-
   state = nnx.state(model, kinds)
-  flat = dict(nnx.to_flat_state(state))
   arrays: dict[str, np.ndarray] = {}
   convert(source, mapping, model_targets(model, kinds), arrays.__setitem__, what=what)
-  for name, array in arrays.items():
-    flat[str_to_path(name)].set_value(jnp.asarray(array))
+  stacked.assign(state, arrays.items())
   nnx.update(model, state)
   return model
 
 
 def model_items(model: nnx.Module, kinds=BASE_WEIGHTS) -> tp.Iterator[tuple[str, np.ndarray]]:
-  for path, v in nnx.to_flat_state(nnx.state(model, kinds)):
-    yield path_to_str(path), np.asarray(v[...])
+  for name, value in stacked.per_layer_items(nnx.state(model, kinds)):
+    yield name, np.asarray(value)
 
 
 class DictSource:

@@ -138,7 +138,9 @@ class TrainConfig:
   dtype: str = "bfloat16"  # compute dtype of every matmul
   param_dtype: str = "bfloat16"  # storage of the frozen weights
   master_dtype: str = "float32"  # storage of the trained weights (and so of their Adam moments)
-  remat: bool = False  # recompute each LM block in the backward pass
+  # Recompute each LM layer in the backward pass by this policy (configs.REMAT_POLICIES; true /
+  # false mean full / none).
+  remat: str | bool = "none"
   mesh: tuple[int, ...] = (1, -1, 1)  # (data, fsdp, tensor); one entry may be -1
   # Weight placement preset (sharding.PRESETS): "full_fsdp" gathers every layer's weights over
   # fsdp where they are used; "lora_dp" keeps the frozen weights whole on every data-parallel
@@ -166,6 +168,7 @@ class TrainConfig:
     _one_of("weighting", self.weighting, WEIGHTINGS)
     _one_of("nan_policy", self.nan_policy, NAN_POLICIES)
     _one_of("sharding", self.sharding, sharding.PRESET_NAMES)
+    object.__setattr__(self, "remat", configs.remat_name("TrainConfig", self.remat))
     for name in ("dtype", "param_dtype", "master_dtype"):
       _one_of(name, getattr(self, name), configs.DTYPES)
     if not 0 < self.mask_eps < 1:

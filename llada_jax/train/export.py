@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from llada_jax import checkpoint, distributed, sharding, text
+from llada_jax import checkpoint, distributed, sharding, stacked, text
 from llada_jax.convert.source import TOKENIZER_FILE_NAMES
 from llada_jax.train import batches
 from llada_jax.train import config as config_lib
@@ -62,10 +62,9 @@ def export_state(trainer: Trainer, state: dict, out: str | Path, *, workdir: str
 
   def items():
     # On several processes the sharded weights are gathered to every host, a chunk at a time.
+    # Layer stacks are written one entry per layer, as converted checkpoints hold them.
     return distributed.to_host_all(
-        (".".join(str(p) for p in path), var[...])
-        for path, var in nnx.to_flat_state(nnx.state(model))
-        if not checkpoint.RNG_STATE(path, var))
+        stacked.per_layer_items(nnx.state(model, nnx.Not(checkpoint.RNG_STATE))))
 
   def tokenizer(folder: Path) -> None:
     for file in tokenizer_dir.iterdir():

@@ -28,7 +28,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llada_jax import features, sharding
+from llada_jax import features, sharding, stacked
 from llada_jax.train import batches, losses
 from llada_jax.train.config import OptimizerConfig, TrainConfig
 from llada_jax.whisper_llada import TRAINABLE, WhisperLLaDA
@@ -73,7 +73,9 @@ def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, opta
   o = cfg.optimizer
   schedule = lr_schedule(o, cfg.steps)
   # No weight decay on 1-D tensors: biases and norm gains (the authors' split).
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
+  # A layer stack's leading axis does not count: a stacked bias [L, D] is still a bias.
+  decay_mask = lambda params: jax.tree.map_with_path(  # noqa: E731
+      lambda path, p: p.ndim - stacked.in_stack(path) > 1, params)
   adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                       mask=decay_mask)
   if o.projector_lr_scale != 1.0:
@@ -154,6 +156,13 @@ def opt_shardings(opt_abstract, params_abstract: dict, params_sh: dict, replicat
 
 def _stable_id(path) -> int:
   return zlib.crc32("/".join(str(p) for p in path).encode())
+
+
+def _dropout_key(path, key, shape):
+  """A dropout stream's key from the step key and its path (stable across processes, unlike
+  Python's hash); a layer stack's stream ([L] keys) gets one key per layer."""
+  key = jax.random.fold_in(key, _stable_id(path))
+  return jax.random.split(key, shape) if shape else key
 
 
 class Trainer:
@@ -300,10 +309,7 @@ class Trainer:
     frozen = jax.tree.map(lambda x: x, frozen)
     model = nnx.merge(graphdef, self.to_state(params), frozen)
     if dropout_key is not None:
-      # Each dropout stream gets its own key, derived from the step key and its path (stable across
-      # processes, unlike Python's hash).
-      nnx.reseed(model, default=dropout_key,
-                 policy=lambda path, key, shape: jax.random.fold_in(key, _stable_id(path)))
+      nnx.reseed(model, default=dropout_key, policy=_dropout_key)
     logits = response_logits(model, batch, tokens, causal=cfg.objective == "ar",
                              n_mels=self.model_cfg.whisper.n_mels, mel_frames=cfg.data.mel_frames)
     if cfg.objective == "ar":
