@@ -224,7 +224,7 @@ class LMConfig:
   pad_id: int = 126081  # LLaDA pads with EOS
   eot_id: int = 126348
   lora: LoRAConfig | None = None
-  remat: str | bool = "none"  # one of REMAT_POLICIES
+  remat: bool | str = "none"  # one of REMAT_POLICIES
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention: str = "xla"  # one of ATTENTION

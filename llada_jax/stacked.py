@@ -13,6 +13,7 @@ conversions, checkpoints and exports keep the names of the unrolled model (`per_
 
 from __future__ import annotations
 
+import contextlib
 import typing as tp
 
 import jax
@@ -90,6 +91,20 @@ def remat_policy(name: str):
   raise ValueError(f"remat={name!r}: expected one of none, full, dots_saveable, names, offload")
 
 
+_UNROLL: list[bool] = [False]
+
+
+@contextlib.contextmanager
+def unrolled():
+  """Trace stacks as fully unrolled scans while active: the same program without the loop, for
+  tools that cannot see into loops (XLA's `cost_analysis` counts a loop body once)."""
+  _UNROLL.append(True)
+  try:
+    yield
+  finally:
+    _UNROLL.pop()
+
+
 def _tracing(tree) -> bool:
   return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
@@ -122,7 +137,8 @@ def scan(layers: nnx.Module, body: tp.Callable, carry, xs=None, *, remat: str = 
       # prevent_cse guards against XLA merging the recomputation with the forward; a scan body
       # cannot be merged across iterations, so it is not needed and would block optimisations.
       step = jax.checkpoint(step, policy=remat_policy(remat), prevent_cse=False)
-    carry, (ys, rngs) = jax.lax.scan(step, carry, (state, xs), length=n)
+    carry, (ys, rngs) = jax.lax.scan(step, carry, (state, xs), length=n,
+                                     unroll=n if _UNROLL[-1] else 1)
   if jax.tree.leaves(rngs):
     nnx.update(layers, rngs)
   return carry, ys
@@ -137,7 +153,7 @@ def per_layer_names(state: nnx.State) -> dict[str, tuple[tuple, int | None]]:
   out = {}
   for path, variable in nnx.to_flat_state(state):
     parts = [str(p) for p in path]
-    if is_stacked(variable):
+    if in_stack(path):
       at = parts.index(LAYER_AXIS) + 1
       for i in range(variable.shape[0]):
         out[".".join(parts[:at] + [str(i)] + parts[at:])] = (path, i)
@@ -150,7 +166,7 @@ def per_layer_items(state: nnx.State) -> tp.Iterator[tuple[str, jax.Array]]:
   """(on-disk name, array) for every variable of `state`, stacked ones one entry per layer."""
   for path, variable in nnx.to_flat_state(state):
     parts = [str(p) for p in path]
-    if is_stacked(variable):
+    if in_stack(path):
       at = parts.index(LAYER_AXIS) + 1
       value = variable.get_value()
       for i in range(variable.shape[0]):

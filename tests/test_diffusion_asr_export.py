@@ -99,14 +99,15 @@ def _trained_here(path: Path) -> WhisperLLaDA:
   config = WhisperLLaDAConfig.tiny_test()
   rng = np.random.default_rng(3)
   items = []
-  for key, var in nnx.to_flat_state(nnx.state(checkpoint.abstract_model(config))):
-    if checkpoint.RNG_STATE(key, var):
-      continue
-    name = ".".join(map(str, key))
+  state = nnx.state(checkpoint.abstract_model(config), nnx.Not(checkpoint.RNG_STATE))
+  flat = dict(nnx.to_flat_state(state))
+  for name, (key, _) in stacked.per_layer_names(state).items():  # the names export writes
+    var = flat[key]
+    shape = stacked.layer_shape(var)
     if "norm" in name:
-      value = rng.uniform(0.5, 1.5, var.shape)
+      value = rng.uniform(0.5, 1.5, shape)
     else:  # BLIP-2's std 0.02 keeps the Q-Former's activations tame
-      value = rng.standard_normal(var.shape) * (0.1 if ".lora." in name else 0.02)
+      value = rng.standard_normal(shape) * (0.1 if ".lora." in name else 0.02)
     items.append((name, value.astype(var.dtype)))
   checkpoint.save(path, config, items,
                   source_info={"format": "trained", "step": 10, "response_len": 64})

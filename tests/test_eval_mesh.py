@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
-from llada_jax import checkpoint, sharding
+from llada_jax import checkpoint, sharding, stacked
 from llada_jax.configs import WhisperConfig, WhisperLLaDAConfig
 from llada_jax.evaluation import cli
 from llada_jax.inference import transcriber as transcriber_lib
@@ -57,10 +57,9 @@ def _forget_compilations():
 
 
 def _save(model, config, out: Path, info: dict, tokenizer) -> Path:
-  def items():
-    for path, var in nnx.to_flat_state(nnx.state(model)):
-      if not checkpoint.RNG_STATE(path, var):
-        yield ".".join(str(p) for p in path), np.asarray(var[...])
+  def items():  # named as export writes them: layer stacks one entry per layer
+    for name, value in stacked.per_layer_items(nnx.state(model, nnx.Not(checkpoint.RNG_STATE))):
+      yield name, np.asarray(value)
 
   return checkpoint.save(out, config, items(), source_info=info, tokenizer=tokenizer)
 

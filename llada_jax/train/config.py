@@ -140,7 +140,7 @@ class TrainConfig:
   master_dtype: str = "float32"  # storage of the trained weights (and so of their Adam moments)
   # Recompute each LM layer in the backward pass by this policy (configs.REMAT_POLICIES; true /
   # false mean full / none).
-  remat: str | bool = "none"
+  remat: bool | str = "none"
   mesh: tuple[int, ...] = (1, -1, 1)  # (data, fsdp, tensor); one entry may be -1
   # Weight placement preset (sharding.PRESETS): "full_fsdp" gathers every layer's weights over
   # fsdp where they are used; "lora_dp" keeps the frozen weights whole on every data-parallel

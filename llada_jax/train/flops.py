@@ -37,15 +37,18 @@ from llada_jax.train.config import TrainConfig
 # LM-layer matmuls recomputed in the backward pass per remat policy: those whose outputs the
 # backward reads and the policy did not save. Full remat recomputes all but down_proj (the layer's
 # output is read only by the next layer; a LoRA on down_proj recomputes its x @ A, not its B).
-# "dots_saveable" keeps the weight matmuls (no batch dims) and recomputes the attention core;
-# "names"/"offload" keep the attention output and the MLP input, so q/k/v, the attention core and
-# gate/up are recomputed from them.
+# "dots_saveable" keeps the weight matmuls (no batch dims) and recomputes the attention scores
+# (the softmax's backward reads the probabilities; the weighted sum's output is not read).
+# "names"/"offload" keep the attention output and the MLP input, so q/k/v, the scores and gate/up
+# are recomputed from them, and o_proj too (the post-attention norm's backward reads the residual
+# sum it feeds).
+_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "attention_scores")
 _RECOMPUTED = {
     "full": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "attention",
              "down_proj.lora_a"),
-    "dots_saveable": ("attention",),
-    "names": ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "attention"),
-    "offload": ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "attention"),
+    "dots_saveable": ("attention_scores",),
+    "names": _NAMES,
+    "offload": _NAMES,
 }
 
 
@@ -139,6 +142,8 @@ def train_step_flops(cfg: TrainConfig, prompt_len: int, *, from_encoder: bool = 
       return _mm(tokens, lm.mlp_hidden, r) if "down_proj" in targets else 0.0
     if name == "attention":  # scores + weighted sum over the whole (padded) sequence
       return 2 * _mm(tokens, seq, lm.n_heads * hd)
+    if name == "attention_scores":
+      return _mm(tokens, seq, lm.n_heads * hd)
     k, n = widths[name]
     lora = _mm(tokens, k, r) + _mm(tokens, r, n) if name in targets else 0.0
     return _mm(tokens, k, n) + lora
