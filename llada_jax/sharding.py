@@ -276,6 +276,23 @@ def state_shardings(state: nnx.State, mesh: Mesh, config: ShardingConfig,
   return jax.tree.map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def place(tree, shardings):
+  """`tree`'s arrays on `shardings` (a matching tree). An array already placed equivalently is
+  kept as it is (no copy: frozen weights may fill a device); a global array is resharded by a
+  jitted identity, which works across processes where `device_put` does not (typed PRNG keys);
+  anything else is `device_put`."""
+
+  def one(x, target):
+    if isinstance(x, jax.Array):
+      if x.sharding.is_equivalent_to(target, x.ndim):
+        return x
+      if not x.is_fully_addressable:
+        return jax.jit(lambda a: a, out_shardings=target)(x)
+    return jax.device_put(x, target)
+
+  return jax.tree.map(one, tree, shardings)
+
+
 def shard_model(model: nnx.Module, mesh: Mesh, config: ShardingConfig) -> nnx.Module:
   """Place every weight of `model` on `mesh` by its logical axes (in place; returns the model)."""
   state = nnx.state(model)

@@ -119,11 +119,19 @@ def scan(layers: nnx.Module, body: tp.Callable, carry, xs=None, *, remat: str = 
   graphdef, state = nnx.split(layers)
   n = jax.tree.leaves(state)[0].shape[0]
 
+  touched = [False]
+
   def step(carry, inputs):
     layer_state, x = inputs
     layer = nnx.merge(graphdef, layer_state)
+    before = jax.tree.leaves(nnx.state(layer, RNG_STATE))
     carry, y = body(layer, carry, x)
-    return carry, (y, nnx.state(layer, RNG_STATE))
+    after = nnx.state(layer, RNG_STATE)
+    # Only a body that drew random numbers (dropout) advanced a count. Writing unchanged state
+    # back would be a mutation from inside whatever loop the caller traces us in (decoding's
+    # while_loop), which NNX rightly refuses.
+    touched[0] |= any(a is not b for a, b in zip(before, jax.tree.leaves(after)))
+    return carry, (y, after)
 
   if not _tracing((state, carry, xs)):
     ys, rngs = [], []
@@ -139,7 +147,7 @@ def scan(layers: nnx.Module, body: tp.Callable, carry, xs=None, *, remat: str = 
       step = jax.checkpoint(step, policy=remat_policy(remat), prevent_cse=False)
     carry, (ys, rngs) = jax.lax.scan(step, carry, (state, xs), length=n,
                                      unroll=n if _UNROLL[-1] else 1)
-  if jax.tree.leaves(rngs):
+  if touched[0]:
     nnx.update(layers, rngs)
   return carry, ys
 

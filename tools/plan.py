@@ -4,6 +4,7 @@
     python tools/plan.py                         # paper preset on 8, 16 and 64 devices
     python tools/plan.py --meshes 1,8,1 1,4,2 --set remat=false
     python tools/plan.py --meshes 1,8,1 --set sharding=lora_dp --json
+    python tools/plan.py --meshes 1,8,1 --unrolled   # layer stacks unrolled: the baseline
 
 Nothing is allocated: the model is `nnx.eval_shape`d, the inputs are `jax.ShapeDtypeStruct`s with
 their shardings, and the jitted step (the one train.py runs) is `.lower(...).compile()`d for each
@@ -11,7 +12,7 @@ mesh over simulated CPU devices. XLA's `memory_analysis()` then gives the per-de
 arguments (weights, optimizer state, batch), outputs, aliased (donated) buffers and temporaries.
 `--json` prints one JSON object per mesh instead of the table, with the collectives of the
 compiled step (`llada_jax.hlo`: count, result and operand bytes per kind; a loop body's counted
-once).
+once, so with scanned layers one layer's weight gathers stand for all of them).
 
 CPU numbers are a planning estimate, not a promise: XLA's CPU backend fuses and schedules
 differently from TPU/GPU. In particular it has no native bf16 matmul, so it adds float32 copies of
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--prompt-len", type=int, default=20, help="chat-template prompt tokens")
   ap.add_argument("--json", action="store_true",
                   help="one JSON object per mesh (memory, compile seconds, collectives)")
+  ap.add_argument("--unrolled", action="store_true",
+                  help="trace the layer stacks unrolled (one body per layer, as a Python loop "
+                       "would): the baseline for the scanned program's compile time and memory")
   ap.add_argument("--cpu-scheduler", action="store_true",
                   help="keep XLA CPU's concurrency-optimised scheduler (much larger temporaries)")
   args = ap.parse_args(argv)
@@ -63,13 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     flags.append("--xla_cpu_enable_concurrency_optimized_scheduler=false")
   os.environ["XLA_FLAGS"] = " ".join(f for f in flags if f)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  import contextlib
   import dataclasses
   import json
 
   import jax
   from flax import nnx
 
-  from llada_jax import hlo, sharding
+  from llada_jax import hlo, sharding, stacked
   from llada_jax.train import config as config_lib
   from llada_jax.train.step import Trainer
   from llada_jax.whisper_llada import WhisperLLaDA
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{base.model.whisper.d_model}; compute {base.dtype}, frozen {base.param_dtype}, trained "
         f"{base.master_dtype}, remat {base.remat}; sequence {args.prompt_len} + {base.audio_len} + "
         f"{base.data.response_len}; {args.per_device_batch} rows per data shard; sharding "
-        f"{base.sharding}\n")
+        f"{base.sharding}; layers {'unrolled' if args.unrolled else 'scanned'}\n")
   budgets = " ".join(f"{n + ' ' + str(g) + 'G':>12}" for n, g in BUDGETS)
   header = (f"{'mesh (d,f,t)':>14} {'devices':>7} {'batch':>5} {'args':>8} {'temp':>8} "
             f"{'out-alias':>9} {'peak/dev':>9} {budgets} {'compile':>8}")
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     mesh = sharding.make_mesh(shape, devices=jax.devices()[:n])
     trainer = Trainer(cfg, model, mesh, prompt_len=args.prompt_len, abstract=True)
     t0 = time.perf_counter()
-    compiled = trainer.lower().compile()
+    with stacked.unrolled() if args.unrolled else contextlib.nullcontext():
+      compiled = trainer.lower().compile()
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     arg, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
       print(json.dumps({
           "config": args.config, "overrides": args.overrides, "sharding": cfg.sharding,
           "mesh": list(shape), "devices": n, "batch": cfg.batch_size,
+          "layers": "unrolled" if args.unrolled else "scanned",
           "compile_s": round(seconds, 2), "argument_bytes": arg, "output_bytes": out,
           "alias_bytes": alias, "temp_bytes": temp, "peak_bytes": peak,
           "collectives": hlo.summary(hlo.collectives(compiled.as_text()))}), flush=True)

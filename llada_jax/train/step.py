@@ -213,7 +213,7 @@ class Trainer:
     if abstract:
       self.frozen, self._params0 = None, None
     else:
-      self.frozen = jax.device_put(frozen, self.frozen_sh)
+      self.frozen = sharding.place(frozen, self.frozen_sh)
       self._params0 = jax.tree.map(lambda x: x.astype(master), nnx.to_pure_dict(params))
     self.eval_key_data = jax.random.key_data(jax.random.fold_in(jax.random.key(cfg.seed), 0x0E7A1))
 
