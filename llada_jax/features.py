@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llada_jax import sharding
 from llada_jax.audio import SAMPLE_RATE
 
 N_FFT = 400
@@ -105,6 +106,11 @@ def log_mel(audio: jax.Array, n_mels: int = 80, frames: int | None = None) -> ja
   frames = CHUNK_FRAMES if frames is None else frames
   if frames <= 0 or frames % 2:
     raise ValueError(f"log_mel: frames must be a positive even number, got {frames}")
+  # Every row is independent; XLA does not split the FFT over the batch, so run it per shard.
+  return sharding.map_rows(functools.partial(_log_mel, n_mels=n_mels, frames=frames), audio)
+
+
+def _log_mel(audio: jax.Array, *, n_mels: int, frames: int) -> jax.Array:
   num_samples = frames * HOP
   audio = audio.astype(jnp.float32)
   n = audio.shape[1]

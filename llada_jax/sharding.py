@@ -326,6 +326,22 @@ def constrain(x: jax.Array, names: tp.Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def map_rows(fn: tp.Callable[..., jax.Array], *xs: jax.Array) -> jax.Array:
+  """`fn(*xs)` for a row-independent `fn`, run per batch shard (`jax.shard_map` over the batch axes
+  of the active `use(...)`), so that each device computes only its own rows. For ops XLA's SPMD
+  partitioner does not split over a batch dimension (the FFT: it gathers the whole batch to every
+  device). Without an active mesh, or with a batch its shards do not divide, `fn(*xs)` as is."""
+  if not _ACTIVE:
+    return fn(*xs)
+  mesh, config = _ACTIVE[-1]
+  axes = batch_axes(config)
+  ways = batch_ways(mesh, config)
+  if ways == 1 or any(x.shape[0] % ways for x in xs):
+    return fn(*xs)
+  spec = PartitionSpec(axes)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(xs), out_specs=spec)(*xs)
+
+
 def batch_axes(config: ShardingConfig) -> tuple[str, ...]:
   """The mesh axes the batch dimension is split over (data × fsdp with either rule set)."""
   target = config.mesh_axes(("batch",))[0]

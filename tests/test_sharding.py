@@ -2,6 +2,7 @@
 train step under `lora_dp` gathering no frozen weight (while `full_fsdp` does) at the same loss."""
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from llada_jax import hlo, sharding, stacked
+from llada_jax import features, hlo, sharding, stacked
 from llada_jax.configlib import ConfigError
 from llada_jax.configs import LMConfig, WhisperConfig, WhisperLLaDAConfig
 from llada_jax.train import config as config_lib
@@ -137,3 +138,15 @@ def test_presets_give_the_same_step(steps):
   want = dict(jax.tree_util.tree_leaves_with_path(steps["full_fsdp"]["params"]))
   for path, got in jax.tree_util.tree_leaves_with_path(steps["lora_dp"]["params"]):
     np.testing.assert_allclose(got, want[path], atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+def test_log_mel_runs_per_batch_shard():
+  """XLA's partitioner does not split the FFT over the batch: without `sharding.map_rows` every
+  device gathered the whole batch's audio frames and transformed all of them."""
+  mesh, rules = sharding.make_mesh((1, 8, 1)), sharding.preset("lora_dp")
+  audio = np.random.default_rng(0).normal(size=(8, 6400)).astype(np.float32) * 0.1
+  x = jax.device_put(audio, sharding.batch_sharding(mesh, rules, audio.shape))
+  with sharding.use(mesh, rules):
+    compiled = jax.jit(functools.partial(features.log_mel, frames=40)).lower(x).compile()
+  assert hlo.collectives(compiled.as_text()) == []
+  np.testing.assert_allclose(compiled(x), features.log_mel(audio, frames=40), atol=1e-5)
