@@ -38,7 +38,8 @@ def test_paper_runs():
   assert configlib.load("baseline", TrainConfig).objective == "ar"
   h100 = configlib.load("paper_h100x8", TrainConfig)
   assert h100.mesh == (1, 8, 1) and h100.batch_size // 8 == 4 and h100.sharding == "lora_dp"
-  assert dataclasses.replace(h100, mesh=paper.mesh, sharding=paper.sharding) == paper
+  assert h100.remat == "dots_saveable" and paper.remat == "full"
+  assert dataclasses.replace(h100, mesh=paper.mesh, sharding=paper.sharding, remat="full") == paper
 
 
 def test_model_config_json_is_tagged_and_nested_dataclasses_read_back():
