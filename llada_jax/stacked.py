@@ -97,7 +97,9 @@ _UNROLL: list[bool] = [False]
 @contextlib.contextmanager
 def unrolled():
   """Trace stacks as fully unrolled scans while active: the same program without the loop, for
-  tools that cannot see into loops (XLA's `cost_analysis` counts a loop body once)."""
+  tools that cannot see into loops (XLA's `cost_analysis` counts a loop body once). It acts on
+  what is traced while active: a jitted function already compiled for these shapes keeps its
+  scanned program, so lower a fresh one (`.lower(...)`) inside the context."""
   _UNROLL.append(True)
   try:
     yield
