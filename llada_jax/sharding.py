@@ -278,19 +278,25 @@ def state_shardings(state: nnx.State, mesh: Mesh, config: ShardingConfig,
 
 def place(tree, shardings):
   """`tree`'s arrays on `shardings` (a matching tree). An array already placed equivalently is
-  kept as it is (no copy: frozen weights may fill a device); a global array is resharded by a
+  kept as it is (no copy: frozen weights may fill a device); global arrays are resharded by one
   jitted identity, which works across processes where `device_put` does not (typed PRNG keys);
   anything else is `device_put`."""
-
-  def one(x, target):
-    if isinstance(x, jax.Array):
-      if x.sharding.is_equivalent_to(target, x.ndim):
-        return x
-      if not x.is_fully_addressable:
-        return jax.jit(lambda a: a, out_shardings=target)(x)
-    return jax.device_put(x, target)
-
-  return jax.tree.map(one, tree, shardings)
+  leaves, treedef = jax.tree.flatten(tree)
+  targets = treedef.flatten_up_to(shardings)
+  out, moves = list(leaves), []
+  for i, (x, target) in enumerate(zip(leaves, targets)):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim):
+      continue
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      moves.append(i)
+    else:
+      out[i] = jax.device_put(x, target)
+  if moves:  # one program for all of them, not a compile per array
+    moved = jax.jit(lambda *a: a, out_shardings=tuple(targets[i] for i in moves))(
+        *(leaves[i] for i in moves))
+    for i, y in zip(moves, moved):
+      out[i] = y
+  return treedef.unflatten(out)
 
 
 def shard_model(model: nnx.Module, mesh: Mesh, config: ShardingConfig) -> nnx.Module:
