@@ -8,11 +8,15 @@
 `--shape llada8b` (for an accelerator): the paper's Whisper-LLaDA (whisper-large-v3 encoder,
 Q-Former, LLaDA-8B: d 4096, 32 layers, 32 heads, MLP 12288, vocab 126464), random bf16 weights
 made on the device (LM ×`--scale`), one utterance of 30 s (16 prompt + 352 audio + 128 response
-tokens), batch 1. Two rows: an authors'-style loop (ML-GSAI/LLaDA generate.py: a Python loop of
-jitted full forwards over [prompt, audio, response], one per step, low-confidence top-k commits,
-semi-AR blocks of 32, steps = gen_length; only the response positions' logits are projected, which
-favours it) against our `decode` with dual cache + threshold 0.9 (one jitted while loop), their
-time ratio, tokens per forward, and the loop's forward MFU against a bf16 matmul peak measured in
+tokens), batch 1. Three rows against our `decode` with dual cache + threshold 0.9 (one jitted
+while loop): the issue's baseline, Diffusion-ASR's `transcribe` in PyTorch (`torch_transcribe`
+below, transformers' LlamaForCausalLM of the LM's shape made on CUDA when torch sees a GPU, random
+bf16 weights: its work is fixed, steps = gen_length, full-sequence logits as the authors compute
+them; `--no-torch` leaves it out), and an authors'-style loop in JAX (ML-GSAI/LLaDA generate.py:
+a Python loop of jitted full forwards over [prompt, audio, response], one per step,
+low-confidence top-k commits, semi-AR blocks of 32; only the response positions' logits are
+projected, which favours it), which isolates the algorithm from the framework. Printed: time
+ratios, tokens per forward, and the JAX loop's forward MFU against a bf16 matmul peak measured in
 the same run. `--layers N` / `--tiny` shrink the model for a quick CPU check (`--shape llada8b
 --tiny --seconds 2 --gen-length 32`).
 
@@ -486,6 +490,30 @@ def authors_loop(model: WhisperLLaDA, gen_length: int, block: int) -> tp.Callabl
   return run
 
 
+def torch_llada_8b(c: LMConfig):
+  """transformers' LlamaForCausalLM of the LM's shape (bidirectional through the all-zero float
+  mask `torch_transcribe` passes), random weights made on the torch device in the LM's dtype:
+  the loop's work is fixed (steps = gen_length), so its time does not depend on the values, and
+  building it there avoids exporting 8 B parameters through the host."""
+  import torch
+  import transformers
+
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  hf = hf_llama_json(c, {})
+  for key in ("architectures", "model_type"):
+    hf.pop(key)
+  dtype = torch.bfloat16 if c.dtype == "bfloat16" else torch.float32
+  default = torch.get_default_dtype()
+  torch.set_default_dtype(dtype)
+  try:
+    with torch.device(device):
+      config = transformers.LlamaConfig(**hf, attn_implementation="sdpa")
+      ref = transformers.LlamaForCausalLM(config)
+  finally:
+    torch.set_default_dtype(default)
+  return ref.eval()
+
+
 def llada8b(args) -> int:
   from llada_jax.train.flops import measured_peak_tflops, peak_tflops
 
@@ -505,12 +533,30 @@ def llada8b(args) -> int:
   loop = authors_loop(model, g, block)
   t0 = time.perf_counter()
   loop(prompt, mel)  # compiles the step (and the prefix) once
-  theirs = Config("authors'-style loop (full forward per step)", 1, lambda r: loop(prompt, mel),
-                  compile_s=time.perf_counter() - t0, forwards=[g])
-  for r in range(args.repeats):  # interleaved
-    for cfg in (theirs, ours):
-      cfg.time_once(r)
+  theirs = Config("authors'-style loop in JAX (full forward per step)", 1,
+                  lambda r: loop(prompt, mel), compile_s=time.perf_counter() - t0, forwards=[g])
   prefix_len = PROMPT_LEN + c.qformer.num_windows(frames // 2) * c.qformer.num_queries
+  rows = [theirs, ours]
+  if not args.no_torch:  # the goal's baseline: Diffusion-ASR's transcribe in PyTorch, same device
+    import torch
+
+    ref = torch_llada_8b(c.lm)
+    t_prefix = torch.randn(1, prefix_len, c.lm.d_model, dtype=ref.dtype, device=ref.device)
+
+    def torch_run(r):
+      with torch.inference_mode():
+        out = torch_transcribe(ref, t_prefix, g, g, block, c.lm.mask_id)
+      if ref.device.type == "cuda":
+        torch.cuda.synchronize()
+      return out
+
+    t0 = time.perf_counter()
+    torch_run(0)  # warm-up (CUDA kernels, allocator), untimed
+    rows.insert(0, Config(f"PyTorch loop (Diffusion-ASR transcribe, {ref.device.type})", 1,
+                          torch_run, compile_s=time.perf_counter() - t0, forwards=[g]))
+  for r in range(args.repeats):  # interleaved
+    for cfg in rows:
+      cfg.time_once(r)
   forward_tflop = forward_gflop(c.lm, 1, prefix_len + g, g) / 1e3
   forward_s = theirs.seconds / g
   peak, rates = measured_peak_tflops("bfloat16")
@@ -524,13 +570,13 @@ def llada8b(args) -> int:
         f"{args.repeats} interleaved runs\n")
   print("| decoder | s / utterance | tokens/s | forwards | tokens / forward | compile s |")
   print("|---|---|---|---|---|---|")
-  for cfg in (theirs, ours):
+  for cfg in rows:
     fw = statistics.median(cfg.forwards) if cfg.forwards else None
     print(f"| {cfg.name} | {cfg.seconds:.3f} | {g / cfg.seconds:.1f} | "
           f"{'-' if fw is None else f'{fw:.0f}'} | {'-' if fw is None else f'{g / fw:.2f}'} | "
           f"{cfg.compile_s:.1f} |")
-  print(f"\nspeed-up of ours over the authors'-style loop (time ratio): "
-        f"{theirs.seconds / ours.seconds:.2f}×")
+  print("\nspeed-up of ours (time ratio) over " + "; ".join(
+      f"{cfg.name}: {cfg.seconds / ours.seconds:.2f}×" for cfg in rows if cfg is not ours))
   achieved = forward_tflop / forward_s
   print(f"the loop's full forward: {forward_tflop:.3g} TFLOP (matmuls) in {forward_s * 1e3:.1f} "
         f"ms = {achieved:.3g} TFLOP/s, MFU {achieved / peak:.1%} of the measured bf16 matmul peak "
@@ -559,6 +605,8 @@ def main(argv=None) -> int:
   p.add_argument("--only", nargs="+", default=None, metavar="WORD",
                  help="time only the strategies whose name contains one of these words (the "
                  "exact-diffusion row, the PyTorch loop and AR always run)")
+  p.add_argument("--no-torch", action="store_true",
+                 help="--shape llada8b without the PyTorch row (no torch installed)")
   p.add_argument("--no-count", action="store_true",
                  help="skip the separately compiled forward-counting runs (tokens/step: '-')")
   args = p.parse_args(argv)

@@ -18,7 +18,8 @@ run takes a minute or two.
 
 `--shape llada8b` (for an accelerator; no PyTorch side): the paper's model, configs/paper.py —
 whisper-large-v3 encoder (frozen), window Q-Former, LLaDA-8B (d 4096, 32 layers, 32 heads, MLP
-12288, vocab 126464) with LoRA on q/k/v, bf16 compute, full remat — with random weights created
+12288, vocab 126464) with LoRA on q/k/v, bf16 compute, full remat (`--remat` picks another
+policy, e.g. dots_saveable as configs/paper_h100x8.py) — with random weights created
 already sharded over every device (no checkpoint), `--rows` rows of 20 prompt + 352 audio (30 s)
 + 128 response tokens. It reports tokens/s, the step time and MFU (analytic model FLOPs,
 `llada_jax.train.flops`) against the bf16 matmul peak measured in the same run and against the
@@ -224,6 +225,7 @@ def llada8b(args) -> int:
   mel_frames = int(round(args.seconds * 100 / 2)) * 2
   cfg = dataclasses.replace(
       base, model=model, batch_size=args.rows, mesh=(1, -1, 1), steps=1000,
+      remat=args.remat or base.remat,
       data=dataclasses.replace(base.data, mel_frames=mel_frames, response_len=args.response))
   prompt_len = 20  # LLaDA's chat template around "Transcribe the audio:"
   mesh = sharding.make_mesh(sharding.mesh_shape(cfg.mesh, jax.device_count()))
@@ -287,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
   g.add_argument("--layers", type=int, default=None, help="LM and encoder layers (default: all)")
   g.add_argument("--tiny", action="store_true", help="tiny test widths (a CPU check)")
   g.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+  g.add_argument("--remat", default=None,
+                 help="remat policy, one of configs.REMAT_POLICIES (default: configs/paper.py's)")
   args = ap.parse_args(argv)
   if args.shape == "llada8b":
     return llada8b(args)

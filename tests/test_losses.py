@@ -105,6 +105,11 @@ def test_empty_batch_mean_is_zero_not_nan(data):
   assert float(losses.mean(total, count)) == 0.0
 
 
+def test_pad_groups_must_tile_the_batch():
+  with pytest.raises(ValueError, match="batch of 6 rows is not whole groups of data.pad_group=4"):
+    losses.sample_noise(jax.random.key(0), jnp.zeros((6, 5), jnp.int32), 9, pad_group=4)
+
+
 def test_paper_objective_equals_diffusion_asr_forward_with_group_padding():
   """The whole `paper` objective vs Diffusion-ASR's `WhisperLLaDA.forward` + DDP on the same batch
   and mask draws: two "GPUs" of 4 rows, each padded with EOS to its longest transcript (no EOS

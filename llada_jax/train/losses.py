@@ -49,6 +49,9 @@ def sample_noise(key: jax.Array, response: jax.Array, mask_id: int, *, weighting
     masked &= valid[:, None]
   weight = masked.astype(jnp.float32)
   if pad_group is not None:
+    if b % pad_group:
+      raise ValueError(f"sample_noise: a batch of {b} rows is not whole groups of data.pad_group="
+                       f"{pad_group} rows (each group's loss is one mean over its masked tokens)")
     per_group = jnp.sum(weight.reshape(b // pad_group, pad_group * r), axis=1)
     share = 1.0 / jnp.maximum(per_group, 1.0)  # a group with no mask adds nothing
     weight = weight * jnp.repeat(share, pad_group)[:, None]
