@@ -39,7 +39,10 @@ run() {  # name, seconds, JAX's share of GPU memory, script and arguments
 
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
   "$PY" -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
-  "$PY" -c "import torch; print('torch', torch.__version__)" 2>/dev/null; } \
+  "$PY" -c "import torch; print('torch', torch.__version__)" 2>/dev/null
+  # What the benchmarks import beyond JAX/flax; the image may lack some (no package index there).
+  "$PY" -c "import importlib.util as u; print('missing:', [m for m in ('optax', 'orbax', 'soundfile',
+    'soxr', 'transformers', 'tokenizers', 'safetensors') if u.find_spec(m) is None])"; } \
   | tee "$OUT/summary.txt"
 # The train step wants all the memory it can get; decoding leaves room for its PyTorch loop's 16 GB.
 run whisper 120 0.9 benchmarks/bench_whisper.py "${whisper[@]}"

@@ -23,8 +23,10 @@ from flax import nnx
 
 from llada_jax import features, sharding, text
 from llada_jax.configlib import ConfigError
-from llada_jax.data.pipeline import PipelineConfig
 from llada_jax.train.config import TrainConfig
+
+if tp.TYPE_CHECKING:
+  from llada_jax.data.pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ def pipeline_config(cfg: TrainConfig, *, train: bool, host_rows: int | None = No
                     ) -> PipelineConfig:
   """One bucket of exactly the samples the step takes: every batch has one shape. `host_rows`:
   the rows of each global batch this host loads (default: all of them)."""
+  # Imported here: the train step (and a benchmark of it) needs no data-pipeline packages.
+  from llada_jax.data.pipeline import PipelineConfig
+
   return PipelineConfig(batch_size=host_rows or cfg.batch_size, buckets=(cfg.data.samples,),
                         seed=cfg.seed, shuffle=cfg.data.shuffle and train,
                         num_epochs=None if train else 1, too_long="trim",
