@@ -116,22 +116,42 @@ def build(args, causal: bool) -> WhisperLLaDA:
   return model
 
 
-def torch_llama(lm: Transformer, device: str):
-  """transformers' LlamaForCausalLM holding exactly our LM's weights, in our LM's dtype."""
+def torch_dtype(c: LMConfig):
+  import torch
+
+  return torch.bfloat16 if c.dtype == "bfloat16" else torch.float32
+
+
+def torch_llama_like(c: LMConfig, device: str = "cpu", dtype=None):
+  """transformers' LlamaForCausalLM of our LM's shape (SDPA attention), random weights made on
+  `device` in `dtype` (default float32)."""
   import torch
   import transformers
 
-  hf = hf_llama_json(lm.config, {})
+  hf = hf_llama_json(c, {})
   for key in ("architectures", "model_type"):
     hf.pop(key)
-  ref = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf, attn_implementation="sdpa"))
+  default = torch.get_default_dtype()
+  torch.set_default_dtype(dtype or torch.float32)
+  try:
+    with torch.device(device):
+      return transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf,
+                                                                    attn_implementation="sdpa"))
+  finally:
+    torch.set_default_dtype(default)
+
+
+def torch_llama(lm: Transformer, device: str):
+  """transformers' LlamaForCausalLM holding exactly our LM's weights, in our LM's dtype."""
+  import torch
+
+  ref = torch_llama_like(lm.config)
   state = {n: torch.from_numpy(np.array(a, np.float32))
            for n, a in maps.export(maps.model_items(lm), maps.HF_LLAMA)}
   missing, unexpected = ref.load_state_dict(state, strict=False)
   if missing or unexpected:
     raise RuntimeError(f"torch reference: missing {missing}, unexpected {unexpected}")
-  dtype = torch.bfloat16 if lm.config.dtype == "bfloat16" else torch.float32
-  return ref.to(device=device, dtype=dtype).eval()
+  return ref.to(device=device, dtype=torch_dtype(lm.config)).eval()
 
 
 # --- the PyTorch reference loop ----------------------------------------------------------------
@@ -490,30 +510,6 @@ def authors_loop(model: WhisperLLaDA, gen_length: int, block: int) -> tp.Callabl
   return run
 
 
-def torch_llada_8b(c: LMConfig):
-  """transformers' LlamaForCausalLM of the LM's shape (bidirectional through the all-zero float
-  mask `torch_transcribe` passes), random weights made on the torch device in the LM's dtype:
-  the loop's work is fixed (steps = gen_length), so its time does not depend on the values, and
-  building it there avoids exporting 8 B parameters through the host."""
-  import torch
-  import transformers
-
-  device = "cuda" if torch.cuda.is_available() else "cpu"
-  hf = hf_llama_json(c, {})
-  for key in ("architectures", "model_type"):
-    hf.pop(key)
-  dtype = torch.bfloat16 if c.dtype == "bfloat16" else torch.float32
-  default = torch.get_default_dtype()
-  torch.set_default_dtype(dtype)
-  try:
-    with torch.device(device):
-      config = transformers.LlamaConfig(**hf, attn_implementation="sdpa")
-      ref = transformers.LlamaForCausalLM(config)
-  finally:
-    torch.set_default_dtype(default)
-  return ref.eval()
-
-
 def llada8b(args) -> int:
   from llada_jax.train.flops import measured_peak_tflops, peak_tflops
 
@@ -540,7 +536,10 @@ def llada8b(args) -> int:
   if not args.no_torch:  # the goal's baseline: Diffusion-ASR's transcribe in PyTorch, same device
     import torch
 
-    ref = torch_llada_8b(c.lm)
+    # Random weights made on the GPU: the loop's work is fixed (steps = gen_length), so its time
+    # does not depend on the values, and 8 B parameters never pass through the host.
+    ref = torch_llama_like(c.lm, "cuda" if torch.cuda.is_available() else "cpu",
+                           torch_dtype(c.lm)).eval()
     t_prefix = torch.randn(1, prefix_len, c.lm.d_model, dtype=ref.dtype, device=ref.device)
 
     def torch_run(r):
