@@ -98,7 +98,7 @@ dataset, a glob pattern without matches) or checkpoint exits with status 2 and a
 
 import sys
 
-from llada_jax.evaluation import cli
+from llada_jax.cli import eval as cli
 
 if __name__ == "__main__":
   sys.exit(cli.main(description=__doc__))

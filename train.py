@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
   for noisy in ("absl", "orbax", "jax._src"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
-  from llada_jax import configlib
-  from llada_jax.configlib import ConfigError
+  from llada_jax import config_files
+  from llada_jax.config_files import ConfigError
   from llada_jax.train import config as config_lib
 
   overrides = [item for group in args.overrides for item in group]
@@ -75,16 +75,16 @@ def main(argv: list[str] | None = None) -> int:
   if args.print_config:
     import json
 
-    print(json.dumps(configlib.to_dict(cfg), indent=2))
+    print(json.dumps(config_files.to_dict(cfg), indent=2))
     return 0
-  from llada_jax import distributed
+  from llada_jax.parallel import distributed
 
   try:  # before anything touches a JAX backend
     distributed.initialize_from_env()
   except distributed.DistributedError as e:
     print(f"train.py: {e}", file=sys.stderr)
     return 2
-  from llada_jax import compile_cache
+  from llada_jax.parallel import compile_cache
   from llada_jax.train import loop
 
   compile_cache.enable(disable=args.no_compile_cache)

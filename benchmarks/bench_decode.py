@@ -72,12 +72,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llada_jax.configs import LMConfig, QFormerConfig, WhisperConfig, WhisperLLaDAConfig
 from llada_jax.convert import mapping as maps
 from llada_jax.convert.convert import hf_llama_json
 from llada_jax.decoding import DeliberationSettings, DiffusionSettings, decode, deliberate, greedy
-from llada_jax.transformer import Transformer
-from llada_jax.whisper_llada import WhisperLLaDA
+from llada_jax.models.config import LMConfig, QFormerConfig, WhisperConfig, WhisperLLaDAConfig
+from llada_jax.models.transformer import Transformer
+from llada_jax.models.whisper_llada import WhisperLLaDA
 
 PROMPT_LEN = 16  # LLaDA's chat template around "Transcribe the audio:" is about this long
 MELS_PER_SECOND = 100

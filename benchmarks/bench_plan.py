@@ -10,7 +10,7 @@ config AOT-compiled for a simulated CPU mesh, nothing allocated. A variant is `s
 `unrolled`, optionally followed by `:KEY=VALUE,...` config overrides for that variant only. The
 table gives compile seconds, XLA's per-device peak (arguments + temporaries, donated state
 aliased), the all-gathers of the compiled program, and each variant's compile time and peak as a
-ratio to the first variant's. A collective inside a loop body is counted once (`llada_jax.hlo`),
+ratio to the first variant's. A collective inside a loop body is counted once (`parallel.hlo`),
 so a scanned program's all-gather count is per layer body, not per step: compare bytes of the
 unrolled program with care. CPU numbers: an upper bound on memory (the CPU backend keeps float32
 copies of bf16 weights), and compile seconds of a loaded 2-core machine.

@@ -51,17 +51,17 @@ def jax_side(batch: int, seed: int = 0):
   import numpy as np
   from flax import nnx
 
-  from llada_jax import sharding
-  from llada_jax.configs import (
+  from llada_jax.models.config import (
     LMConfig,
     LoRAConfig,
     QFormerConfig,
     WhisperConfig,
     WhisperLLaDAConfig,
   )
+  from llada_jax.models.whisper_llada import WhisperLLaDA
+  from llada_jax.parallel import sharding
   from llada_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
   from llada_jax.train.step import Trainer
-  from llada_jax.whisper_llada import WhisperLLaDA
 
   s = SIZES
   whisper = WhisperConfig(**s["whisper"], decoder_layers=1, decoder_heads=6, decoder_ffn_dim=64,
@@ -131,7 +131,7 @@ def torch_side(batch: int, data: dict, seed: int = 0):
   from transformers import WhisperConfig as HFWhisperConfig
   from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-  from llada_jax import features
+  from llada_jax.models import features
 
   torch.manual_seed(seed)
   s = SIZES
@@ -209,14 +209,15 @@ def llada8b(args) -> int:
   import jax
   import numpy as np
 
-  from llada_jax import configlib, sharding
-  from llada_jax.configs import WhisperLLaDAConfig
+  from llada_jax import config_files
+  from llada_jax.models.config import WhisperLLaDAConfig
+  from llada_jax.parallel import sharding
   from llada_jax.train import flops
   from llada_jax.train.config import TrainConfig
   from llada_jax.train.state import create_model
   from llada_jax.train.step import Trainer, rules_for
 
-  base = configlib.load("paper", TrainConfig)
+  base = config_files.load("paper", TrainConfig)
   model = WhisperLLaDAConfig.tiny_test() if args.tiny else base.model
   if args.layers:
     model = dataclasses.replace(
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
   import torch
 
   torch.set_num_threads(args.threads)
-  from llada_jax import stacked
+  from llada_jax.models import stacked
 
   jax_step, seq, compile_s, data = jax_side(args.batch)
   with stacked.unrolled():  # the same program with one traced body per layer: the scan's baseline

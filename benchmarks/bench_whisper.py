@@ -41,11 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
-from llada_jax.audio import load_audio
-from llada_jax.configs import ATTENTION, DTYPES
+from llada_jax.cli import eval as cli
 from llada_jax.data import librispeech
-from llada_jax.evaluation import cli
+from llada_jax.data.audio import load_audio
 from llada_jax.evaluation import wer as wer_lib
+from llada_jax.models.config import ATTENTION, DTYPES
 from llada_jax.testing.torch_whisper import TorchWhisper
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,8 +115,8 @@ def bench_encoder_attention(kernels: list[str], preset: str, dtype: str, batches
   import jax.numpy as jnp
   from flax import nnx
 
-  from llada_jax.configs import WhisperConfig
-  from llada_jax.whisper import WhisperEncoder
+  from llada_jax.models.config import WhisperConfig
+  from llada_jax.models.whisper import WhisperEncoder
 
   base = getattr(WhisperConfig, preset)(dtype=dtype)
   rows = []

@@ -3,12 +3,12 @@ next-token loss (its responses end with an appended EOS: the model must learn to
 
 import dataclasses
 
-from llada_jax import configlib
-from llada_jax.configs import WhisperLLaDAConfig
+from llada_jax import config_files
+from llada_jax.models.config import WhisperLLaDAConfig
 from llada_jax.train.config import TrainConfig
 
 
 def config() -> TrainConfig:
-  paper = configlib.load("paper", TrainConfig)
+  paper = config_files.load("paper", TrainConfig)
   return dataclasses.replace(paper, model=WhisperLLaDAConfig.baseline(), objective="ar",
                              data=dataclasses.replace(paper.data, response_eos="appended"))

@@ -1,7 +1,7 @@
 """`make demo`: the paper's experiment in miniature on a 2-core CPU in ~25 minutes (see
-llada_jax/demo.py for the fields, configs/demo_llama.py and demo_llada.py for the two runs)."""
+llada_jax/demo/config.py for the fields, configs/demo_llama.py and demo_llada.py for the two runs)."""
 
-from llada_jax.demo import DemoConfig
+from llada_jax.demo.config import DemoConfig
 
 
 def config() -> DemoConfig:

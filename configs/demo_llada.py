@@ -6,12 +6,12 @@ from LLaDA-8B, which already is a diffusion model.)"""
 
 import dataclasses
 
-from llada_jax import configlib
+from llada_jax import config_files
 from llada_jax.train.config import TrainConfig
 
 
 def config() -> TrainConfig:
-  ar = configlib.load("demo_llama", TrainConfig)
+  ar = config_files.load("demo_llama", TrainConfig)
   lm = dataclasses.replace(ar.model.lm, causal=False, mask_id=16)
   return dataclasses.replace(
       ar, model=dataclasses.replace(ar.model, lm=lm), objective="diffusion",

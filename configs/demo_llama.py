@@ -9,7 +9,13 @@ template would add a 20-token default one) and the fresh Q-Former learns at 10×
 (with one rate the LM memorises the transcripts before it reads the audio).
 """
 
-from llada_jax.configs import LMConfig, LoRAConfig, QFormerConfig, WhisperConfig, WhisperLLaDAConfig
+from llada_jax.models.config import (
+  LMConfig,
+  LoRAConfig,
+  QFormerConfig,
+  WhisperConfig,
+  WhisperLLaDAConfig,
+)
 from llada_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
 
 

@@ -1,7 +1,7 @@
 """A seconds-scale end-to-end check of every step of the demo (not a result): the demo's runs for
 4 steps of 4 rows, 4 test utterances, one point per sweep."""
 
-from llada_jax.demo import DemoConfig
+from llada_jax.demo.config import DemoConfig
 
 
 def config() -> DemoConfig:

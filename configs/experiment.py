@@ -3,10 +3,10 @@
 
 import dataclasses
 
-from llada_jax import configlib
-from llada_jax.demo import DemoConfig
+from llada_jax import config_files
+from llada_jax.demo.config import DemoConfig
 
 
 def config() -> DemoConfig:
-  return dataclasses.replace(configlib.load("demo", DemoConfig), llama="experiment_llama",
+  return dataclasses.replace(config_files.load("demo", DemoConfig), llama="experiment_llama",
                              llada="experiment_llada", num_train=6000)

@@ -3,12 +3,12 @@
 
 import dataclasses
 
-from llada_jax import configlib
+from llada_jax import config_files
 from llada_jax.train.config import TrainConfig
 
 
 def config() -> TrainConfig:
-  ar = configlib.load("experiment_llama", TrainConfig)
+  ar = config_files.load("experiment_llama", TrainConfig)
   lm = dataclasses.replace(ar.model.lm, causal=False, mask_id=16)
   return dataclasses.replace(
       ar, model=dataclasses.replace(ar.model, lm=lm), objective="diffusion",

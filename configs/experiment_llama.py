@@ -4,12 +4,12 @@ CPU)."""
 
 import dataclasses
 
-from llada_jax import configlib
+from llada_jax import config_files
 from llada_jax.train.config import TrainConfig
 
 
 def config() -> TrainConfig:
-  demo = configlib.load("demo_llama", TrainConfig)
+  demo = config_files.load("demo_llama", TrainConfig)
   lm = dataclasses.replace(demo.model.lm, n_layers=30)
   return dataclasses.replace(
       demo, model=dataclasses.replace(demo.model, lm=lm), full_finetune=False,

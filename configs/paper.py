@@ -10,7 +10,7 @@ bf16 here, with float32 master weights.
         init_whisper=ckpt/whisper-large-v3 init_lm=ckpt/llada-8b
 """
 
-from llada_jax.configs import WhisperLLaDAConfig
+from llada_jax.models.config import WhisperLLaDAConfig
 from llada_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
 
 
@@ -20,4 +20,4 @@ def config() -> TrainConfig:
       optimizer=OptimizerConfig(peak_lr=3e-5, init_lr=1e-6, end_lr=1e-5, warmup_steps=3000,
                                 weight_decay=0.05, grad_clip=0.0, cosine_from="start"),
       data=DataConfig(text_form="raw", response_len=128, response_eos="group_max", pad_group=4),
-      remat=True, batch_size=32, steps=120 * 3000, eval_every=3000, save_every=3000)
+      remat="full", batch_size=32, steps=120 * 3000, eval_every=3000, save_every=3000)

@@ -7,10 +7,11 @@ needs no micro-batches here (benchmarks/RESULTS.md)."""
 
 import dataclasses
 
-from llada_jax import configlib
+from llada_jax import config_files
 from llada_jax.train.config import TrainConfig
 
 
 def config() -> TrainConfig:
-  return dataclasses.replace(configlib.load("paper", TrainConfig), mesh=(1, 16, 1), batch_size=32,
+  return dataclasses.replace(config_files.load("paper", TrainConfig), mesh=(1, 16, 1),
+                             batch_size=32,
                              grad_accum=1, remat="dots_saveable", sharding="full_fsdp")

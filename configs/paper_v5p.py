@@ -7,10 +7,11 @@ an upper bound (benchmarks/RESULTS.md)."""
 
 import dataclasses
 
-from llada_jax import configlib
+from llada_jax import config_files
 from llada_jax.train.config import TrainConfig
 
 
 def config() -> TrainConfig:
-  return dataclasses.replace(configlib.load("paper", TrainConfig), mesh=(1, 16, 1), batch_size=32,
+  return dataclasses.replace(config_files.load("paper", TrainConfig), mesh=(1, 16, 1),
+                             batch_size=32,
                              remat="dots_saveable", sharding="lora_dp")

@@ -1,6 +1,6 @@
 """Seconds on a CPU: the tiny test model, 2 s of audio, a 16-token response bucket (tests, CI)."""
 
-from llada_jax.configs import WhisperLLaDAConfig
+from llada_jax.models.config import WhisperLLaDAConfig
 from llada_jax.train.config import DataConfig, OptimizerConfig, TrainConfig
 
 

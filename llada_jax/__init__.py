@@ -9,24 +9,29 @@ NNX.
 """
 
 # Checkpoints
-from llada_jax.checkpoint import load
-
-# Configs
-from llada_jax.configs import LMConfig, LoRAConfig, QFormerConfig, WhisperConfig, WhisperLLaDAConfig
-
 # Decoding (one jitted loop per call)
 from llada_jax.decoding import (
-                               DeliberationSettings,
-                               DiffusionSettings,
-                               decode,
-                               deliberate,
-                               generate,
-                               greedy,
-                               whisper_greedy,
+    DeliberationSettings,
+    DiffusionSettings,
+    decode,
+    deliberate,
+    generate,
+    greedy,
+    whisper_greedy,
 )
 
 # Transcription: audio in, text out
 from llada_jax.inference import LLaDASettings, Transcriber, WhisperSettings
+from llada_jax.models.checkpoint import load
+
+# Configs
+from llada_jax.models.config import (
+    LMConfig,
+    LoRAConfig,
+    QFormerConfig,
+    WhisperConfig,
+    WhisperLLaDAConfig,
+)
 
 __all__ = [
     "load",

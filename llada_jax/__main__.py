@@ -2,6 +2,6 @@
 
 import sys
 
-from llada_jax.cli import main
+from llada_jax.cli.main import main
 
 sys.exit(main())

@@ -6,7 +6,7 @@ import os
 # Must happen before jax is imported anywhere: XLA reads the flag once, at backend start-up.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The entry points' default compilation cache (llada_jax.compile_cache) is the user's: tests and
+# The entry points' default compilation cache (parallel.compile_cache) is the user's: tests and
 # their subprocesses stay out of it (those that want a cache give their own folder).
 os.environ.setdefault("LLADA_JAX_CACHE_DIR", "off")
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def speech(tmp_path_factory):
   """Real speech: espeak-ng renders a sentence; 16 kHz float32 mono."""
-  from llada_jax.audio import load_audio
+  from llada_jax.data.audio import load_audio
 
   wav = tmp_path_factory.mktemp("speech") / "fox.wav"
   subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav),
@@ -53,7 +53,7 @@ def corpus(tmp_path_factory):
   tokenizer over their text, for `--config tiny`."""
   if shutil.which("espeak-ng") is None:
     pytest.skip("espeak-ng not installed (make system)")
-  from llada_jax import text
+  from llada_jax.models import text
 
   root = tmp_path_factory.mktemp("corpus")
   subprocess.run([sys.executable, str(ROOT / "tools" / "make_corpus.py"), "--out",

@@ -190,7 +190,7 @@ def sanitized_lines(path: Path) -> str:
 SCALE = """
 import shutil, sys
 import numpy as np
-from llada_jax import checkpoint
+from llada_jax.models import checkpoint
 src, out = sys.argv[1:]
 items = ((n, a * np.asarray(5, a.dtype) if np.issubdtype(a.dtype, np.floating) else a)
          for n, a in ((n, np.asarray(a)) for n, a in checkpoint.iter_params(src)))

@@ -11,12 +11,13 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from llada_jax import layers, sharding, splash
-from llada_jax.configlib import ConfigError
-from llada_jax.configs import LMConfig, QFormerConfig, WhisperConfig
-from llada_jax.qformer import WindowQFormer
-from llada_jax.transformer import Transformer, init_cache
-from llada_jax.whisper import Whisper
+from llada_jax.config_files import ConfigError
+from llada_jax.models import kernels, layers
+from llada_jax.models.config import LMConfig, QFormerConfig, WhisperConfig
+from llada_jax.models.qformer import WindowQFormer
+from llada_jax.models.transformer import Transformer, init_cache
+from llada_jax.models.whisper import Whisper
+from llada_jax.parallel import sharding
 
 TOL = 1e-5
 
@@ -116,7 +117,7 @@ def test_qformer_dot_product_equals_xla_and_dropout_stays_on_xla():
 # --- splash (Pallas interpreter on CPU) ---------------------------------------------------------
 @pytest.mark.parametrize("case", ["full", "key_padding", "causal_padding_gqa"])
 def test_splash_interpreted_equals_xla(case, monkeypatch):
-  monkeypatch.setattr(splash, "INTERPRET", True)
+  monkeypatch.setattr(kernels, "INTERPRET", True)
   b, t, h, d = 2, 20, 4, 16
   kv = 2 if case == "causal_padding_gqa" else h
   q, k, v = _rand(4, (b, t, h, d)), _rand(5, (b, t, kv, d)), _rand(6, (b, t, kv, d))
@@ -215,7 +216,7 @@ def test_cached_step_does_not_copy_the_cache():
 def test_kv_cache_is_sharded_by_logical_names():
   """The cache [L, B, S, K, D]: batch over data × fsdp, KV heads over tensor (`act_kv_heads`)."""
   mesh = sharding.make_mesh((2, 1, 2), devices=jax.devices()[:4])
-  with sharding.use(mesh, sharding.ShardingConfig.fsdp_tp()):
+  with sharding.use(mesh, sharding.ShardingConfig.full_fsdp()):
     cache = jax.jit(lambda: init_cache(LMConfig.tiny_test(), 2, 16))()
   want = NamedSharding(mesh, P(None, ("data", "fsdp"), None, "tensor", None))
   assert cache.k.sharding.is_equivalent_to(want, 5), cache.k.sharding

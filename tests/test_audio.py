@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llada_jax.audio import AudioError, float32_to_int16, int16_to_float32, load_audio
+from llada_jax.data.audio import AudioError, float32_to_int16, int16_to_float32, load_audio
 
 pytestmark = pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")),
                                 reason="needs espeak-ng and sox (make system)")

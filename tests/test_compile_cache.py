@@ -1,4 +1,4 @@
-"""The persistent compilation cache the entry points turn on (llada_jax.compile_cache): a second
+"""The persistent compilation cache the entry points turn on (parallel.compile_cache): a second
 process loads what the first compiled."""
 
 import json
@@ -15,9 +15,9 @@ SCRIPT = """
 import json, sys, time
 import jax, jax.numpy as jnp
 from flax import nnx
-from llada_jax import compile_cache
-from llada_jax.configs import WhisperLLaDAConfig
-from llada_jax.whisper_llada import WhisperLLaDA
+from llada_jax.parallel import compile_cache
+from llada_jax.models.config import WhisperLLaDAConfig
+from llada_jax.models.whisper_llada import WhisperLLaDA
 
 folder = compile_cache.enable(disable="--no-compile-cache" in sys.argv)
 model = nnx.eval_shape(lambda: WhisperLLaDA(WhisperLLaDAConfig.tiny_test(), rngs=nnx.Rngs(0)))

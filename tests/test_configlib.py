@@ -9,34 +9,36 @@ from pathlib import Path
 
 import pytest
 
-from llada_jax import configlib, configs
-from llada_jax.configlib import ConfigError
-from llada_jax.configs import LMConfig, LoRAConfig, WhisperLLaDAConfig
+from llada_jax import config_files
+from llada_jax.config_files import ConfigError
+from llada_jax.models.config import LMConfig, LoRAConfig, WhisperLLaDAConfig, from_dict, to_dict
 from llada_jax.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", configlib.names())
+@pytest.mark.parametrize("name", config_files.names())
 def test_every_run_config_loads_and_round_trips(name):
   if name in ("demo", "experiment", "demo_smoke"):
-    from llada_jax.demo import DemoConfig
+    from llada_jax.demo.config import DemoConfig
 
-    cfg = configlib.load(name, DemoConfig)
-    assert configlib.from_dict(DemoConfig, json.loads(json.dumps(configlib.to_dict(cfg)))) == cfg
+    cfg = config_files.load(name, DemoConfig)
+    assert config_files.from_dict(
+        DemoConfig, json.loads(json.dumps(config_files.to_dict(cfg)))) == cfg
     for train in (cfg.llama, cfg.llada):
-      configlib.load(train, TrainConfig)
+      config_files.load(train, TrainConfig)
     return
-  cfg = configlib.load(name, TrainConfig)
-  assert configlib.from_dict(TrainConfig, json.loads(json.dumps(configlib.to_dict(cfg)))) == cfg
-  assert configlib.load(ROOT / "configs" / f"{name}.py", TrainConfig) == cfg
+  cfg = config_files.load(name, TrainConfig)
+  assert config_files.from_dict(
+      TrainConfig, json.loads(json.dumps(config_files.to_dict(cfg)))) == cfg
+  assert config_files.load(ROOT / "configs" / f"{name}.py", TrainConfig) == cfg
 
 
 def test_paper_runs():
-  paper = configlib.load("paper", TrainConfig)
+  paper = config_files.load("paper", TrainConfig)
   assert paper.audio_len == 352 and paper.model.lm.lora == LoRAConfig()
-  assert configlib.load("baseline", TrainConfig).objective == "ar"
-  h100 = configlib.load("paper_h100x8", TrainConfig)
+  assert config_files.load("baseline", TrainConfig).objective == "ar"
+  h100 = config_files.load("paper_h100x8", TrainConfig)
   assert h100.mesh == (1, 8, 1) and h100.batch_size // 8 == 4 and h100.sharding == "lora_dp"
   assert h100.remat == "dots_saveable" and paper.remat == "full"
   assert dataclasses.replace(h100, mesh=paper.mesh, sharding=paper.sharding, remat="full") == paper
@@ -44,36 +46,36 @@ def test_paper_runs():
 
 def test_model_config_json_is_tagged_and_nested_dataclasses_read_back():
   cfg = WhisperLLaDAConfig.tiny_test()
-  data = configs.to_dict(cfg)
+  data = to_dict(cfg)
   assert data["kind"] == "whisper_llada" and "kind" not in data["lm"]
-  assert configs.from_dict(json.loads(json.dumps(data))) == cfg
-  lm = configs.from_dict({"kind": "lm", "rope_scaling": {"factor": 4.0}, "lora": None})
+  assert from_dict(json.loads(json.dumps(data))) == cfg
+  lm = from_dict({"kind": "lm", "rope_scaling": {"factor": 4.0}, "lora": None})
   assert lm.rope_scaling.factor == 4.0 and lm == LMConfig(rope_scaling=lm.rope_scaling)
   with pytest.raises(ConfigError, match="kind"):
-    configs.from_dict({"kind": "nope"})
+    from_dict({"kind": "nope"})
   with pytest.raises(ConfigError, match=r"unknown field\(s\) \['d_modle'\]"):
-    configs.from_dict({"kind": "lm", "d_modle": 3})
+    from_dict({"kind": "lm", "d_modle": 3})
 
 
 def test_overrides_are_typed():
-  cfg = configlib.load("tiny", TrainConfig, [
+  cfg = config_files.load("tiny", TrainConfig, [
       "mesh=2,2,2", "data.dev=none", "optimizer.peak_lr=1e-4", "model.lm.lora.rank=2",
       "full_finetune=true", "steps=7", "data.train=123", "model.lm.lora.targets=q_proj,v_proj"])
   assert cfg.mesh == (2, 2, 2) and cfg.data.dev is None and cfg.optimizer.peak_lr == 1e-4
   assert cfg.model.lm.lora.rank == 2 and cfg.full_finetune is True and cfg.steps == 7
   assert cfg.data.train == "123"  # a string field keeps the text as written
   assert cfg.model.lm.lora.targets == ("q_proj", "v_proj")
-  assert configlib.load("tiny", TrainConfig, ["mesh=[1,-1,1]"]).mesh == (1, -1, 1)
+  assert config_files.load("tiny", TrainConfig, ["mesh=[1,-1,1]"]).mesh == (1, -1, 1)
 
 
 def test_fields_that_change_together_can_be_set_in_any_order():
   for order in (["objective=ar", "model.lm.causal=true"], ["model.lm.causal=true", "objective=ar"]):
-    cfg = configlib.load("tiny", TrainConfig, order)
+    cfg = config_files.load("tiny", TrainConfig, order)
     assert cfg.objective == "ar" and cfg.model.lm.causal
   with pytest.raises(ConfigError, match="needs a causal LM"):
-    configlib.load("tiny", TrainConfig, ["objective=ar"])
+    config_files.load("tiny", TrainConfig, ["objective=ar"])
   with pytest.raises(ConfigError, match="lora is None; set model.lm.lora itself first"):
-    configlib.load("tiny", TrainConfig, ["model.lm.lora=none", "model.lm.lora.rank=2"])
+    config_files.load("tiny", TrainConfig, ["model.lm.lora=none", "model.lm.lora.rank=2"])
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -96,36 +98,36 @@ def test_fields_that_change_together_can_be_set_in_any_order():
 ])
 def test_bad_overrides_name_the_field_and_the_file(overrides, field):
   with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as e:
-    configlib.load("tiny", TrainConfig, overrides)
+    config_files.load("tiny", TrainConfig, overrides)
   assert "configs/tiny.py" in str(e.value)
 
 
 def test_json_and_py_files(tmp_path):
   path = tmp_path / "c.json"
   path.write_text(json.dumps({"base": "tiny", "optimizer": {"peak_lr": 0.5}, "steps": 9}))
-  cfg = configlib.load(path, TrainConfig, ["seed=3"])
+  cfg = config_files.load(path, TrainConfig, ["seed=3"])
   assert (cfg.optimizer.peak_lr, cfg.steps, cfg.seed, cfg.batch_size) == (0.5, 9, 3, 8)
   path.write_text(json.dumps({"base": "tiny", "optimizer": {"peak": 0.5}}))
   with pytest.raises(ConfigError, match=r"c\.json.*optimizer\.peak"):
-    configlib.load(path, TrainConfig)
+    config_files.load(path, TrainConfig)
   dump = tmp_path / "dump.json"
-  configlib.save_json(cfg, dump)
-  assert configlib.load(dump, TrainConfig) == cfg
+  config_files.save_json(cfg, dump)
+  assert config_files.load(dump, TrainConfig) == cfg
   py = tmp_path / "c.py"
-  py.write_text("import dataclasses\nfrom llada_jax import configlib\n"
+  py.write_text("import dataclasses\nfrom llada_jax import config_files\n"
                 "from llada_jax.train.config import TrainConfig\n"
                 "def config():\n"
-                "  return dataclasses.replace(configlib.load('tiny', TrainConfig), steps=11)\n")
-  assert configlib.load(py, TrainConfig).steps == 11
+                "  return dataclasses.replace(config_files.load('tiny', TrainConfig), steps=11)\n")
+  assert config_files.load(py, TrainConfig).steps == 11
   typo = tmp_path / "typo.py"
   typo.write_text("from llada_jax.train.config import OptimizerConfig\n"
                   "def config():\n  return OptimizerConfig(peak_lrr=1.0)\n")
   with pytest.raises(ConfigError, match=r"typo\.py.*peak_lrr"):
-    configlib.load(typo, TrainConfig)
+    config_files.load(typo, TrainConfig)
   with pytest.raises(ConfigError, match="not a config name"):
-    configlib.load("nope", TrainConfig)
+    config_files.load("nope", TrainConfig)
   with pytest.raises(ConfigError, match="no such file"):
-    configlib.load(tmp_path / "missing.py", TrainConfig)
+    config_files.load(tmp_path / "missing.py", TrainConfig)
 
 
 @pytest.mark.parametrize("args, words", [

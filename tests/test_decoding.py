@@ -19,8 +19,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llada_jax import sharding
-from llada_jax.configs import LMConfig, WhisperLLaDAConfig
 from llada_jax.decoding import (
   DeliberationSettings,
   DiffusionSettings,
@@ -30,18 +28,13 @@ from llada_jax.decoding import (
   generate,
   greedy,
 )
-from llada_jax.decoding.diffusion import (
-  CONFIDENCE,
-  GUMBEL,
-  MASKING_SCORES,
-  _eos_eot_inf,
-  _generate,
-  gumbel_argmax,
-  row_uniform,
-)
+from llada_jax.decoding.diffusion import _eos_eot_inf, _generate
 from llada_jax.decoding.schedules import Blocks, StepRules
-from llada_jax.transformer import Transformer, init_cache
-from llada_jax.whisper_llada import WhisperLLaDA
+from llada_jax.decoding.scores import CONFIDENCE, GUMBEL, MASKING_SCORES, gumbel_argmax, row_uniform
+from llada_jax.models.config import LMConfig, WhisperLLaDAConfig
+from llada_jax.models.transformer import Transformer, init_cache
+from llada_jax.models.whisper_llada import WhisperLLaDA
+from llada_jax.parallel import sharding
 
 SCALE = 5.0
 MEL_FRAMES = 200  # 20 audio embeddings
@@ -770,7 +763,7 @@ def test_sharded_equals_single_device(llada, audio, hypotheses):
   want_del = np.asarray(deliberate(llada, mel, prompt, hyp, lens, settings=delib, key=KEYS))
 
   mesh = sharding.make_mesh((2, 2, 2))
-  rules = sharding.ShardingConfig.fsdp_tp()
+  rules = sharding.ShardingConfig.full_fsdp()
   model = sharding.shard_model(nnx.clone(llada), mesh, rules)
   assert model.lm.layers.mlp.gate_proj.kernel[...].sharding.spec == jax.sharding.PartitionSpec(
       None, "fsdp", "tensor")

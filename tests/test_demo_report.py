@@ -1,4 +1,4 @@
-"""The demo's report (llada_jax.evaluation.report): which utterances count, each system's first
+"""The demo's report (llada_jax.demo.report): which utterances count, each system's first
 pass, aliases, findings.
 
 The hypotheses are built so every error count is known: the references are four distinct words
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llada_jax.evaluation import report, significance
+from llada_jax.demo import report, significance
 
 WORDS = ["alpha", "bravo", "charlie", "delta"]
 IDS = [f"1-1-{i:04d}" for i in range(6)]

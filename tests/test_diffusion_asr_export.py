@@ -13,11 +13,11 @@ from flax import nnx
 from test_convert import llada_dir, run, tiny_llama, tiny_whisper
 
 import llada_jax
-from llada_jax import checkpoint, stacked
-from llada_jax.configs import WhisperLLaDAConfig
 from llada_jax.convert.source import torch_to_numpy
+from llada_jax.models import checkpoint, stacked
+from llada_jax.models.config import WhisperLLaDAConfig
+from llada_jax.models.whisper_llada import WhisperLLaDA
 from llada_jax.testing.torch_diffusion_asr import TheirTrainedParts
-from llada_jax.whisper_llada import WhisperLLaDA
 
 ENTRIES = {"model", "optimizer", "scheduler", "config", "scaler", "epoch"}
 

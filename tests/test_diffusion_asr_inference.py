@@ -24,10 +24,10 @@ import torch.nn.functional as F
 import transformers
 from test_convert import llada_dir, tiny_llama, tiny_whisper
 
-from llada_jax import text
-from llada_jax.convert import cli as convert_cli
+from llada_jax.cli import convert as convert_cli
+from llada_jax.cli import eval as eval_cli
 from llada_jax.decoding.scores import MASKING_SCORES, row_uniform
-from llada_jax.evaluation import cli as eval_cli
+from llada_jax.models import text
 from llada_jax.testing import llada_tokenizer
 from llada_jax.testing.torch_diffusion_asr import TheirTrainedParts
 

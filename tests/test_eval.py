@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llada_jax import features, text
-from llada_jax.audio import load_audio
+from llada_jax.cli import eval as cli
 from llada_jax.data import librispeech
-from llada_jax.evaluation import RunSettings, cli, outputs, runner, wer
+from llada_jax.data.audio import load_audio
+from llada_jax.evaluation import RunSettings, outputs, runner, wer
 from llada_jax.inference import transcriber as transcriber_lib
 from llada_jax.inference.long_audio import chunk_windows, merge_chunks
 from llada_jax.inference.whisper import WhisperSettings, bucket_widths
+from llada_jax.models import features, text
 from llada_jax.testing.torch_whisper import TorchWhisper
 
 ROOT = Path(__file__).resolve().parents[1]

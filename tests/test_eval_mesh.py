@@ -19,14 +19,15 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
-from llada_jax import checkpoint, sharding, stacked
-from llada_jax.configs import WhisperConfig, WhisperLLaDAConfig
-from llada_jax.evaluation import cli
+from llada_jax.cli import eval as cli
 from llada_jax.inference import transcriber as transcriber_lib
+from llada_jax.models import checkpoint, stacked
+from llada_jax.models.config import WhisperConfig, WhisperLLaDAConfig
+from llada_jax.models.transformer import merge_lora
+from llada_jax.models.whisper import Whisper
+from llada_jax.models.whisper_llada import WhisperLLaDA
+from llada_jax.parallel import sharding
 from llada_jax.testing import llada_tokenizer
-from llada_jax.transformer import merge_lora
-from llada_jax.whisper import Whisper
-from llada_jax.whisper_llada import WhisperLLaDA
 
 SCALE = 4.0
 UTTS = 10
@@ -189,7 +190,7 @@ def test_rows_per_step_scale_with_the_data_axis(setup, monkeypatch):
   """--per-device-batch 2: a step of 2 rows on one device, of 16 on (8,1,1) (2 per device); 10
   utterances take 5 steps there and 1 here, with the same texts."""
   from llada_jax.inference.llada import LLaDATranscriber
-  from llada_jax.inference.placement import Placement
+  from llada_jax.parallel.placement import Placement
 
   rows = []
   transcribe = LLaDATranscriber.transcribe
@@ -212,7 +213,7 @@ def test_lora_is_merged_once_at_load(setup):
   """The adapters are folded into the kernels (placed by the rules); the merged model's logits
   move from the adapters' by float rounding, no more than placing the model on another mesh moves
   them, with the same argmax everywhere; eval.py's texts do not change."""
-  from llada_jax.inference.placement import Placement, has_lora, merged_lora
+  from llada_jax.parallel.placement import Placement, has_lora, merged_lora
 
   rng = np.random.default_rng(0)
   inputs = (jnp.asarray(rng.standard_normal((4, 80, 200)), jnp.float32),

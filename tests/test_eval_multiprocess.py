@@ -26,7 +26,7 @@ from test_eval_mesh import (
   read_hyps,
 )
 
-from llada_jax.evaluation import cli
+from llada_jax.cli import eval as cli
 from llada_jax.inference import transcriber as transcriber_lib
 
 ROOT = Path(__file__).resolve().parents[1]

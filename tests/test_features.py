@@ -6,8 +6,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from llada_jax import features
-from llada_jax.audio import load_audio
+from llada_jax.data.audio import load_audio
+from llada_jax.models import features
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")

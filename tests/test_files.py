@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llada_jax.audio import AudioError, audio_length, load_audio
 from llada_jax.data import files, librispeech, manifest, pipeline
+from llada_jax.data.audio import AudioError, audio_length, load_audio
 from llada_jax.evaluation import outputs, runner
 from llada_jax.inference.transcriber import Transcriber
 
@@ -113,7 +113,7 @@ def test_m4a_needs_pyav_and_mp3_reads_either_way(mixed):
       root / "deep" / "er" / "e.m4a").shape[0]
   if (root / "deep" / "d.mp3").exists():
     # the same decoding as libsndfile when PyAV does it (an older libsndfile lacks mp3)
-    from llada_jax import audio as audio_lib
+    from llada_jax.data import audio as audio_lib
 
     via_ffmpeg, rate = audio_lib._decode_ffmpeg(str(root / "deep" / "d.mp3"), RuntimeError("x"))
     mono = audio_lib.resample(via_ffmpeg.mean(axis=1), rate)

@@ -17,11 +17,13 @@ import jax
 import pytest
 from flax import nnx
 
-from llada_jax import configlib, sharding, stacked
+from llada_jax import config_files
+from llada_jax.models import stacked
+from llada_jax.models.whisper_llada import WhisperLLaDA
+from llada_jax.parallel import sharding
 from llada_jax.train.config import TrainConfig
 from llada_jax.train.flops import peak_tflops, remat_policy, train_step_flops
 from llada_jax.train.step import Trainer
-from llada_jax.whisper_llada import WhisperLLaDA
 
 PROMPT_LEN = 20
 _INST = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(?:\w+\[([\d,]*)\]\S*|\(.*?\))\s+"
@@ -74,7 +76,7 @@ def hlo_matmul_flops(hlo: str) -> tuple[float, bool]:
 def compiled_step(name: str, from_encoder: bool, *, unroll: bool = True, **changes):
   """The compiled train step; with `unroll`, its layer stacks unrolled (no loop), so that XLA's
   cost_analysis sees every layer."""
-  cfg = dataclasses.replace(configlib.load(name, TrainConfig), mesh=(1, 1, 1), **changes)
+  cfg = dataclasses.replace(config_files.load(name, TrainConfig), mesh=(1, 1, 1), **changes)
   mcfg = cfg.resolved_model()
   model = nnx.eval_shape(lambda: WhisperLLaDA(mcfg, rngs=nnx.Rngs(0)))
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
@@ -119,7 +121,7 @@ def test_demo_configs_within_ten_percent_of_xla(name, from_encoder):
 
 
 def test_lora_step_is_cheaper_than_full_finetune_and_peaks_by_device_kind():
-  cfg = configlib.load("tiny", TrainConfig)
+  cfg = config_files.load("tiny", TrainConfig)
   lora = train_step_flops(cfg, PROMPT_LEN)
   full = train_step_flops(dataclasses.replace(cfg, full_finetune=True), PROMPT_LEN)
   assert full.lm > lora.lm and full.encoder == lora.encoder and full.projector == lora.projector

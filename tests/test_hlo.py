@@ -1,10 +1,10 @@
-"""llada_jax.hlo: the collectives of a compiled program, counted and sized."""
+"""llada_jax.parallel.hlo: the collectives of a compiled program, counted and sized."""
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from llada_jax import hlo, sharding
+from llada_jax.parallel import hlo, sharding
 
 
 def test_collectives_of_a_shard_map_with_one_of_each():

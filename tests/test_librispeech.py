@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from llada_jax.audio import load_audio
 from llada_jax.data import librispeech as ls
 from llada_jax.data import tfds_librispeech as tl
+from llada_jax.data.audio import load_audio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")),

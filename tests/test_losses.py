@@ -117,9 +117,9 @@ def test_paper_objective_equals_diffusion_asr_forward_with_group_padding():
   Ours runs every row at the static response length with later positions key-masked."""
   from flax import nnx
 
-  from llada_jax.configs import WhisperLLaDAConfig
+  from llada_jax.models.config import WhisperLLaDAConfig
+  from llada_jax.models.whisper_llada import WhisperLLaDA
   from llada_jax.train.step import response_logits
-  from llada_jax.whisper_llada import WhisperLLaDA
 
   cfg = WhisperLLaDAConfig.tiny_test()
   model = WhisperLLaDA(cfg, rngs=nnx.Rngs(0))

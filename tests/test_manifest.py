@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from llada_jax.cli import eval as cli
 from llada_jax.data import manifest, pipeline
-from llada_jax.evaluation import RunSettings, cli, runner
+from llada_jax.evaluation import RunSettings, runner
 from llada_jax.inference import transcriber as transcriber_lib
 
 

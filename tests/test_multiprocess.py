@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from llada_jax import sharding
-from llada_jax.configlib import ConfigError
+from llada_jax.config_files import ConfigError
 from llada_jax.data import pipeline
+from llada_jax.parallel import sharding
 from llada_jax.train import batches
 from llada_jax.train import config as config_lib
 
@@ -127,7 +127,7 @@ def test_two_processes_train_resume_and_export_as_one(tiny_args, tmp_path):
   assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["2", "4"]
 
   import llada_jax
-  from llada_jax import checkpoint
+  from llada_jax.models import checkpoint
 
   assert checkpoint.read_source_info(two / "model")["step"] == 4
   got_model, want_model = llada_jax.load(two / "model"), llada_jax.load(one / "model")
@@ -187,7 +187,7 @@ def mesh_of(order, shape) -> Mesh:
 
 
 def rows_by_process(mesh, batch=8):
-  sh = sharding.batch_sharding(mesh, sharding.ShardingConfig.fsdp_tp(), (batch,))
+  sh = sharding.batch_sharding(mesh, sharding.ShardingConfig.full_fsdp(), (batch,))
   return [sharding.process_rows(sh, batch, p, fake_process).tolist() for p in (0, 1)]
 
 
@@ -203,13 +203,13 @@ def test_rows_follow_the_batch_sharding_not_the_process_count():
   assert rows_by_process(mesh_of([0, 4, 1, 5, 2, 6, 3, 7], (8, 1, 1))) == [[0, 2, 4, 6],
                                                                            [1, 3, 5, 7]]
   # what make_array_from_process_local_data expects: for this process (all 8 devices), every row
-  sh = sharding.batch_sharding(mesh_of(range(8), (2, 2, 2)), sharding.ShardingConfig.fsdp_tp(),
+  sh = sharding.batch_sharding(mesh_of(range(8), (2, 2, 2)), sharding.ShardingConfig.full_fsdp(),
                                (8,))
   assert sharding.process_rows(sh, 8).tolist() == list(range(8))
 
 
 def test_pad_groups_must_not_straddle_hosts():
-  rules = sharding.ShardingConfig.fsdp_tp()
+  rules = sharding.ShardingConfig.full_fsdp()
   cfg = config_lib.load("tiny", ["data.pad_group=2"])
   interleaved = mesh_of([0, 4, 1, 5, 2, 6, 3, 7], (8, 1, 1))
   with pytest.raises(ConfigError, match=r"data.pad_group=2: process 0 of 2 loads rows 0, 2, 4, 6"):

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from llada_jax.audio import load_audio
 from llada_jax.data import librispeech as ls
 from llada_jax.data import pipeline as pl
 from llada_jax.data import tfds_librispeech as tl
+from llada_jax.data.audio import load_audio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")

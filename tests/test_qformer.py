@@ -10,9 +10,9 @@ import torch.nn.functional as F
 import transformers
 from flax import nnx
 
-from llada_jax.configs import QFormerConfig
 from llada_jax.convert.mapping import BLIP2_QFORMER, DictSource, Mapping, Rule, load_into
-from llada_jax.qformer import WindowQFormer, cut_windows
+from llada_jax.models.config import QFormerConfig
+from llada_jax.models.qformer import WindowQFormer, cut_windows
 
 
 def salmonn_windows(frames: torch.Tensor, window: int) -> torch.Tensor:

@@ -10,14 +10,15 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from llada_jax import features, hlo, sharding, stacked
-from llada_jax.configlib import ConfigError
-from llada_jax.configs import LMConfig, WhisperConfig, WhisperLLaDAConfig
+from llada_jax.config_files import ConfigError
+from llada_jax.models import features, stacked
+from llada_jax.models.config import LMConfig, WhisperConfig, WhisperLLaDAConfig
+from llada_jax.models.transformer import Transformer
+from llada_jax.models.whisper import Whisper
+from llada_jax.models.whisper_llada import WhisperLLaDA
+from llada_jax.parallel import hlo, sharding
 from llada_jax.train import config as config_lib
 from llada_jax.train.step import Trainer
-from llada_jax.transformer import Transformer
-from llada_jax.whisper import Whisper
-from llada_jax.whisper_llada import WhisperLLaDA
 
 PROMPT_LEN = 5
 
@@ -28,7 +29,8 @@ def abstract_state(make):
 
 def test_presets_by_name():
   assert sharding.preset("full_fsdp") == sharding.ShardingConfig.full_fsdp()
-  assert sharding.preset("fsdp_tp") == sharding.ShardingConfig.fsdp_tp()  # the old name
+  with pytest.raises(ValueError, match="'fsdp_tp'"):  # the old name is gone
+    sharding.preset("fsdp_tp")
   assert sharding.preset_name(sharding.preset("lora_dp")) == "lora_dp"
   with pytest.raises(ValueError, match="'zero3'.*lora_dp"):
     sharding.preset("zero3")
@@ -37,10 +39,10 @@ def test_presets_by_name():
 
 
 def test_inference_placement_takes_the_presets_by_name():
-  from llada_jax.inference.placement import Placement, PlacementError
+  from llada_jax.parallel.placement import Placement, PlacementError
 
   assert Placement.create((2, 2, 2), "lora_dp").info()["rules"] == "lora_dp"
-  assert Placement.create((2, 2, 2), "fsdp_tp").info()["rules"] == "full_fsdp"
+  assert Placement.create((2, 2, 2), "full_fsdp").info()["rules"] == "full_fsdp"
   with pytest.raises(PlacementError, match="'zero3'"):
     Placement.create((2, 2, 2), "zero3")
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from llada_jax.evaluation.significance import paired_bootstrap
+from llada_jax.demo.significance import paired_bootstrap
 
 
 def reference(base, other, samples, seed):

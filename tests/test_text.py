@@ -3,7 +3,7 @@ template and special tokens (`add_bos_token: false`)."""
 
 import pytest
 
-from llada_jax import text
+from llada_jax.models import text
 from llada_jax.testing import llada_tokenizer
 
 

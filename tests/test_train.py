@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llada_jax import sharding
-from llada_jax.configlib import ConfigError
+from llada_jax.config_files import ConfigError
+from llada_jax.models.whisper_llada import WhisperLLaDA
+from llada_jax.parallel import sharding
 from llada_jax.train import config as config_lib
 from llada_jax.train import loop
 from llada_jax.train.batches import real_tokens
@@ -30,7 +31,6 @@ from llada_jax.train.checkpoints import Checkpoints
 from llada_jax.train.flops import train_step_flops
 from llada_jax.train.state import create_model
 from llada_jax.train.step import Trainer, make_optimizer, trainable_filter
-from llada_jax.whisper_llada import WhisperLLaDA
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_LEN = 7
@@ -100,7 +100,7 @@ def tiny_model():
   # Built as train.py builds it (jitted, sharded init): the loop tests above leave its executable
   # in the compile cache.
   cfg = tiny()
-  model = create_model(cfg, sharding.make_mesh((8, 1, 1)), sharding.ShardingConfig.fsdp_tp())
+  model = create_model(cfg, sharding.make_mesh((8, 1, 1)), sharding.ShardingConfig.full_fsdp())
   # LoRA B starts at 0; make it non-zero so gradients reach A as well.
   for path, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
     if path[-1] == "b":
@@ -432,9 +432,9 @@ def test_encoder_cache_computes_once_per_utterance(tmp_path):
 def test_exported_run_evaluates_with_every_llada_strategy(straight_run, corpus, tmp_path):
   """train.py's DIR/model loads and eval.py decodes it: diffusion, semi-AR, deliberation over a
   first pass (random and low-confidence masking, text-only), with the run's mel frames."""
-  from llada_jax import checkpoint
-  from llada_jax.evaluation import cli
-  from llada_jax.whisper_llada import WhisperLLaDA
+  from llada_jax.cli import eval as cli
+  from llada_jax.models import checkpoint
+  from llada_jax.models.whisper_llada import WhisperLLaDA
 
   model_dir = straight_run["workdir"] / "model"
   model = checkpoint.load(model_dir)

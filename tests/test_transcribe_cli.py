@@ -20,12 +20,12 @@ import pytest
 import soundfile as sf
 from test_files import mp3_encoder, write_mp3
 
-from llada_jax import cli
-from llada_jax.evaluation import cli as eval_cli
+from llada_jax.cli import eval as eval_cli
+from llada_jax.cli import main as cli
+from llada_jax.data.journal import Journal, JournalError
 from llada_jax.evaluation import wer
 from llada_jax.inference import transcriber as transcriber_lib
 from llada_jax.inference.long_audio import chunk_windows, merge_chunks
-from llada_jax.journal import Journal, JournalError
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 2
@@ -207,7 +207,7 @@ def tiny_llada(tmp_path_factory):
   import torch
   from test_convert import llada_dir, tiny_llama, tiny_whisper
 
-  from llada_jax.convert import cli as convert_cli
+  from llada_jax.cli import convert as convert_cli
   from llada_jax.testing import llada_tokenizer
   from llada_jax.testing.torch_diffusion_asr import TheirTrainedParts
 
@@ -377,5 +377,5 @@ def test_console_script_is_declared():
   import tomllib
 
   scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-  assert scripts == {"llada-jax": "llada_jax.cli:main"}
+  assert scripts == {"llada-jax": "llada_jax.cli.main:main"}
   assert cli.main(["--help"]) == 0 and cli.main([]) == 2

@@ -8,9 +8,9 @@ import torch
 import transformers
 from flax import nnx
 
-from llada_jax.configs import LMConfig, LoRAConfig, RopeScaling
 from llada_jax.convert.mapping import HF_LLAMA, DictSource, load_into
-from llada_jax.transformer import Transformer, init_cache, merge_lora
+from llada_jax.models.config import LMConfig, LoRAConfig, RopeScaling
+from llada_jax.models.transformer import Transformer, init_cache, merge_lora
 
 TOL = 1e-4
 

@@ -13,10 +13,11 @@ import torch
 import transformers
 from flax import nnx
 
-from llada_jax import sharding, stacked, whisper
-from llada_jax.configs import WhisperConfig
 from llada_jax.convert.mapping import HF_WHISPER, DictSource, load_into
 from llada_jax.decoding import greedy_loop, whisper_greedy
+from llada_jax.models import stacked, whisper
+from llada_jax.models.config import WhisperConfig
+from llada_jax.parallel import sharding
 
 TOL = 1e-4
 SOURCE = 100  # encoder positions of the test models: 200 mel frames keep HF's fixed length cheap

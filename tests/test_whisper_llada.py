@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llada_jax import sharding
-from llada_jax.configs import WhisperLLaDAConfig
-from llada_jax.whisper_llada import TRAINABLE, WhisperLLaDA
+from llada_jax.models.config import WhisperLLaDAConfig
+from llada_jax.models.whisper_llada import TRAINABLE, WhisperLLaDA
+from llada_jax.parallel import sharding
 
 MEL_FRAMES = 200  # 2 s: 100 encoder frames → 5 windows of 17 → 20 audio embeddings
 
@@ -74,7 +74,7 @@ def test_sharded_forward_equals_single_device(inputs, shape):
   want = WhisperLLaDA(cfg, rngs=nnx.Rngs(0))(mel, prompt, response)
 
   mesh = sharding.make_mesh(shape)
-  rules = sharding.ShardingConfig.fsdp_tp()
+  rules = sharding.ShardingConfig.full_fsdp()
   model = sharding.shard_model(WhisperLLaDA(cfg, rngs=nnx.Rngs(0)), mesh, rules)
   kernel = model.lm.layers.mlp.gate_proj.kernel[...]  # [layers, embed, mlp]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(

@@ -1,4 +1,4 @@
-"""Convert checkpoints to llada-jax and back: the command line of `llada_jax.convert.cli`.
+"""Convert checkpoints to llada-jax and back: the command line of `llada_jax.cli.convert`.
 
   python tools/convert.py --help
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from llada_jax.convert.cli import main
+from llada_jax.cli.convert import main
 
 if __name__ == "__main__":
   sys.exit(main())

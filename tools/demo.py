@@ -2,7 +2,7 @@
 
   python tools/demo.py [--config demo|experiment|demo_smoke|FILE] [--set key=value …] [--out DIR]
 
-The run is `configs/demo.py` (a `llada_jax.demo.DemoConfig`); the two models are trained exactly as
+The run is `configs/demo.py` (a `demo.config.DemoConfig`); the two models are trained exactly as
 their train configs say (`configs/demo_llama.py`, `configs/demo_llada.py`), with only the paths
 (weights, corpus, encoder cache) set here.
 
@@ -19,7 +19,7 @@ their train configs say (`configs/demo_llama.py`, `configs/demo_llada.py`), with
    the threshold / cached variants; WER vs steps and vs mask ratio. Also the paper's own cascade:
    deliberation over the Whisper-LLaMA's hypotheses, with and without the audio (`cascade_*`).
 6. Writes OUT/results.json (each system's change vs its first pass with a paired-bootstrap 95 %
-   interval, `llada_jax.evaluation.report`; `--report-only` re-scores an existing OUT), prints the
+   interval, `llada_jax.demo.report`; `--report-only` re-scores an existing OUT), prints the
    table and saves PNG plots.
 """
 
@@ -37,10 +37,10 @@ import sys
 import time
 from pathlib import Path
 
-from llada_jax import configlib
-from llada_jax.configlib import ConfigError
-from llada_jax.demo import DemoConfig
-from llada_jax.evaluation import report
+from llada_jax import config_files
+from llada_jax.config_files import ConfigError
+from llada_jax.demo import report
+from llada_jax.demo.config import DemoConfig
 from llada_jax.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def run(cmd: list, log: Path, env: dict | None = None) -> None:
 
 def truncate_lm(src: Path, out: Path, layers: int) -> None:
   """A converted LM with only its first `layers` blocks (embeddings, final norm and head kept)."""
-  from llada_jax import checkpoint
+  from llada_jax.models import checkpoint
 
   config = checkpoint.read_config(src)
   if layers >= config.n_layers:
@@ -87,7 +87,7 @@ def truncate_lm(src: Path, out: Path, layers: int) -> None:
 
 
 def evaluate(name: str, args: list, out: Path, results: dict, steps: int | None) -> dict:
-  from llada_jax.evaluation import cli
+  from llada_jax.cli import eval as cli
 
   folder = out / "eval" / name
   print(f"[eval] {name}", flush=True)
@@ -128,9 +128,9 @@ def main(argv=None) -> int:
                   help="re-score an existing OUT (its eval/ folders) and rewrite its results.json")
   args = ap.parse_args(argv)
   try:
-    cfg = configlib.load(args.config, DemoConfig, args.overrides)
-    llama_cfg = configlib.load(cfg.llama, TrainConfig, cfg.train_set)
-    llada_cfg = configlib.load(cfg.llada, TrainConfig, cfg.train_set)
+    cfg = config_files.load(args.config, DemoConfig, args.overrides)
+    llama_cfg = config_files.load(cfg.llama, TrainConfig, cfg.train_set)
+    llada_cfg = config_files.load(cfg.llada, TrainConfig, cfg.train_set)
   except ConfigError as e:
     print(f"demo: config error: {e}", file=sys.stderr)
     return 2
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
                 if cfg.llada_from_ar else pretrained)
   for name, config, init in (("train_llama", cfg.llama, pretrained),
                              ("train_llada", cfg.llada, llada_init)):
-    run([PY, "train.py", "--config", configlib.resolve(config), "--workdir", out / name,
+    run([PY, "train.py", "--config", config_files.resolve(config), "--workdir", out / name,
          "--no-progress", "--set", *paths, *init, *cfg.train_set], logs / f"{name}.log", env)
 
   # 5. evaluation
@@ -253,9 +253,9 @@ def main(argv=None) -> int:
                   "--mask-ratio", min(cfg.ratio_sweep)], out, results, s)
 
   info = {"machine": machine(), "date": datetime.date.today().isoformat(),
-          "config_name": args.config, "config": configlib.to_dict(cfg),
-          "train_configs": {"llama": configlib.to_dict(llama_cfg),
-                            "llada": configlib.to_dict(llada_cfg)},
+          "config_name": args.config, "config": config_files.to_dict(cfg),
+          "train_configs": {"llama": config_files.to_dict(llama_cfg),
+                            "llada": config_files.to_dict(llada_cfg)},
           "wall_seconds": round(time.time() - start, 1)}
   report.finish(out, results, info, cfg.gen_length)
   return 0
@@ -264,7 +264,7 @@ def main(argv=None) -> int:
 def cut_first_pass(out: Path, tokenizer_dir: Path, gen_length: int, text_form: str,
                    results: dict) -> None:
   """The first pass as deliberation receives it: each hypothesis cut to `gen_length` LM tokens."""
-  from llada_jax import text
+  from llada_jax.models import text
 
   tokenizer = text.load_tokenizer(tokenizer_dir)
   folder = out / "eval" / "whisper_cut"

@@ -35,7 +35,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from llada_jax.audio import SAMPLE_RATE
+from llada_jax.data.audio import SAMPLE_RATE
 
 VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan",
           "en-gb-x-gbcwmd")

@@ -2,7 +2,7 @@
 """Will the paper-scale train step fit? Compile it ahead of time for simulated meshes on this CPU.
 
     python tools/plan.py                         # paper preset on 8, 16 and 64 devices
-    python tools/plan.py --meshes 1,8,1 1,4,2 --set remat=false
+    python tools/plan.py --meshes 1,8,1 1,4,2 --set remat=none
     python tools/plan.py --meshes 1,8,1 --set sharding=lora_dp --json
     python tools/plan.py --meshes 1,8,1 --unrolled   # layer stacks unrolled: the baseline
 
@@ -11,7 +11,7 @@ their shardings, and the jitted step (the one train.py runs) is `.lower(...).com
 mesh over simulated CPU devices. XLA's `memory_analysis()` then gives the per-device bytes of
 arguments (weights, optimizer state, batch), outputs, aliased (donated) buffers and temporaries.
 `--json` prints one JSON object per mesh instead of the table, with the collectives of the
-compiled step (`llada_jax.hlo`: count, result and operand bytes per kind; a loop body's counted
+compiled step (`parallel.hlo`: count, result and operand bytes per kind; a loop body's counted
 once, so with scanned layers one layer's weight gathers stand for all of them).
 
 CPU numbers are a planning estimate, not a promise: XLA's CPU backend fuses and schedules
@@ -74,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
   import jax
   from flax import nnx
 
-  from llada_jax import hlo, sharding, stacked
+  from llada_jax.models import stacked
+  from llada_jax.models.whisper_llada import WhisperLLaDA
+  from llada_jax.parallel import hlo, sharding
   from llada_jax.train import config as config_lib
   from llada_jax.train.step import Trainer
-  from llada_jax.whisper_llada import WhisperLLaDA
 
   base = config_lib.load(args.config, args.overrides)
   say = (lambda *a, **k: None) if args.json else print

@@ -18,11 +18,17 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from llada_jax import checkpoint, configs
-from llada_jax.configs import LMConfig, RopeScaling, WhisperConfig, WhisperLLaDAConfig
 from llada_jax.convert import diffusion_asr, open_source
 from llada_jax.convert import mapping as maps
 from llada_jax.convert.source import TOKENIZER_FILE_NAMES, ConversionError, Source
+from llada_jax.models import checkpoint
+from llada_jax.models.config import (
+  LMConfig,
+  RopeScaling,
+  WhisperConfig,
+  WhisperLLaDAConfig,
+  save_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +212,7 @@ def convert(kind: str, src: str | Path, out: str | Path, *, overwrite: bool = Fa
   if problems:
     raise maps.MappingError("\n".join(problems))
   with checkpoint.atomic_dir(out, overwrite=overwrite) as tmp:
-    configs.save_json(p.config, tmp / "config.json")
+    save_json(p.config, tmp / "config.json")
     (tmp / "source.json").write_text(json.dumps(p.source_info, indent=2, default=str))
     writer = checkpoint.PartWriter(tmp / "params", part_bytes)
     for source, table, keep in p.steps:
@@ -281,7 +287,7 @@ def export_torch(src: str | Path, out: str | Path, *, overwrite: bool = False,
   """
   from safetensors.numpy import save_file
 
-  from llada_jax.transformer import merge_lora
+  from llada_jax.models.transformer import merge_lora
 
   src = Path(src)
   config = checkpoint.read_config(src)

@@ -43,11 +43,11 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from llada_jax import checkpoint
-from llada_jax.configs import LoRAConfig, QFormerConfig, WhisperLLaDAConfig
 from llada_jax.convert import mapping as maps
 from llada_jax.convert import torch_file
 from llada_jax.convert.source import ConversionError, Source, numpy_to_torch
+from llada_jax.models import checkpoint
+from llada_jax.models.config import LoRAConfig, QFormerConfig, WhisperLLaDAConfig
 
 log = logging.getLogger(__name__)
 

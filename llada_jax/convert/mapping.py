@@ -16,8 +16,8 @@ import typing as tp
 import numpy as np
 from flax import nnx
 
-from llada_jax import stacked
-from llada_jax.layers import Buffer
+from llada_jax.models import stacked
+from llada_jax.models.layers import Buffer
 
 
 class MappingError(ValueError):

@@ -14,10 +14,10 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from llada_jax import checkpoint
-from llada_jax.configs import LMConfig, WhisperConfig
 from llada_jax.convert import mapping as maps
 from llada_jax.convert.source import Source
+from llada_jax.models import checkpoint
+from llada_jax.models.config import LMConfig, WhisperConfig
 
 # Past these the conversion is called wrong (and tools/convert.py exits non-zero).
 TOLERANCE = {"float32": {"max_abs_diff": 1e-3, "top1_agreement": 1.0},

@@ -31,7 +31,7 @@ import typing as tp
 
 import numpy as np
 
-from llada_jax.audio import AudioError, audio_length, load_audio
+from llada_jax.data.audio import AudioError, audio_length, load_audio
 from llada_jax.data.librispeech import CorpusError, ErrorRecord
 
 # Found in folders; a glob, a list or a file named directly may hold any extension FFmpeg reads.

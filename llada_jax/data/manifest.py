@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 
-from llada_jax.audio import AudioError, audio_length, load_audio
+from llada_jax.data.audio import AudioError, audio_length, load_audio
 from llada_jax.data.librispeech import CorpusError, ErrorRecord, Utterance
 
 log = logging.getLogger(__name__)

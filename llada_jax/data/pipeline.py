@@ -27,8 +27,8 @@ import typing as tp
 import grain
 import numpy as np
 
-from llada_jax.audio import SAMPLE_RATE, AudioError, audio_length, load_audio
 from llada_jax.data import files, librispeech, manifest, tfds_librispeech
+from llada_jax.data.audio import SAMPLE_RATE, AudioError, audio_length, load_audio
 from llada_jax.data.librispeech import ErrorRecord
 
 TOO_LONG = ("trim", "drop")
@@ -211,7 +211,7 @@ class AudioBatches:
   `config.batch_size` rows of each `config.batch_size * process_count`-row global batch. `rows`
   with `global_batch` name the rows instead (`config.batch_size` of them, in the order the host's
   batch lists them): the rows a mesh's batch sharding puts on this host's devices
-  (`llada_jax.sharding.process_rows`), where hosts that replicate a shard load the same rows.
+  (`parallel.sharding.process_rows`), where hosts that replicate a shard load the same rows.
   """
 
   def __init__(self, source: Source, config: PipelineConfig = PipelineConfig(),

@@ -20,7 +20,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from llada_jax.audio import (
+from llada_jax.data import librispeech
+from llada_jax.data.audio import (
   SAMPLE_RATE,
   AudioError,
   float32_to_int16,
@@ -28,7 +29,6 @@ from llada_jax.audio import (
   load_audio,
   resample,
 )
-from llada_jax.data import librispeech
 
 log = logging.getLogger(__name__)
 

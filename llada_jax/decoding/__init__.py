@@ -3,15 +3,15 @@
 
 # Masked diffusion
 from llada_jax.decoding.diffusion import (
-  MASKING,
-  REMASKING,
-  STRATEGIES,
-  DeliberationSettings,
-  DiffusionSettings,
-  adaptive_gen_length,
-  decode,
-  deliberate,
-  generate,
+           MASKING,
+           REMASKING,
+           STRATEGIES,
+           DeliberationSettings,
+           DiffusionSettings,
+           adaptive_gen_length,
+           decode,
+           deliberate,
+           generate,
 )
 
 # Greedy autoregressive

@@ -40,22 +40,17 @@ import numpy as np
 from flax import nnx
 
 from llada_jax.decoding.schedules import Blocks, MaskedSubset, Schedule, StepRules, SubBlocks
-
-# Still importable from here, where they were before scores.py (tests' reference loops use them).
-from llada_jax.decoding.scores import (  # noqa: F401
+from llada_jax.decoding.scores import (
   CONFIDENCE,
   GUMBEL,
-  MASKING_SCORES,
   batch_uniform,
   gumbel_argmax,
-  mask_hypothesis,
   probability,
   rank,
   row_keys,
-  row_uniform,
 )
-from llada_jax.layers import check_array
-from llada_jax.transformer import KVCache, Transformer, init_cache
+from llada_jax.models.layers import check_array
+from llada_jax.models.transformer import KVCache, Transformer, init_cache
 
 log = logging.getLogger(__name__)
 

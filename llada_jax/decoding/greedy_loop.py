@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llada_jax.layers import check_array
-from llada_jax.transformer import init_cache
-from llada_jax.whisper import Whisper, encode_in_groups
+from llada_jax.models.layers import check_array
+from llada_jax.models.transformer import init_cache
+from llada_jax.models.whisper import Whisper, encode_in_groups
 
 log = logging.getLogger(__name__)
 

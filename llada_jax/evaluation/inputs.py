@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llada_jax.audio import SAMPLE_RATE
 from llada_jax.data import librispeech, pipeline
+from llada_jax.data.audio import SAMPLE_RATE
 from llada_jax.data.files import FilesSource
 from llada_jax.data.librispeech import ErrorRecord
 from llada_jax.data.manifest import ManifestSource

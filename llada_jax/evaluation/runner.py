@@ -7,7 +7,7 @@ of each compiled shape, slower on XLA's CPU backend, is decode time) / seconds o
 with a reference (audio files without one have ref null; none at all: WER null).
 Outputs: see `outputs`.
 
-Several processes (`llada_jax.distributed`) run the same loop in step: the pipeline plans global
+Several processes (`parallel.distributed`) run the same loop in step: the pipeline plans global
 batches and hands each process its own rows of each (`transcriber.local_batch_size`), so every
 process runs the same number of steps, and a step whose rows are all padding on one process is
 still run there while another has work. At the end every process's records and timings are
@@ -24,12 +24,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from llada_jax import distributed
-from llada_jax.audio import SAMPLE_RATE, AudioError
 from llada_jax.data import pipeline
+from llada_jax.data.audio import SAMPLE_RATE, AudioError
 from llada_jax.evaluation import inputs, outputs, wer
 from llada_jax.evaluation.inputs import EvalError, open_data
 from llada_jax.inference.transcriber import Transcriber, UtteranceError
+from llada_jax.parallel import distributed
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ import typing as tp
 
 import numpy as np
 
-from llada_jax.audio import SAMPLE_RATE, AudioError, load_audio
-from llada_jax.features import CHUNK_SAMPLES
+from llada_jax.data.audio import SAMPLE_RATE, AudioError, load_audio
 from llada_jax.inference.long_audio import chunk_windows, merge_chunks
 from llada_jax.inference.transcriber import Result, Transcriber, UtteranceError
+from llada_jax.models.features import CHUNK_SAMPLES
 
 
 @dataclasses.dataclass(frozen=True)

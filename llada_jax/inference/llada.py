@@ -25,14 +25,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-from llada_jax import checkpoint as ckpt
-from llada_jax import decoding, distributed, features, text
-from llada_jax.audio import SAMPLE_RATE
-from llada_jax.configs import WhisperLLaDAConfig
-from llada_jax.features import HOP
-from llada_jax.inference.placement import Placement
+from llada_jax import decoding
+from llada_jax.data.audio import SAMPLE_RATE
 from llada_jax.inference.transcriber import TOO_LONG, Result, Transcriber, UtteranceError
 from llada_jax.inference.whisper import ModelError
+from llada_jax.models import checkpoint as ckpt
+from llada_jax.models import features, text
+from llada_jax.models.config import WhisperLLaDAConfig
+from llada_jax.models.features import HOP
+from llada_jax.parallel import distributed
+from llada_jax.parallel.placement import Placement
 
 STRATEGIES = ("ar", "diffusion", "semi_ar", "deliberation")
 HYPOTHESIS_BUCKET = 32  # whole hypotheses: responses padded to a multiple of this many tokens

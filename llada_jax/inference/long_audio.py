@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 import typing as tp
 
-from llada_jax.audio import SAMPLE_RATE
-from llada_jax.features import CHUNK_SAMPLES
+from llada_jax.data.audio import SAMPLE_RATE
+from llada_jax.models.features import CHUNK_SAMPLES
 
 
 def chunk_windows(num_samples: int, window: int = CHUNK_SAMPLES,

@@ -28,9 +28,9 @@ import typing as tp
 import jax
 import numpy as np
 
-from llada_jax.audio import SAMPLE_RATE
-from llada_jax.features import CHUNK_SAMPLES
-from llada_jax.inference.placement import Placement
+from llada_jax.data.audio import SAMPLE_RATE
+from llada_jax.models.features import CHUNK_SAMPLES
+from llada_jax.parallel.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +118,10 @@ class Transcriber(abc.ABC):
     kernel (configs.ATTENTION; None: the checkpoint's). `merge_lora`: fold LoRA adapters into
     their kernels once at load. A mesh or batch that does not fit is a PlacementError naming the
     numbers, raised before the checkpoint is read."""
-    from llada_jax import checkpoint as ckpt
-    from llada_jax.configs import WhisperConfig
     from llada_jax.inference.llada import LLaDASettings, LLaDATranscriber
     from llada_jax.inference.whisper import WhisperSettings, WhisperTranscriber
+    from llada_jax.models import checkpoint as ckpt
+    from llada_jax.models.config import WhisperConfig
 
     placement = mesh if isinstance(mesh, Placement) else Placement.create(mesh, rules)
     batch_size = placement.global_batch(batch_size, per_device_batch)
@@ -146,14 +146,14 @@ class Transcriber(abc.ABC):
     `info`."""
     from flax import nnx
 
-    from llada_jax.inference.placement import has_lora, load_model, resolve_dtype, state_shardings
+    from llada_jax.parallel.placement import has_lora, load_model, resolve_dtype, state_shardings
 
     placement = tp.cast(Placement, self.placement)
     self.model = load_model(checkpoint, placement, dtype=dtype, attention=attention,
                             merge_lora=False)
     lora = has_lora(self.model)
     if merge_lora and lora:
-      from llada_jax.inference.placement import merged_lora
+      from llada_jax.parallel.placement import merged_lora
 
       self.model = merged_lora(self.model, placement)
     self._graphdef, self._state = nnx.split(self.model)

@@ -21,14 +21,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-from llada_jax import checkpoint as ckpt
-from llada_jax import decoding, distributed, features
-from llada_jax.audio import SAMPLE_RATE
-from llada_jax.configs import WhisperConfig
-from llada_jax.features import CHUNK_SAMPLES, HOP, N_FFT
+from llada_jax import decoding
+from llada_jax.data.audio import SAMPLE_RATE
 from llada_jax.inference.long_audio import chunk_windows, merge_chunks
-from llada_jax.inference.placement import Placement
 from llada_jax.inference.transcriber import Result, Transcriber
+from llada_jax.models import checkpoint as ckpt
+from llada_jax.models import features
+from llada_jax.models.config import WhisperConfig
+from llada_jax.models.features import CHUNK_SAMPLES, HOP, N_FFT
+from llada_jax.parallel import distributed
+from llada_jax.parallel.placement import Placement
 
 log = logging.getLogger(__name__)
 

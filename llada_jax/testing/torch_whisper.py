@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llada_jax.audio import SAMPLE_RATE
-from llada_jax.features import HOP
+from llada_jax.data.audio import SAMPLE_RATE
+from llada_jax.models.features import HOP
 
 
 class TorchWhisper:

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llada_jax import features, sharding, text
-from llada_jax.configlib import ConfigError
+from llada_jax.config_files import ConfigError
+from llada_jax.models import features, text
+from llada_jax.parallel import sharding
 from llada_jax.train.config import TrainConfig
 
 if tp.TYPE_CHECKING:

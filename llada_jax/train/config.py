@@ -2,7 +2,7 @@
 
     cfg = load("tiny", ["data.train=runs/corpus/train-clean", "optimizer.peak_lr=1e-3"])
 
-`load` and the JSON round trip are `llada_jax.configlib`'s (every override is type-checked against
+`load` and the JSON round trip are `config_files`'s (every override is type-checked against
 the field's annotation and names the field when it is wrong). `check_runtime` does the checks that
 need the machine (devices, folders, checkpoints) so that a bad config fails before anything is
 compiled.
@@ -15,11 +15,19 @@ import os
 import typing as tp
 from pathlib import Path
 
-from llada_jax import configlib, configs, sharding, text
-from llada_jax.configlib import ConfigError
-from llada_jax.configs import LMConfig, WhisperConfig, WhisperLLaDAConfig
+from llada_jax import config_files
+from llada_jax.config_files import ConfigError
 from llada_jax.data import manifest
-from llada_jax.features import HOP
+from llada_jax.models import text
+from llada_jax.models.config import (
+  DTYPES,
+  LMConfig,
+  WhisperConfig,
+  WhisperLLaDAConfig,
+  check_remat,
+)
+from llada_jax.models.features import HOP
+from llada_jax.parallel import sharding
 
 OBJECTIVES = ("diffusion", "ar")
 WEIGHTINGS = ("paper", "llada")
@@ -138,9 +146,8 @@ class TrainConfig:
   dtype: str = "bfloat16"  # compute dtype of every matmul
   param_dtype: str = "bfloat16"  # storage of the frozen weights
   master_dtype: str = "float32"  # storage of the trained weights (and so of their Adam moments)
-  # Recompute each LM layer in the backward pass by this policy (configs.REMAT_POLICIES; true /
-  # false mean full / none).
-  remat: bool | str = "none"
+  # Recompute each LM layer in the backward pass by this policy (REMAT_POLICIES).
+  remat: str = "none"
   mesh: tuple[int, ...] = (1, -1, 1)  # (data, fsdp, tensor); one entry may be -1
   # Weight placement preset (sharding.PRESETS): "full_fsdp" gathers every layer's weights over
   # fsdp where they are used; "lora_dp" keeps the frozen weights whole on every data-parallel
@@ -168,9 +175,9 @@ class TrainConfig:
     _one_of("weighting", self.weighting, WEIGHTINGS)
     _one_of("nan_policy", self.nan_policy, NAN_POLICIES)
     _one_of("sharding", self.sharding, sharding.PRESET_NAMES)
-    object.__setattr__(self, "remat", configs.remat_name("TrainConfig", self.remat))
+    check_remat("TrainConfig", self.remat)
     for name in ("dtype", "param_dtype", "master_dtype"):
-      _one_of(name, getattr(self, name), configs.DTYPES)
+      _one_of(name, getattr(self, name), DTYPES)
     if not 0 < self.mask_eps < 1:
       raise ConfigError(f"mask_eps={self.mask_eps}: must be in (0, 1)")
     for name in ("batch_size", "grad_accum", "steps", "log_every", "save_every", "keep_last"):
@@ -239,11 +246,11 @@ class TrainConfig:
 
 def load(spec: str, overrides: tp.Sequence[str] = ()) -> TrainConfig:
   """A run config: a name in configs/ (`paper`, `tiny`, …), a .py or a .json file, then `--set`s."""
-  return configlib.load(spec, TrainConfig, overrides)
+  return config_files.load(spec, TrainConfig, overrides)
 
 
 def save_json(cfg: TrainConfig, path: str | os.PathLike) -> None:
-  configlib.save_json(cfg, path)
+  config_files.save_json(cfg, path)
 
 
 def mesh_shape(cfg: TrainConfig, num_devices: int) -> tuple[int, int, int]:
@@ -261,7 +268,7 @@ def data_parallel(cfg: TrainConfig, shape: tp.Sequence[int]) -> int:
 def _check_checkpoint(field: str, path: str | None, kinds: tuple[type, ...]) -> None:
   if path is None:
     return
-  from llada_jax import checkpoint
+  from llada_jax.models import checkpoint
 
   try:
     stored = checkpoint.read_config(path)

@@ -19,8 +19,9 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from llada_jax import checkpoint, distributed, sharding, stacked, text
 from llada_jax.convert.source import TOKENIZER_FILE_NAMES
+from llada_jax.models import checkpoint, stacked, text
+from llada_jax.parallel import distributed, sharding
 from llada_jax.train import batches
 from llada_jax.train import config as config_lib
 from llada_jax.train.checkpoints import Checkpoints

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from llada_jax.features import N_FFT
+from llada_jax.models.features import N_FFT
 from llada_jax.train.config import TrainConfig
 
 # LM-layer matmuls recomputed in the backward pass per remat policy: those whose outputs the

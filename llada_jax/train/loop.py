@@ -25,9 +25,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from llada_jax import checkpoint, distributed, features, sharding, text
-from llada_jax.configlib import ConfigError
+from llada_jax.config_files import ConfigError
 from llada_jax.data.pipeline import make_batches
+from llada_jax.models import checkpoint, features, text
+from llada_jax.parallel import distributed, sharding
 from llada_jax.train import batches as batches_lib
 from llada_jax.train import config as config_lib
 from llada_jax.train import export

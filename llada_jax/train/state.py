@@ -14,10 +14,11 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from llada_jax import checkpoint, sharding
-from llada_jax.configlib import ConfigError
+from llada_jax.config_files import ConfigError
+from llada_jax.models import checkpoint
+from llada_jax.models.whisper_llada import WhisperLLaDA
+from llada_jax.parallel import sharding
 from llada_jax.train.config import TrainConfig
-from llada_jax.whisper_llada import WhisperLLaDA
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llada_jax import features, sharding, stacked
+from llada_jax.models import features, stacked
+from llada_jax.models.whisper_llada import TRAINABLE, WhisperLLaDA
+from llada_jax.parallel import sharding
 from llada_jax.train import batches, losses
 from llada_jax.train.config import OptimizerConfig, TrainConfig
-from llada_jax.whisper_llada import TRAINABLE, WhisperLLaDA
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ a converter maps checkpoints by name: torch `weight` is our `kernel` (Linear, tr
 out]; conv, [out, in, k] → [k, in, out]), `scale` (LayerNorm) or `embedding` (tables). The output
 projection is tied to `decoder.embed_tokens`, as in every released Whisper.
 
-The encoder's layers are one stack (`llada_jax.stacked`, run by `lax.scan`); the decoder, used
+The encoder's layers are one stack (`models.stacked`, run by `lax.scan`); the decoder, used
 only for first-pass greedy decoding, keeps a list. Decoding keeps its KV cache as a plain pytree
 (`DecoderCache`), not module state, so the whole greedy loop (`llada_jax.decoding.whisper_greedy`)
 is one `lax.while_loop` with static shapes.
@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llada_jax import sharding, stacked
-from llada_jax.configs import WhisperConfig
-from llada_jax.layers import (
+from llada_jax.models import stacked
+from llada_jax.models.config import WhisperConfig
+from llada_jax.models.layers import (
   Buffer,
   Embed,
   LayerNorm,
@@ -34,6 +34,7 @@ from llada_jax.layers import (
   dtype_of,
   param,
 )
+from llada_jax.parallel import sharding
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:

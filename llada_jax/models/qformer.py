@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llada_jax import sharding, stacked
-from llada_jax.configs import QFormerConfig
-from llada_jax.layers import (
+from llada_jax.models import stacked
+from llada_jax.models.config import QFormerConfig
+from llada_jax.models.layers import (
   LayerNorm,
   Linear,
   attention,
@@ -23,6 +23,7 @@ from llada_jax.layers import (
   dtype_of,
   param,
 )
+from llada_jax.parallel import sharding
 
 
 def cut_windows(frames: jax.Array, window: int) -> jax.Array:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from llada_jax.configlib import ConfigError
+from llada_jax.config_files import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

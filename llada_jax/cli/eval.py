@@ -11,16 +11,17 @@ from pathlib import Path
 
 import jax
 
-from llada_jax import compile_cache, decoding, distributed, sharding, text
-from llada_jax.configs import ATTENTION
+from llada_jax import decoding
 from llada_jax.data import manifest
 from llada_jax.evaluation import outputs, runner
 from llada_jax.evaluation.inputs import EvalError
-from llada_jax.inference import placement
 from llada_jax.inference.llada import STRATEGIES as LLADA_STRATEGIES
 from llada_jax.inference.llada import LLaDASettings
 from llada_jax.inference.transcriber import TOO_LONG
 from llada_jax.inference.whisper import ModelError, WhisperSettings
+from llada_jax.models import text
+from llada_jax.models.config import ATTENTION
+from llada_jax.parallel import compile_cache, distributed, placement, sharding
 
 STRATEGIES = ("whisper", *LLADA_STRATEGIES)
 
@@ -54,7 +55,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
   p.add_argument("--tfds-data-dir", default=None, help="where tfds:NAME/SPLIT was prepared")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.add_argument("--no-compile-cache", action="store_true",
-                 help="no persistent compilation cache (llada_jax.compile_cache)")
+                 help="no persistent compilation cache (llada_jax.parallel.compile_cache)")
 
   g = p.add_argument_group("devices")
   g.add_argument("--mesh", type=mesh_arg, default=None, metavar="DATA,FSDP,TENSOR",

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llada_jax.evaluation import significance, wer
+from llada_jax.demo import significance
+from llada_jax.evaluation import wer
 from llada_jax.evaluation.outputs import write_atomic
 
 

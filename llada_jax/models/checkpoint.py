@@ -1,6 +1,6 @@
 """Converted-model checkpoints: a folder with our config, orbax weight parts and the tokenizer.
 
-    OUT/config.json      the model config (`configs.to_dict`), tagged with its kind
+    OUT/config.json      the model config (`to_dict`), tagged with its kind
     OUT/source.json      where the weights came from (format, source config) — used by export
     OUT/params/part-NNNNN  orbax checkpoints of {parameter path: array}, each at most `part_bytes`
     OUT/source_extra.safetensors  (converted Diffusion-ASR .pth only) the file's tensors that the
@@ -30,7 +30,15 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from llada_jax import configs, sharding, stacked
+from llada_jax.models import stacked
+from llada_jax.models.config import (
+  LMConfig,
+  WhisperConfig,
+  WhisperLLaDAConfig,
+  load_json,
+  save_json,
+)
+from llada_jax.parallel import sharding
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +119,7 @@ def save(out: str | Path, config, items: tp.Iterable[tuple[str, np.ndarray]], *,
          part_bytes: int = PART_BYTES, overwrite: bool = False) -> Path:
   """Write a converted checkpoint atomically. `items` may be a generator (streamed)."""
   with atomic_dir(out, overwrite=overwrite) as tmp:
-    configs.save_json(config, tmp / "config.json")
+    save_json(config, tmp / "config.json")
     with open(tmp / "source.json", "w") as f:
       json.dump(source_info or {}, f, indent=2)
     writer = PartWriter(tmp / "params", part_bytes)
@@ -135,7 +143,7 @@ def read_config(path: str | Path):
   file = Path(path) / "config.json"
   if not file.is_file():
     raise CheckpointError(f"{path}: no config.json")
-  return configs.load_json(file)
+  return load_json(file)
 
 
 def read_source_info(path: str | Path) -> dict:
@@ -173,12 +181,12 @@ def _fresh_rng(variable: nnx.Variable) -> jax.Array:
 
 
 def model_class(config):
-  from llada_jax.transformer import Transformer
-  from llada_jax.whisper import Whisper
-  from llada_jax.whisper_llada import WhisperLLaDA
+  from llada_jax.models.transformer import Transformer
+  from llada_jax.models.whisper import Whisper
+  from llada_jax.models.whisper_llada import WhisperLLaDA
 
-  return {configs.WhisperConfig: Whisper, configs.LMConfig: Transformer,
-          configs.WhisperLLaDAConfig: WhisperLLaDA}[type(config)]
+  return {WhisperConfig: Whisper, LMConfig: Transformer,
+          WhisperLLaDAConfig: WhisperLLaDA}[type(config)]
 
 
 def abstract_model(config) -> nnx.Module:
@@ -203,7 +211,7 @@ def with_compute_dtype(config, dtype: str):
 
 
 def with_attention(config, attention: str):
-  """`config` with every (sub-)config's `attention` kernel (configs.ATTENTION) set to
+  """`config` with every (sub-)config's `attention` kernel (ATTENTION) set to
   `attention`: a runtime choice, like the compute dtype, not a property of the weights."""
   return _with_everywhere(config, "attention", attention)
 
@@ -213,7 +221,7 @@ def load(path: str | Path, *, mesh: jax.sharding.Mesh | None = None,
          attention: str | None = None) -> nnx.Module:
   """The NNX model of a converted checkpoint, optionally placed on `mesh` by `rules`; `dtype`
   overrides the compute dtype of its config (e.g. "bfloat16" on accelerators), `attention` its
-  attention kernel (configs.ATTENTION, e.g. "cudnn" on a GPU)."""
+  attention kernel (ATTENTION, e.g. "cudnn" on a GPU)."""
   path = Path(path)
   config = read_config(path)
   if dtype is not None:

@@ -43,15 +43,16 @@ import sys
 import typing as tp
 from pathlib import Path
 
-from llada_jax import checkpoint as ckpt
-from llada_jax import compile_cache, decoding
-from llada_jax.configs import WhisperConfig, WhisperLLaDAConfig
+from llada_jax import decoding
+from llada_jax.cli.eval import mesh_arg
 from llada_jax.data import files
-from llada_jax.evaluation.cli import mesh_arg
+from llada_jax.data.journal import Journal, JournalError
 from llada_jax.evaluation.outputs import jsonable, write_atomic
 from llada_jax.inference.llada import LLaDASettings
 from llada_jax.inference.whisper import ModelError, WhisperSettings
-from llada_jax.journal import Journal, JournalError
+from llada_jax.models import checkpoint as ckpt
+from llada_jax.models.config import WhisperConfig, WhisperLLaDAConfig
+from llada_jax.parallel import compile_cache
 
 HELP = "transcribe audio files (a first pass, optionally deliberated), resumably"
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="resuming: transcribe again the files OUT has error records for")
   p.add_argument("--quiet", action="store_true", help="no progress bar, no texts on stdout")
   p.add_argument("--no-compile-cache", action="store_true",
-                 help="no persistent compilation cache (llada_jax.compile_cache)")
+                 help="no persistent compilation cache (llada_jax.parallel.compile_cache)")
   p.add_argument("--chunk-stride", type=float, default=WhisperSettings.chunk_stride,
                  metavar="SECONDS",
                  help="long audio: overlap on each side of a 30 s window, in proportion for "
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
   if args.batch_size < 1:
     raise UsageError(f"--batch-size {args.batch_size}: expected ≥ 1")
   compile_cache.enable(disable=args.no_compile_cache)
-  from llada_jax.inference.placement import Placement, PlacementError
+  from llada_jax.parallel.placement import Placement, PlacementError
 
   try:  # the devices, before any output is written
     args.placement = Placement.create(args.mesh)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llada_jax.configs import LoRAConfig
+from llada_jax.models.config import LoRAConfig
 
 Axes = tuple[str | None, ...]
 default_kernel_init = nnx.initializers.normal(0.02)
@@ -175,7 +175,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
   if implementation == "splash":
     if probs_dropout is not None:
       raise ValueError("attention: probability dropout needs implementation 'xla', got 'splash'")
-    from llada_jax.splash import splash_attention  # Pallas TPU import, kept out of other runs
+    from llada_jax.models.kernels import (
+      splash_attention,  # Pallas TPU import, kept out of other runs
+    )
     return splash_attention(q, k, v, mask, causal=causal)
   if implementation == "xla":
     if causal:

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llada_jax import sharding
-from llada_jax.audio import SAMPLE_RATE
+from llada_jax.data.audio import SAMPLE_RATE
+from llada_jax.parallel import sharding
 
 N_FFT = 400
 HOP = 160

@@ -13,7 +13,7 @@ import logging
 import sys
 import typing as tp
 
-COMMANDS = {"transcribe": "llada_jax.transcribe"}
+COMMANDS = {"transcribe": "llada_jax.cli.transcribe"}
 
 
 def build_parser() -> argparse.ArgumentParser:

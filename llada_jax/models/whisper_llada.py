@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llada_jax.configs import WhisperLLaDAConfig
-from llada_jax.layers import check_array
-from llada_jax.qformer import WindowQFormer
-from llada_jax.transformer import KVCache, Transformer
-from llada_jax.whisper import WhisperEncoder
+from llada_jax.models.config import WhisperLLaDAConfig
+from llada_jax.models.layers import check_array
+from llada_jax.models.qformer import WindowQFormer
+from llada_jax.models.transformer import KVCache, Transformer
+from llada_jax.models.whisper import WhisperEncoder
 
 # What the paper trains: Q-Former, its queries and the Linear projection, plus LoRA on the LM.
 TRAINABLE = nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.PathContains("projector")))

@@ -3,7 +3,7 @@
 Attribute names follow HF LLaMA (`embed_tokens`, `layers[i].self_attn.q_proj`, `mlp.gate_proj`,
 `norm`, `lm_head`); the converter maps LLaDA's own names onto them.
 
-The layers are one stack (`llada_jax.stacked`): every block weight has a leading `layers` axis and
+The layers are one stack (`models.stacked`): every block weight has a leading `layers` axis and
 the stack runs as one `lax.scan` with the config's remat policy inside.
 
 A `KVCache` serves both decoders: AR decoding writes each new token's K/V (`update_cache=True`);
@@ -21,9 +21,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from llada_jax import sharding, stacked
-from llada_jax.configs import LMConfig, RopeScaling
-from llada_jax.layers import (
+from llada_jax.models import stacked
+from llada_jax.models.config import LMConfig, RopeScaling
+from llada_jax.models.layers import (
   Embed,
   Linear,
   LoRA,
@@ -34,6 +34,7 @@ from llada_jax.layers import (
   check_array,
   dtype_of,
 )
+from llada_jax.parallel import sharding
 
 KV_AXES = ("batch", "length", "act_kv_heads", None)  # one layer's cache buffer [B, S, K, D]
 

@@ -32,7 +32,7 @@ MeshAxes = str | tuple[str, ...] | None
 
 # Weight axes and activation axes are named apart (as MaxText does) so that, e.g., FSDP can shard
 # the `embed` dimension of weights while activations keep `act_embed` whole.
-# `layers` is the leading axis of a layer stack (llada_jax.stacked): never sharded, as each layer
+# `layers` is the leading axis of a layer stack (models.stacked): never sharded, as each layer
 # runs on every device in turn.
 WEIGHT_AXES = ("vocab", "embed", "mlp", "q_heads", "kv_heads", "norm", "conv_in", "lora_rank",
                "positions", "queries", "qformer_embed", "qformer_mlp", "qformer_heads", "layers")
@@ -128,9 +128,6 @@ class ShardingConfig:
         ("act_vocab", "tensor"),
     ), replicate=_WHISPER_VOCAB)
 
-  # The name of `full_fsdp` before rule sets per collection existed (saved run configs use it).
-  fsdp_tp = full_fsdp
-
   @classmethod
   def lora_dp(cls) -> ShardingConfig:
     """LoRA training: frozen weights whole on every device of data × fsdp (split over tensor
@@ -159,13 +156,11 @@ _WHISPER_VOCAB = ((r"(^|/)decoder/embed_tokens/", "vocab"),)
 PRESETS: dict[str, tp.Callable[[], ShardingConfig]] = {
     "full_fsdp": ShardingConfig.full_fsdp, "lora_dp": ShardingConfig.lora_dp,
     "replicated": ShardingConfig.replicated}
-ALIASES = {"fsdp_tp": "full_fsdp"}
-PRESET_NAMES = tuple(PRESETS) + tuple(ALIASES)
+PRESET_NAMES = tuple(PRESETS)
 
 
 def preset(name: str) -> ShardingConfig:
   """A preset rule set by name (`PRESET_NAMES`); a ValueError naming the choices otherwise."""
-  name = ALIASES.get(name, name)
   if name not in PRESETS:
     raise ValueError(f"sharding preset {name!r}: expected one of {PRESET_NAMES}")
   return PRESETS[name]()

@@ -28,9 +28,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llada_jax import checkpoint as ckpt
-from llada_jax import sharding
-from llada_jax.sharding import ShardingConfig
+from llada_jax.models import checkpoint as ckpt
+from llada_jax.parallel import sharding
+from llada_jax.parallel.sharding import ShardingConfig
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def has_lora(model: nnx.Module) -> bool:
 def merged_lora(model: nnx.Module, placement: Placement) -> nnx.Module:
   """`transformer.merge_lora` (W + A·B·α/r in float32, cast to W's dtype) as one compiled function
   whose outputs land in the merged model's shardings; the model itself when it has no LoRA."""
-  from llada_jax.transformer import merge_lora
+  from llada_jax.models.transformer import merge_lora
 
   if not has_lora(model):
     return model

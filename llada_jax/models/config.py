@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from llada_jax import configlib
-from llada_jax.configlib import ConfigError
+from llada_jax import config_files
+from llada_jax.config_files import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
 # Attention kernels (`layers.attention`): "xla" the einsum softmax; "dot_product"
@@ -27,9 +27,7 @@ ATTENTION = ("xla", "dot_product", "cudnn", "splash", "auto")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "names", "offload")
 
 
-def remat_name(owner: str, value: str | bool) -> str:
-  if value is True or value is False:
-    return "full" if value else "none"
+def check_remat(owner: str, value: str) -> str:
   if value not in REMAT_POLICIES:
     raise ConfigError(f"{owner}.remat={value!r}: expected one of {REMAT_POLICIES}")
   return value
@@ -224,7 +222,7 @@ class LMConfig:
   pad_id: int = 126081  # LLaDA pads with EOS
   eot_id: int = 126348
   lora: LoRAConfig | None = None
-  remat: bool | str = "none"  # one of REMAT_POLICIES
+  remat: str = "none"  # one of REMAT_POLICIES
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention: str = "xla"  # one of ATTENTION
@@ -243,7 +241,7 @@ class LMConfig:
     _check_dtype("LMConfig", "dtype", self.dtype)
     _check_dtype("LMConfig", "param_dtype", self.param_dtype)
     _check_attention("LMConfig", self.attention)
-    object.__setattr__(self, "remat", remat_name("LMConfig", self.remat))
+    check_remat("LMConfig", self.remat)
 
   @property
   def dim_per_head(self) -> int:
@@ -328,16 +326,16 @@ def kind_of(cfg) -> str:
 
 def to_dict(cfg) -> dict:
   """Config → plain JSON-able dict, tagged with its kind (a checkpoint's config.json)."""
-  return configlib.to_dict(cfg, kind=kind_of(cfg))
+  return config_files.to_dict(cfg, kind=kind_of(cfg))
 
 
 def from_dict(data: dict, where: str = "config"):
   """Inverse of `to_dict`; unknown fields are an error naming the field."""
-  return configlib.from_dict(KINDS, data, where)
+  return config_files.from_dict(KINDS, data, where)
 
 
 def save_json(cfg, path) -> None:
-  configlib.save_json(cfg, path, kind=kind_of(cfg))
+  config_files.save_json(cfg, path, kind=kind_of(cfg))
 
 
 def load_json(path):

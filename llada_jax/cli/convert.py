@@ -20,12 +20,12 @@ import logging
 import sys
 import time
 
-from llada_jax.checkpoint import CheckpointError
-from llada_jax.configs import ConfigError
 from llada_jax.convert import convert as conv
 from llada_jax.convert import verify as ver
 from llada_jax.convert.mapping import MappingError
 from llada_jax.convert.source import ConversionError
+from llada_jax.models.checkpoint import CheckpointError
+from llada_jax.models.config import ConfigError
 
 
 def parse_args(argv=None) -> argparse.Namespace:

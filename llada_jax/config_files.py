@@ -1,7 +1,7 @@
 """The one config module: typed dataclasses ⇄ JSON, `--set key=value` overrides, and loading a
 config by name (`configs/NAME.py`), from a `.py` file or from a `.json` file.
 
-    cfg = configlib.load("tiny", TrainConfig, ["data.train=corpus/train-clean", "mesh=2,2,2"])
+    cfg = config_files.load("tiny", TrainConfig, ["data.train=corpus/train-clean", "mesh=2,2,2"])
 
 Model configs, train configs and the demo's config all go through here. Every value is checked
 against its field's annotation, and every error is a `ConfigError` naming the field (and the file).

@@ -1,0 +1,1 @@
+"""The `llada-jax` command: one module per subcommand."""

@@ -1,0 +1,1 @@
+"""The demo: its config, the rescoring report and the paired bootstrap."""

@@ -1,0 +1,2 @@
+"""The model: Whisper encoder, window Q-Former, LLaDA / LLaMA, layers, configs,
+checkpoints."""

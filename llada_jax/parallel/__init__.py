@@ -1,0 +1,2 @@
+"""Devices: the mesh, sharding rules, processes, compiled-program inspection,
+the compilation cache."""
