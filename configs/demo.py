@@ -1,5 +1,6 @@
 """`make demo`: the paper's experiment in miniature on a 2-core CPU in ~25 minutes (see
-llada_jax/demo/config.py for the fields, configs/demo_llama.py and demo_llada.py for the two runs)."""
+llada_jax/demo/config.py for the fields, configs/demo_llama.py and demo_llada.py for the two
+runs)."""
 
 from llada_jax.demo.config import DemoConfig
 
