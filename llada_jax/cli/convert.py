@@ -1,25 +1,28 @@
 """Convert PyTorch / CTranslate2 / GGUF / Diffusion-ASR checkpoints to llada-jax, and back.
 
-  python tools/convert.py --kind {whisper,llada,llama,whisper_llada} --src SRC --out OUT
+  llada-jax convert --kind whisper --src openai-whisper-large-v3/ --out ckpt/whisper-large-v3
+  llada-jax convert --kind {whisper,llada,llama,whisper_llada} --src SRC --out OUT
       [--dtype float32|bfloat16] [--verify] [--whisper SRC --llm SRC] [--trust-pickle]
-  python tools/convert.py --export-torch --src OUT --out DIR
-  python tools/convert.py --export-torch --src WHISPER_LLADA_OUT --out x.pth
+  llada-jax convert --export-torch --src OUT --out DIR
+  llada-jax convert --export-torch --src WHISPER_LLADA_OUT --out x.pth
 
 `--kind llada` on a LLaMA-family source (HF or GGUF) makes a bidirectional LLaDA out of it (the
 AR→diffusion adaptation); it needs `--mask-id`. `--export-torch` writes a folder of safetensors +
 config.json, except for a whisper_llada checkpoint: that becomes one .pth in the authors'
 Diffusion-ASR layout ({"model": trained Q-Former + LoRA tensors, "config", "epoch", ...}), which
-their inference.py loads over its own Whisper and LLaDA.
+their inference.py loads over its own Whisper and LLaDA. Sources and what each reads: README.md,
+"Convert checkpoints".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
+import typing as tp
 
+from llada_jax.cli import options
 from llada_jax.convert import convert as conv
 from llada_jax.convert import verify as ver
 from llada_jax.convert.mapping import MappingError
@@ -27,9 +30,11 @@ from llada_jax.convert.source import ConversionError
 from llada_jax.models.checkpoint import CheckpointError
 from llada_jax.models.config import ConfigError
 
+NAME = "convert"
+HELP = "convert checkpoints (HF, faster-whisper, GGUF, LLaDA, Diffusion-ASR .pth) and back"
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--kind", choices=conv.KINDS)
   p.add_argument("--src", required=True, help="source checkpoint (dir, .gguf, .pth) or, with "
                  "--export-torch, a converted checkpoint")
@@ -46,10 +51,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "stored config has none (default 32); an error if it contradicts the stored one")
   p.add_argument("--export-torch", action="store_true")
   p.add_argument("--overwrite", action="store_true")
-  args = p.parse_args(argv)
-  if not args.export_torch and args.kind is None:
-    p.error("--kind is required (unless --export-torch)")
-  return args
 
 
 def run_verify(args, plan: conv.Plan) -> dict:
@@ -62,9 +63,9 @@ def run_verify(args, plan: conv.Plan) -> dict:
                         "verify the base --whisper and --llm conversions")
 
 
-def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+  if not args.export_torch and args.kind is None:
+    raise options.UsageError("--kind is required (unless --export-torch)")
   start = time.time()
   try:
     if args.export_torch:
@@ -84,9 +85,9 @@ def main(argv=None) -> int:
         return 1
     return 0
   except (ConversionError, MappingError, CheckpointError, ConfigError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    raise options.UsageError(str(e)) from e
 
 
-if __name__ == "__main__":
-  sys.exit(main())
+def main(argv: tp.Sequence[str] | None = None) -> int:
+  """`llada-jax convert ARGS` (tools/convert.py)."""
+  return options.main(sys.modules[__name__], argv)

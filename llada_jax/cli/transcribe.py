@@ -43,88 +43,48 @@ import sys
 import typing as tp
 from pathlib import Path
 
-from llada_jax import decoding
-from llada_jax.cli.eval import mesh_arg
+from llada_jax.cli import options
+from llada_jax.cli.options import UsageError
 from llada_jax.data import files
 from llada_jax.data.journal import Journal, JournalError
 from llada_jax.evaluation.outputs import jsonable, write_atomic
-from llada_jax.inference.llada import LLaDASettings
 from llada_jax.inference.whisper import ModelError, WhisperSettings
 from llada_jax.models import checkpoint as ckpt
 from llada_jax.models.config import WhisperConfig, WhisperLLaDAConfig
 from llada_jax.parallel import compile_cache
 
+NAME = "transcribe"
 HELP = "transcribe audio files (a first pass, optionally deliberated), resumably"
 log = logging.getLogger(__name__)
 
 FIRST_PASS_LLADA = ("diffusion", "semi_ar")
-DELIBERATION_OPTIONS = ("mask_ratio", "masking", "deliberation_strategy", "num_chunks",
-                        "deliberation_steps")
-LLADA_FIRST_OPTIONS = ("strategy", "gen_length", "steps", "block_length")
-
-
-class UsageError(ValueError):
-  """Arguments that cannot work together or name nothing usable: exit status 2."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-  d = LLaDASettings()
   p.add_argument("audio", nargs="+", metavar="AUDIO",
                  help="audio files, folders, glob patterns or lists of paths (.txt, .jsonl)")
   p.add_argument("--checkpoint", required=True, metavar="CKPT",
                  help="the first pass: a converted Whisper, Whisper-LLaMA or Whisper-LLaDA")
   p.add_argument("--deliberate", metavar="CKPT2",
                  help="a converted Whisper-LLaDA that deliberates over the first pass")
+  p.add_argument("--strategy", choices=FIRST_PASS_LLADA,
+                 help="a Whisper-LLaDA first pass: standalone diffusion or semi-AR blocks "
+                      "(default: diffusion; a Whisper-LLaMA decodes AR, a Whisper as Whisper)")
   p.add_argument("--out", default="transcripts.jsonl", metavar="FILE.jsonl",
                  help="JSONL output, resumed if it exists (default: %(default)s)")
   p.add_argument("--txt", metavar="FILE.txt",
                  help="plain-text output, one line per audio file (default: OUT with .txt)")
   p.add_argument("--batch-size", type=int, default=16,
                  help="windows per batch, each model (default: %(default)s)")
-  p.add_argument("--mesh", type=mesh_arg, default=None, metavar="DATA,FSDP,TENSOR",
-                 help="devices of this process: batch over data x fsdp, weights by the training "
-                      "rules (one size may be -1; default: one device)")
-  p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                 help="compute dtype (auto: bfloat16 on GPU/TPU, the checkpoint's on CPU)")
   p.add_argument("--overwrite", action="store_true", help="start OUT over instead of resuming")
   p.add_argument("--retry-errors", action="store_true",
                  help="resuming: transcribe again the files OUT has error records for")
   p.add_argument("--quiet", action="store_true", help="no progress bar, no texts on stdout")
-  p.add_argument("--no-compile-cache", action="store_true",
-                 help="no persistent compilation cache (llada_jax.parallel.compile_cache)")
-  p.add_argument("--chunk-stride", type=float, default=WhisperSettings.chunk_stride,
-                 metavar="SECONDS",
-                 help="long audio: overlap on each side of a 30 s window, in proportion for "
-                      "shorter ones (default: %(default)s)")
-
-  g = p.add_argument_group("first pass")
-  g.add_argument("--language", default=WhisperSettings.language,
-                 help="a multilingual Whisper: the language token (default: %(default)s)")
-  g.add_argument("--strategy", choices=FIRST_PASS_LLADA,
-                 help="a Whisper-LLaDA first pass: standalone diffusion or semi-AR blocks "
-                      f"(default: {d.strategy}; a Whisper-LLaMA decodes AR)")
-  g.add_argument("--gen-length", type=int,
-                 help="a Whisper-LLaDA / -LLaMA first pass: response tokens (default: the run's "
-                      "response_len, else 128)")
-  g.add_argument("--steps", type=int,
-                 help="a Whisper-LLaDA first pass: denoising steps (default: = gen length)")
-  g.add_argument("--block-length", type=int,
-                 help=f"--strategy semi_ar: block length (default: {d.block_length})")
-
-  g = p.add_argument_group("deliberation (with --deliberate)")
-  g.add_argument("--mask-ratio", type=float,
-                 help=f"share of the hypothesis re-masked (default: {d.mask_ratio})")
-  g.add_argument("--masking", choices=decoding.MASKING,
-                 help=f"which tokens are re-masked (default: {d.masking})")
-  g.add_argument("--deliberation-strategy", choices=decoding.STRATEGIES,
-                 help=f"re-fill in one diffusion block or semi-AR sub-blocks (default: "
-                      f"{d.deliberation_strategy})")
-  g.add_argument("--num-chunks", type=int,
-                 help=f"semi_ar deliberation: sub-blocks (default: {d.num_chunks})")
-  g.add_argument("--deliberation-steps", type=int,
-                 help="denoising steps (default: the deliberation model's gen length)")
-  p.add_argument("--seed", type=int, default=d.seed,
-                 help="key for random masking / remasking (default: %(default)s)")
+  options.add_compile_cache(p)
+  options.add_devices(p, mesh_help="devices of this process: batch over data x fsdp, weights by "
+                                   "the training rules (one size may be -1; default: one device)")
+  options.add_decoding(p, llada_title="Whisper-LLaDA / -LLaMA decoding (each pass)",
+                       deliberation_title="deliberation (with --deliberate)")
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -138,32 +98,36 @@ def _config(path: str, flag: str):
         from e
 
 
-def first_settings(args: argparse.Namespace) -> WhisperSettings | LLaDASettings:
+def first_settings(args: argparse.Namespace):
   """The first pass's settings, from the kind of --checkpoint."""
   config = _config(args.checkpoint, "--checkpoint")
-  given = [f"--{o.replace('_', '-')}" for o in LLADA_FIRST_OPTIONS if getattr(args, o) is not None]
+  llada = options.given(args, options.LLADA_OPTIONS)
+  if args.strategy is not None:
+    llada.insert(0, "--strategy")
   if isinstance(config, WhisperConfig):
-    if given:
-      raise UsageError(f"{', '.join(given)}: for a Whisper-LLaDA --checkpoint; {args.checkpoint} "
-                       f"is a Whisper")
-    return WhisperSettings(chunk_stride=args.chunk_stride, language=args.language)
+    llada = [f for f in llada if f != "--seed"]  # the seed may serve deliberation alone
+    if llada and args.deliberate is None:
+      raise UsageError(f"{', '.join(llada)}: for a Whisper-LLaDA / -LLaMA; {args.checkpoint} is "
+                       f"a Whisper")
+    return options.whisper_settings(args)
   if not isinstance(config, WhisperLLaDAConfig):
     raise UsageError(f"--checkpoint {args.checkpoint}: a {type(config).__name__}, not a speech "
                      f"model (a Whisper, Whisper-LLaMA or Whisper-LLaDA)")
+  whisper_only = [f for f in options.given(args, options.WHISPER_OPTIONS)
+                  if f != "--chunk-stride"]  # the cascade's windows
+  if whisper_only:
+    raise UsageError(f"{', '.join(whisper_only)}: for a Whisper --checkpoint; {args.checkpoint} "
+                     f"is a Whisper-LLaDA / -LLaMA")
   if config.lm.causal:
-    extra = [g for g in given if g != "--gen-length"]
-    if extra:
-      raise UsageError(f"{', '.join(extra)}: {args.checkpoint} is a causal Whisper-LLaMA, which "
-                       f"decodes AR (only --gen-length applies)")
-    return LLaDASettings(strategy="ar", gen_length=args.gen_length, seed=args.seed)
-  d = LLaDASettings()
-  return LLaDASettings(strategy=args.strategy or d.strategy, gen_length=args.gen_length,
-                       steps=args.steps, block_length=args.block_length or d.block_length,
-                       seed=args.seed)
+    if args.strategy is not None:
+      raise UsageError(f"--strategy: {args.checkpoint} is a causal Whisper-LLaMA, which decodes "
+                       f"AR")
+    return options.llada_settings(args, "ar")
+  return options.llada_settings(args, args.strategy or "diffusion")
 
 
-def deliberation_settings(args: argparse.Namespace) -> LLaDASettings | None:
-  given = [f"--{o.replace('_', '-')}" for o in DELIBERATION_OPTIONS if getattr(args, o) is not None]
+def deliberation_settings(args: argparse.Namespace):
+  given = options.given(args, options.DELIBERATION_OPTIONS)
   if args.deliberate is None:
     if given:
       raise UsageError(f"{', '.join(given)}: only with --deliberate CKPT2")
@@ -174,18 +138,12 @@ def deliberation_settings(args: argparse.Namespace) -> LLaDASettings | None:
             else f"a {type(config).__name__}")
     raise UsageError(f"--deliberate {args.deliberate}: {kind}; deliberation needs a "
                      f"(bidirectional) Whisper-LLaDA")
-  if args.mask_ratio is not None and not 0.0 < args.mask_ratio <= 1.0:
-    raise UsageError(f"--mask-ratio {args.mask_ratio}: expected 0 < ratio ≤ 1")
-  d = LLaDASettings()
+  return options.llada_settings(args, "deliberation")
 
-  def pick(name: str):
-    given = getattr(args, name)
-    return getattr(d, name) if given is None else given
 
-  return LLaDASettings(strategy="deliberation", mask_ratio=pick("mask_ratio"),
-                       masking=pick("masking"), deliberation_strategy=pick("deliberation_strategy"),
-                       num_chunks=pick("num_chunks"), steps=args.deliberation_steps,
-                       seed=args.seed)
+def chunk_stride(args: argparse.Namespace) -> float:
+  """Long audio: seconds of overlap on each side of a 30 s window."""
+  return WhisperSettings.chunk_stride if args.chunk_stride is None else args.chunk_stride
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
@@ -222,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
   from llada_jax.parallel.placement import Placement, PlacementError
 
   try:  # the devices, before any output is written
-    args.placement = Placement.create(args.mesh)
+    args.placement = Placement.create(args.mesh, args.sharding)
     args.placement.global_batch(args.batch_size)
   except PlacementError as e:
     raise UsageError(f"--mesh / --batch-size: {e}") from e
@@ -238,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
                        "first_pass": dataclasses.asdict(first),
                        "deliberate": args.deliberate and os.path.abspath(args.deliberate),
                        "deliberation": delib and dataclasses.asdict(delib),
-                       "chunk_stride": args.chunk_stride, "dtype": args.dtype})
+                       "chunk_stride": chunk_stride(args), "dtype": args.dtype})
   try:
     journal = Journal(out, overwrite=args.overwrite)
   except (JournalError, OSError) as e:
@@ -288,10 +246,11 @@ def _transcribe(args: argparse.Namespace, first, delib, todo: list[str],
   from llada_jax.inference.cascade import Cascade
 
   try:
-    kw = dict(batch_size=args.batch_size, mesh=args.placement, dtype=args.dtype)
+    kw = dict(batch_size=args.batch_size, mesh=args.placement, dtype=args.dtype,
+              attention=args.attention, merge_lora=not args.no_merge_lora)
     first_t = Transcriber.open(args.checkpoint, first, **kw)
     delib_t = None if delib is None else Transcriber.open(args.deliberate, delib, **kw)
-    cascade = Cascade(first_t, delib_t, chunk_stride=args.chunk_stride)
+    cascade = Cascade(first_t, delib_t, chunk_stride=chunk_stride(args))
   except ModelError as e:
     raise UsageError(str(e)) from e
   except ValueError as e:  # a stride leaving no step
@@ -312,3 +271,8 @@ def _transcribe(args: argparse.Namespace, first, delib, todo: list[str],
       bar.update(1)
   finally:
     bar.close()
+
+
+def main(argv: tp.Sequence[str] | None = None) -> int:
+  """`llada-jax transcribe ARGS`."""
+  return options.main(sys.modules[__name__], argv)

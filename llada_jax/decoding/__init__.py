@@ -15,7 +15,8 @@ from llada_jax.decoding.diffusion import (
 )
 
 # Greedy autoregressive
-from llada_jax.decoding.greedy_loop import greedy, whisper_greedy
+from llada_jax.decoding.greedy_loop import GreedySettings, greedy, whisper_greedy
 
 __all__ = ["MASKING", "REMASKING", "STRATEGIES", "DeliberationSettings", "DiffusionSettings",
+           "GreedySettings",
            "adaptive_gen_length", "decode", "deliberate", "generate", "greedy", "whisper_greedy"]

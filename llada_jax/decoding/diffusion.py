@@ -73,9 +73,11 @@ class DiffusionSettings:
   """Standalone Whisper-LLaDA decoding. Paper: gen 128, steps 128, block 128 (diffusion) or 64/32
   (semi-AR), low-confidence remasking, temperature 0, EOS rule on, no cache, no threshold."""
 
-  gen_length: int = 128
-  steps: int = 128
-  block_length: int = 128
+  # None (a Transcriber's settings only): the checkpoint's response length, steps = gen_length,
+  # and one block of gen_length; `decode` needs them resolved.
+  gen_length: int | None = 128
+  steps: int | None = 128
+  block_length: int | None = 128
   remasking: str = "low_confidence"
   temperature: float = 0.0
   eos_rule: bool = True  # Diffusion-ASR: everything after a committed EOS becomes EOS
@@ -87,7 +89,8 @@ class DiffusionSettings:
 
   def __post_init__(self):
     _check_common("DiffusionSettings", self.remasking, self.temperature, self.threshold)
-    _check_blocks("DiffusionSettings", self.steps, self.gen_length, self.block_length)
+    if None not in (self.steps, self.gen_length, self.block_length):
+      _check_blocks("DiffusionSettings", self.steps, self.gen_length, self.block_length)
     _check_dual("DiffusionSettings", self.cache, self.dual_cache)
 
 
@@ -99,7 +102,7 @@ class DeliberationSettings:
   strategy: str = "semi_ar"
   masking: str = "random"
   mask_ratio: float = 0.3
-  steps: int = 128
+  steps: int | None = 128  # None (a Transcriber's settings only): the checkpoint's response length
   num_chunks: int = 4
   remasking: str = "low_confidence"
   temperature: float = 0.0
@@ -114,10 +117,10 @@ class DeliberationSettings:
       raise ValueError(f"DeliberationSettings.masking={self.masking!r}: expected {MASKING}")
     if not 0.0 <= self.mask_ratio <= 1.0:
       raise ValueError(f"DeliberationSettings.mask_ratio={self.mask_ratio}: expected in [0, 1]")
-    if self.steps < 1 or self.num_chunks < 1:
+    if (self.steps is not None and self.steps < 1) or self.num_chunks < 1:
       raise ValueError(f"DeliberationSettings: steps {self.steps} and num_chunks "
                        f"{self.num_chunks} must be ≥ 1")
-    if self.strategy == "semi_ar" and self.steps < self.num_chunks:
+    if self.strategy == "semi_ar" and self.steps is not None and self.steps < self.num_chunks:
       # Diffusion-ASR would divide by steps // num_chunks = 0.
       raise ValueError(f"DeliberationSettings: semi_ar needs steps {self.steps} ≥ num_chunks "
                        f"{self.num_chunks}")
@@ -135,6 +138,13 @@ def _eos_eot_inf(eos_id: int, eot_id: int, temperature: float, logits_eos_inf: b
     # tensor that nothing reads again, so only EoT is removed from the confidence softmax.
     confidence = (eot_id,) if temperature > 0 else tuple(dict.fromkeys((eos_id, eot_id)))
   return dict(logits_inf=(eos_id,) if logits_eos_inf else (), confidence_inf=confidence)
+
+
+def _resolved(settings, fields: tuple[str, ...]) -> None:
+  unset = [f for f in fields if getattr(settings, f) is None]
+  if unset:
+    raise ValueError(f"{type(settings).__name__}: {', '.join(unset)} must be set to decode (None "
+                     f"is for a Transcriber, which takes them from the checkpoint)")
 
 
 def _check_dual(owner: str, cache: bool, dual_cache: bool) -> None:
@@ -456,6 +466,7 @@ def decode(model, mel: jax.Array, prompt_ids: jax.Array, *,
   check_array("prompt_ids", prompt_ids, ndim=2, dtypes=("integer",))
   check_array("mel", mel, ndim=3)
   s, lm_cfg = settings, model.config.lm
+  _resolved(s, ("gen_length", "steps", "block_length"))
   rules = StepRules(remasking=s.remasking, temperature=float(s.temperature),
                     threshold=s.threshold, cache=s.cache, mask_id=lm_cfg.mask_id,
                     eos_id=lm_cfg.eos_id if s.eos_rule else None,
@@ -514,6 +525,7 @@ def deliberate(model, mel: jax.Array | None, prompt_ids: jax.Array, hyp_ids: jax
     if b and (lens.min() < 0 or lens.max() > r):
       raise ValueError(f"hyp_len {lens.tolist()}: expected 0 ≤ length ≤ bucket {r}")
   s, lm_cfg = settings, model.config.lm
+  _resolved(s, ("steps",))
   rules = StepRules(remasking=s.remasking, temperature=float(s.temperature),
                     threshold=s.threshold, cache=s.cache, mask_id=lm_cfg.mask_id)
   sched: Schedule

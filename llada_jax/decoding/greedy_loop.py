@@ -11,6 +11,7 @@ submodule of that name would be shadowed by it.)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import typing as tp
@@ -97,6 +98,18 @@ def _lm_greedy(graphdef, state, mel, prompt_ids, eos_id, max_new_tokens: int):
 
   return _loop(step, logits, cache, max_new_tokens=max_new_tokens, eos_id=eos_id,
                probs=False).tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class GreedySettings:
+  """Greedy AR decoding with a KV cache (the causal Whisper-LLaMA baseline)."""
+
+  # Response tokens; None (a Transcriber's settings only): the checkpoint's response length.
+  max_new_tokens: int | None = None
+
+  def __post_init__(self):
+    if self.max_new_tokens is not None and self.max_new_tokens < 1:
+      raise ValueError(f"GreedySettings.max_new_tokens={self.max_new_tokens}: expected ≥ 1")
 
 
 def greedy(model, mel: jax.Array | None, prompt_ids: jax.Array, *, max_new_tokens: int,

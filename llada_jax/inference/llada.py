@@ -40,32 +40,34 @@ STRATEGIES = ("ar", "diffusion", "semi_ar", "deliberation")
 HYPOTHESIS_BUCKET = 32  # whole hypotheses: responses padded to a multiple of this many tokens
 
 
+Decoding = tp.Union[decoding.GreedySettings, decoding.DiffusionSettings,
+                   decoding.DeliberationSettings]
+
+
 @dataclasses.dataclass(frozen=True)
 class LLaDASettings:
-  """How a Whisper-LLaDA / Whisper-LLaMA checkpoint transcribes. Paper defaults: gen_length =
-  steps = 128, low-confidence remasking; semi-AR blocks of 32; deliberation semi-AR over 4
-  sub-blocks (diffusion deliberation: mask ratio 0.3, random masking)."""
+  """How a Whisper-LLaDA / Whisper-LLaMA checkpoint transcribes: the decoding loop's own settings
+  (`decoding`) and what the transcriber does around it. The decoding settings choose the
+  strategy (`strategy`):
 
-  strategy: str = "diffusion"  # one of STRATEGIES
-  gen_length: int | None = None  # response length; default: the run's response_len, else 128
-  steps: int | None = None  # denoising steps; default: = gen_length
-  block_length: int = 32  # semi_ar only (diffusion is one block of gen_length)
-  remasking: str = "low_confidence"  # decoding.REMASKING
-  temperature: float = 0.0
-  threshold: float | None = None  # Fast-dLLM: also commit every token with confidence ≥ τ
-  cache: bool = False  # Fast-dLLM prefix KV cache per block
-  # Fast-dLLM dual cache (implies the prefix cache): each cached step runs the block alone
-  # (semi_ar); deliberation's sub-blocks differ per row, so it keeps the prefix cache there.
-  dual_cache: bool = False
+    GreedySettings                      ar: the causal Whisper-LLaMA
+    DiffusionSettings(block_length=None) diffusion: one block of gen_length masks
+    DiffusionSettings(block_length=32)   semi_ar: blocks, left to right
+    DeliberationSettings                deliberation: re-fill part of first-pass hypotheses
+
+  Lengths left None come from the checkpoint: gen_length (max_new_tokens) = the run's
+  response_len, else 128; steps = gen_length. `LLaDASettings.paper(strategy)` gives the paper's
+  defaults: 128 steps over 128 tokens, low-confidence remasking, semi-AR blocks of 32,
+  deliberation semi-AR over 4 sub-blocks.
+  """
+
+  decoding: Decoding = decoding.DiffusionSettings(gen_length=None, steps=None, block_length=None)
   adaptive_length: bool = False  # gen length per batch from its longest utterance (32/64/96/128)
   mel_frames: int | None = None  # encoder input frames; default: the run's, else 3000 = 30 s
   seed: int = 0  # key for random masking / remasking / temperature
-  masking: str = "random"  # deliberation: decoding.MASKING
-  mask_ratio: float = 0.3
-  deliberation_strategy: str = "semi_ar"  # decoding.STRATEGIES
-  num_chunks: int = 4
-  text_only: bool = False  # deliberation without audio embeddings (the paper's ablation)
   too_long: str = "trim"  # audio over mel_frames / 100 s: cut to it, or "error" (TOO_LONG)
+  # Deliberation's inputs. text_only: no audio embeddings (the paper's ablation).
+  text_only: bool = False
   # First-pass hypotheses: None feeds each one whole, as Diffusion-ASR does (the response is as
   # long as the hypothesis; batches are padded to a multiple of HYPOTHESIS_BUCKET tokens); N cuts
   # them to N tokens.
@@ -75,29 +77,51 @@ class LLaDASettings:
   text_form: str | None = None
 
   def __post_init__(self):
-    for name, value, allowed in (("strategy", self.strategy, STRATEGIES),
-                                 ("too_long", self.too_long, TOO_LONG),
-                                 ("remasking", self.remasking, decoding.REMASKING),
-                                 ("masking", self.masking, decoding.MASKING),
-                                 ("deliberation_strategy", self.deliberation_strategy,
-                                  decoding.STRATEGIES)):
-      if value not in allowed:
-        raise ValueError(f"LLaDASettings.{name}={value!r}: expected one of {allowed}")
+    if not isinstance(self.decoding, tp.get_args(Decoding)):
+      raise ValueError(f"LLaDASettings.decoding={self.decoding!r}: expected GreedySettings, "
+                       f"DiffusionSettings or DeliberationSettings")
+    if self.too_long not in TOO_LONG:
+      raise ValueError(f"LLaDASettings.too_long={self.too_long!r}: expected one of {TOO_LONG}")
     if self.text_form is not None and self.text_form not in text.TEXT_FORMS:
       raise ValueError(f"LLaDASettings.text_form={self.text_form!r}: expected one of "
                        f"{text.TEXT_FORMS}")
     if self.hypothesis_tokens is not None and self.hypothesis_tokens < 1:
       raise ValueError(f"LLaDASettings.hypothesis_tokens={self.hypothesis_tokens}: expected ≥ 1")
 
+  @property
+  def strategy(self) -> str:
+    """One of STRATEGIES, from the decoding settings."""
+    d = self.decoding
+    if isinstance(d, decoding.GreedySettings):
+      return "ar"
+    if isinstance(d, decoding.DeliberationSettings):
+      return "deliberation"
+    return "diffusion" if d.block_length is None else "semi_ar"
+
+  @classmethod
+  def paper(cls, strategy: str = "diffusion", **fields) -> LLaDASettings:
+    """The paper's decoding settings for `strategy` (lengths from the checkpoint); `fields` set
+    LLaDASettings' other fields."""
+    unset = dict(gen_length=None, steps=None)
+    by_strategy = {
+        "ar": decoding.GreedySettings(),
+        "diffusion": decoding.DiffusionSettings(**unset, block_length=None),
+        "semi_ar": decoding.DiffusionSettings(**unset, block_length=32),
+        "deliberation": decoding.DeliberationSettings(steps=None),
+    }
+    if strategy not in by_strategy:
+      raise ValueError(f"strategy {strategy!r}: expected one of {STRATEGIES}")
+    return cls(decoding=by_strategy[strategy], **fields)
+
 
 class LLaDATranscriber(Transcriber):
   max_seconds: float | None = 30.0
 
-  def __init__(self, checkpoint: str | os.PathLike, settings: LLaDASettings = LLaDASettings(),
+  def __init__(self, checkpoint: str | os.PathLike, settings: LLaDASettings | None = None,
                *, batch_size: int = 16, placement: Placement | None = None, dtype: str = "auto",
                attention: str | None = None, merge_lora: bool = True):
     super().__init__(batch_size, placement or Placement.create())
-    s = self.settings = settings
+    s = self.settings = settings or LLaDASettings()
     self.name = s.strategy
     try:
       config = ckpt.read_config(checkpoint)
@@ -121,11 +145,14 @@ class LLaDATranscriber(Transcriber):
     stored_form = info.get("text_form", "normalized" if info.get("format") == "trained" else "raw")
     self.text_form = s.text_form or stored_form
     self.mel_frames = int(s.mel_frames or info.get("mel_frames", config.whisper.max_mel_frames))
-    self.gen_length = int(s.gen_length or info.get("response_len", 128))
-    self.steps = int(s.steps or self.gen_length)
-    if s.strategy == "semi_ar" and not s.adaptive_length and self.gen_length % s.block_length:
-      raise ModelError(f"--gen-length {self.gen_length} is not a multiple of --block-length "
-                       f"{s.block_length}")
+    d = s.decoding
+    given = d.max_new_tokens if isinstance(d, decoding.GreedySettings) else getattr(
+        d, "gen_length", None)
+    self.gen_length = int(given or info.get("response_len", 128))
+    self.steps = int(getattr(d, "steps", None) or self.gen_length)
+    if s.strategy == "semi_ar" and not s.adaptive_length and self.gen_length % d.block_length:
+      raise ModelError(f"DiffusionSettings.gen_length {self.gen_length} (the checkpoint's response "
+                       f"length where unset) is not a multiple of block_length {d.block_length}")
     self.buckets = (self.mel_frames * HOP,)
     # response tokens that fit the LM's context after the prompt and the audio embeddings
     audio = config.qformer.num_windows(self.mel_frames // 2) * config.qformer.num_queries
@@ -139,14 +166,14 @@ class LLaDATranscriber(Transcriber):
       self._load(checkpoint, dtype=dtype, attention=attention, merge_lora=merge_lora)
     except (ckpt.CheckpointError, OSError, ValueError) as e:
       raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
-    self.cache = bool(s.cache or s.dual_cache)  # the dual cache extends the prefix cache
+    dual = getattr(d, "dual_cache", False)
     self.info = {"mel_frames": self.mel_frames, "gen_length": self.gen_length,
-                 "steps": self.steps, "threshold": s.threshold,
-                 "cache": "dual" if s.dual_cache else self.cache,
+                 "steps": self.steps, "threshold": getattr(d, "threshold", None),
+                 "cache": "dual" if dual else getattr(d, "cache", False),
                  "prompt_tokens": int(self.prompt.shape[1])}
-    if s.strategy == "deliberation":
-      self.info.update({"masking": s.masking, "mask_ratio": s.mask_ratio,
-                        "strategy": s.deliberation_strategy, "num_chunks": s.num_chunks,
+    if isinstance(d, decoding.DeliberationSettings):
+      self.info.update({"masking": d.masking, "mask_ratio": d.mask_ratio,
+                        "strategy": d.strategy, "num_chunks": d.num_chunks,
                         "text_only": s.text_only, "text_form": self.text_form,
                         "hypothesis_tokens": s.hypothesis_tokens})
 
@@ -217,21 +244,18 @@ class LLaDATranscriber(Transcriber):
     return self._texts(ids)
 
   def _diffusion(self, batch: dict) -> list[Result | Exception]:
-    s = self.settings
-    semi = s.strategy == "semi_ar"
-    gen = self._gen_length(batch, multiple_of=s.block_length if semi else 1)
-    settings = decoding.DiffusionSettings(
-        gen_length=gen, steps=gen if s.adaptive_length else self.steps,
-        block_length=s.block_length if semi else gen, remasking=s.remasking,
-        temperature=s.temperature, threshold=s.threshold, cache=self.cache,
-        dual_cache=s.dual_cache)
+    s, d = self.settings, self.settings.decoding
+    gen = self._gen_length(batch, multiple_of=d.block_length or 1)
+    settings = dataclasses.replace(d, gen_length=gen,
+                                   steps=gen if s.adaptive_length else self.steps,
+                                   block_length=d.block_length or gen)
     ids = self._run("diffusion decode", settings, lambda model, mel, prompt, keys: decoding.decode(
         model, mel, prompt, settings=settings, key=keys), self._audio(batch),
                     self._prompt(batch), seeds=self._seeds(batch))
     return self._texts(ids)
 
   def _deliberation(self, batch: dict) -> list[Result | Exception]:
-    s, eos = self.settings, self.config.lm.eos_id
+    s, d, eos = self.settings, self.settings.decoding, self.config.lm.eos_id
     rows, missing = [], {}
     hypotheses = batch.get("hypothesis") or [None] * len(batch["ids"])
     for i, (utt, hyp) in enumerate(zip(batch["ids"], hypotheses)):
@@ -252,10 +276,7 @@ class LLaDATranscriber(Transcriber):
     hyp_ids = np.full((len(rows), width), eos, np.int32)
     for i, ids in enumerate(rows):
       hyp_ids[i, : len(ids)] = ids
-    settings = decoding.DeliberationSettings(
-        strategy=s.deliberation_strategy, masking=s.masking, mask_ratio=s.mask_ratio,
-        steps=self.steps, num_chunks=s.num_chunks, remasking=s.remasking,
-        temperature=s.temperature, threshold=s.threshold, cache=self.cache)
+    settings = dataclasses.replace(d, steps=self.steps)
     out = self._run(
         "deliberation", settings, lambda model, mel, prompt, hyp, n, keys: decoding.deliberate(
             model, mel, prompt, hyp, n, settings=settings, key=keys),
