@@ -69,10 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="deliberation: hyps.jsonl of the first-pass run (default with a JSON data "
                       "file: its entries' origin_transcripts)")
   options.add_compile_cache(p)
-  options.add_devices(p, mesh_help="device mesh, one size may be -1 (all remaining devices); "
-                                   "batches are split over data × fsdp, weights placed by "
-                                   "--sharding (default: 1,1,1 in one process; -1,1,1 with "
-                                   "several)")
+  options.add_devices(p)
   options.add_decoding(p, llada_title="strategies ar / diffusion / semi_ar / deliberation",
                        deliberation_title="strategy deliberation")
 
@@ -102,6 +99,17 @@ def check(args: argparse.Namespace) -> None:
   if args.strategy == "whisper" and llada_only:
     raise options.UsageError(f"{', '.join(llada_only)}: for the Whisper-LLaDA / -LLaMA "
                              f"strategies, not --strategy whisper")
+
+
+def parse_args(argv: tp.Sequence[str]) -> argparse.Namespace:
+  """`llada-jax eval`'s arguments, checked (argparse's exit 2 on a usage error)."""
+  parser = options.command(sys.modules[__name__], argparse.ArgumentParser(prog="llada-jax eval"))
+  args = parser.parse_args(argv)
+  try:
+    check(args)
+  except options.UsageError as e:
+    parser.error(str(e))
+  return args
 
 
 def settings(args: argparse.Namespace) -> tuple[WhisperSettings | LLaDASettings,

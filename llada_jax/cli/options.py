@@ -87,15 +87,15 @@ def add_compile_cache(p: argparse.ArgumentParser) -> None:
                       "$LLADA_JAX_CACHE_DIR or ~/.cache/llada_jax/xla)")
 
 
-def add_devices(p: argparse.ArgumentParser, *, mesh_help: str, weights: bool = True) -> None:
-  """--mesh and --dtype; with `weights`, --sharding, --attention and --no-merge-lora too."""
+def add_devices(p: argparse.ArgumentParser) -> None:
   g = p.add_argument_group("devices")
-  g.add_argument("--mesh", type=mesh_arg, default=None, metavar="DATA,FSDP,TENSOR", help=mesh_help)
+  g.add_argument("--mesh", type=mesh_arg, default=None, metavar="DATA,FSDP,TENSOR",
+                 help="device mesh, one size may be -1 (all remaining devices); batches are split "
+                      "over data × fsdp, weights placed by --sharding (default: one device; "
+                      "eval over several processes: every device on data)")
   g.add_argument("--dtype", choices=DTYPES, default="auto",
                  help="compute dtype of the model (weights keep theirs); auto: bfloat16 on "
                       "GPU/TPU, the checkpoint's own (float32) on CPU")
-  if not weights:
-    return
   g.add_argument("--sharding", choices=sharding.PRESET_NAMES, default="full_fsdp",
                  help="weight placement, a training preset: full_fsdp (model dim over fsdp; heads, "
                       "MLP and vocabulary over tensor), lora_dp (whole on every data-parallel "

@@ -81,8 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="resuming: transcribe again the files OUT has error records for")
   p.add_argument("--quiet", action="store_true", help="no progress bar, no texts on stdout")
   options.add_compile_cache(p)
-  options.add_devices(p, mesh_help="devices of this process: batch over data x fsdp, weights by "
-                                   "the training rules (one size may be -1; default: one device)")
+  options.add_devices(p)
   options.add_decoding(p, llada_title="Whisper-LLaDA / -LLaMA decoding (each pass)",
                        deliberation_title="deliberation (with --deliberate)")
 
@@ -107,8 +106,8 @@ def first_settings(args: argparse.Namespace):
   if isinstance(config, WhisperConfig):
     llada = [f for f in llada if f != "--seed"]  # the seed may serve deliberation alone
     if llada and args.deliberate is None:
-      raise UsageError(f"{', '.join(llada)}: for a Whisper-LLaDA / -LLaMA; {args.checkpoint} is "
-                       f"a Whisper")
+      raise UsageError(f"{', '.join(llada)}: for a Whisper-LLaDA --checkpoint; {args.checkpoint} "
+                       f"is a Whisper")
     return options.whisper_settings(args)
   if not isinstance(config, WhisperLLaDAConfig):
     raise UsageError(f"--checkpoint {args.checkpoint}: a {type(config).__name__}, not a speech "
