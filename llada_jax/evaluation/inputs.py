@@ -14,7 +14,8 @@ from llada_jax.data.audio import SAMPLE_RATE
 from llada_jax.data.files import FilesSource
 from llada_jax.data.librispeech import ErrorRecord
 from llada_jax.data.manifest import ManifestSource
-from llada_jax.inference.transcriber import DurationError, check_max_duration
+from llada_jax.inference.errors import DurationError
+from llada_jax.inference.transcriber import check_max_duration
 
 
 class EvalError(RuntimeError):

@@ -28,7 +28,9 @@ from llada_jax.data import pipeline
 from llada_jax.data.audio import SAMPLE_RATE, AudioError
 from llada_jax.evaluation import inputs, outputs, wer
 from llada_jax.evaluation.inputs import EvalError, open_data
-from llada_jax.inference.transcriber import Transcriber, UtteranceError
+from llada_jax.inference.batch import AudioBatch
+from llada_jax.inference.errors import UtteranceError
+from llada_jax.inference.transcriber import Transcriber
 from llada_jax.parallel import distributed
 
 log = logging.getLogger(__name__)
@@ -96,8 +98,8 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
         if s.strict:
           raise EvalError(f"--strict: {e.path}: {e.reason}")
         records.append(outputs.error_record(e, refs))
-      if first_pass is not None:
-        _attach_first_pass(batch, first_pass, s, records)
+      hypothesis = (None if first_pass is None else
+                    _attach_first_pass(batch, first_pass, s, records))
       valid = np.flatnonzero(batch["valid"])
       # the global count decides: a compiled step runs on every process or on none
       step_rows = (valid.shape[0] if processes == 1 else
@@ -105,7 +107,7 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
       if step_rows:
         before, t0 = transcriber.compile_seconds, time.perf_counter()
         try:
-          results = transcriber.transcribe(batch)
+          results = transcriber.transcribe(AudioBatch.from_pipeline(batch, hypothesis))
         except (UtteranceError, AudioError) as e:
           if s.strict:
             first = batch["ids"][valid[0]] if valid.shape[0] else "a batch"
@@ -196,15 +198,17 @@ def _data_order(data) -> list[tuple[str, str]] | None:
 
 
 def _attach_first_pass(batch: dict, first_pass: inputs.FirstPass, s: RunSettings,
-                       records: list[dict]) -> None:
-  """Hand each row its first-pass hypothesis; a row without one is an error record, not decoded."""
-  batch["hypothesis"] = [first_pass.texts.get(i) for i in batch["ids"]]
+                       records: list[dict]) -> list[str | None]:
+  """Each row's first-pass hypothesis; a row without one is an error record, not decoded (its
+  `valid` turned False in the pipeline batch)."""
+  hypothesis = [first_pass.texts.get(i) for i in batch["ids"]]
   batch["valid"] = np.asarray(batch["valid"]).copy()
   for r in np.flatnonzero(batch["valid"]):
-    if batch["hypothesis"][r] is None:
+    if hypothesis[r] is None:
       error = UtteranceError(first_pass.missing(batch["ids"][r]))
       if s.strict:
         raise EvalError(f"--strict: {batch['ids'][r]}: {error}")
       batch["valid"][r] = False
       records.append({"id": batch["ids"][r], "ref": batch["text"][r], "hyp": None,
                       "error": f"{type(error).__name__}: {error}", "path": None})
+  return hypothesis
