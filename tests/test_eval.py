@@ -189,7 +189,7 @@ def test_wrong_checkpoint_kind_is_named(tiny, corpus, tmp_path, capsys):
   code = cli.main(["--quiet", "--checkpoint", str(tmp_path / "nope"), "--data", str(corpus),
                           "--out", str(tmp_path / "x"), "--strategy", "whisper"])
   err = capsys.readouterr().err
-  assert code == 2 and f"--checkpoint {tmp_path / 'nope'}" in err, err
+  assert code == 2 and f"checkpoint {tmp_path / 'nope'}" in err, err
 
 
 def test_tfds_spec(tiny, corpus, parity_run, tmp_path):

@@ -175,7 +175,7 @@ def test_run_writes_their_predictions_file(files, tmp_path):
   summary = runner.run(Echo(), RunSettings(data=path, out=str(tmp_path / "lim"), quiet=True,
                                            limit=2, predictions_json=str(preds)))
   assert [p["path"] for p in json.loads(preds.read_text())] == [files["c"], files["a"]]
-  with pytest.raises(runner.EvalError, match="predictions-json"):
+  with pytest.raises(runner.EvalError, match="predictions_json"):
     runner.run(Echo(), RunSettings(data=path, out=str(tmp_path / "x"), quiet=True,
                                    predictions_json=str(tmp_path / "no" / "p.json")))
 

@@ -59,7 +59,7 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
   start = time.perf_counter() if started is None else started
   s = settings
   if s.predictions_json and not Path(s.predictions_json).parent.is_dir():
-    raise EvalError(f"--predictions-json {s.predictions_json}: no such folder "
+    raise EvalError(f"predictions_json {s.predictions_json}: no such folder "
                     f"{Path(s.predictions_json).parent}")
   # Audio over the transcriber's window: cut to it by the pipeline (too_long="trim", the authors'
   # rule), or refused here as an error record (too_long="error").
@@ -74,7 +74,7 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
   try:
     out.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise EvalError(f"--out {out}: {e}") from e
+    raise EvalError(f"out {out}: {e}") from e
 
   process, processes = jax.process_index(), jax.process_count()
   if processes > 1 and transcriber.placement is None:
@@ -96,7 +96,7 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
     for batch in batches:
       for e in batch["errors"]:
         if s.strict:
-          raise EvalError(f"--strict: {e.path}: {e.reason}")
+          raise EvalError(f"strict: {e.path}: {e.reason}")
         records.append(outputs.error_record(e, refs))
       hypothesis = (None if first_pass is None else
                     _attach_first_pass(batch, first_pass, s, records))
@@ -111,7 +111,7 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
         except (UtteranceError, AudioError) as e:
           if s.strict:
             first = batch["ids"][valid[0]] if valid.shape[0] else "a batch"
-            raise EvalError(f"--strict: {first}…: {e}") from e
+            raise EvalError(f"strict: {first}…: {e}") from e
           results = [e] * len(batch["valid"])
         compiled = transcriber.compile_seconds - before
         decode_s += time.perf_counter() - t0 - compiled
@@ -124,7 +124,7 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
           seconds = float(batch["audio_len"][r]) / SAMPLE_RATE
           if isinstance(result, Exception):
             if s.strict:
-              raise EvalError(f"--strict: {utt_id}: {result}") from result
+              raise EvalError(f"strict: {utt_id}: {result}") from result
             records.append({"id": utt_id, "ref": batch["text"][r], "hyp": None,
                             "error": f"{type(result).__name__}: {result}", "path": None})
             continue
@@ -207,7 +207,7 @@ def _attach_first_pass(batch: dict, first_pass: inputs.FirstPass, s: RunSettings
     if hypothesis[r] is None:
       error = UtteranceError(first_pass.missing(batch["ids"][r]))
       if s.strict:
-        raise EvalError(f"--strict: {batch['ids'][r]}: {error}")
+        raise EvalError(f"strict: {batch['ids'][r]}: {error}")
       batch["valid"][r] = False
       records.append({"id": batch["ids"][r], "ref": batch["text"][r], "hyp": None,
                       "error": f"{type(error).__name__}: {error}", "path": None})

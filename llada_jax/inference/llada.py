@@ -103,16 +103,17 @@ class LLaDATranscriber(Transcriber):
     try:
       config = ckpt.read_config(checkpoint)
     except (ckpt.CheckpointError, ValueError, OSError) as e:
-      raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
+      raise ModelError(f"checkpoint {checkpoint}: {e}") from e
     if not isinstance(config, WhisperLLaDAConfig):
-      raise ModelError(f"--strategy {s.strategy} needs a Whisper-LLaDA checkpoint (convert --kind "
-                       f"whisper_llada, or a train.py run's export); {checkpoint} holds a "
-                       f"{type(config).__name__}")
+      raise ModelError(f"LLaDASettings.strategy={s.strategy!r} needs a Whisper-LLaDA checkpoint "
+                       f"(converted as kind 'whisper_llada', or a train.py run's export); "
+                       f"{checkpoint} holds a {type(config).__name__}")
     if s.strategy == "ar" and not config.lm.causal:
-      raise ModelError(f"--strategy ar needs the causal Whisper-LLaMA; {checkpoint} is a LLaDA")
+      raise ModelError(f"LLaDASettings.strategy='ar' needs the causal Whisper-LLaMA; {checkpoint} "
+                       f"is a LLaDA")
     if s.strategy != "ar" and config.lm.causal:
-      raise ModelError(f"--strategy {s.strategy} needs a bidirectional LLaDA; {checkpoint} is "
-                       f"causal (use --strategy ar)")
+      raise ModelError(f"LLaDASettings.strategy={s.strategy!r} needs a bidirectional LLaDA; "
+                       f"{checkpoint} is causal (use strategy 'ar')")
     info = ckpt.read_source_info(checkpoint)
     self.config = config
     self.tokenizer = text.load_tokenizer(checkpoint)
@@ -125,8 +126,8 @@ class LLaDATranscriber(Transcriber):
     self.gen_length = int(s.gen_length or info.get("response_len", 128))
     self.steps = int(s.steps or self.gen_length)
     if s.strategy == "semi_ar" and not s.adaptive_length and self.gen_length % s.block_length:
-      raise ModelError(f"--gen-length {self.gen_length} is not a multiple of --block-length "
-                       f"{s.block_length}")
+      raise ModelError(f"LLaDASettings.gen_length={self.gen_length} is not a multiple of "
+                       f"LLaDASettings.block_length={s.block_length}")
     self.buckets = (self.mel_frames * HOP,)
     # response tokens that fit the LM's context after the prompt and the audio embeddings
     audio = config.qformer.num_windows(self.mel_frames // 2) * config.qformer.num_queries
@@ -139,7 +140,7 @@ class LLaDATranscriber(Transcriber):
     try:
       self._load(checkpoint, dtype=dtype, attention=attention, merge_lora=merge_lora)
     except (ckpt.CheckpointError, OSError, ValueError) as e:
-      raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
+      raise ModelError(f"checkpoint {checkpoint}: {e}") from e
     self.cache = bool(s.cache or s.dual_cache)  # the dual cache extends the prefix cache
     self.info = {"mel_frames": self.mel_frames, "gen_length": self.gen_length,
                  "steps": self.steps, "threshold": s.threshold,

@@ -58,9 +58,9 @@ def check_max_duration(seconds: float, limit: float = 30.0) -> None:
   if seconds > limit:
     raise DurationError(f"{seconds:.2f} s of audio is longer than this strategy's {limit:g} s "
                         f"limit (Whisper-LLaDA encodes one 30 s Whisper window, as in the paper); "
-                        f"split the audio first, cut it to the window (--too-long trim, the "
-                        f"authors' rule), or use --strategy whisper, which transcribes 30 s "
-                        f"windows and merges them")
+                        f"split the audio first, cut it to the window (too_long='trim', the "
+                        f"authors' rule), or transcribe it with Whisper (WhisperSettings), which "
+                        f"transcribes 30 s windows and merges them")
 
 
 def batch_buckets(buckets: tp.Sequence[int], lengths: np.ndarray) -> tuple[int, ...]:

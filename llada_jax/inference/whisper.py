@@ -78,9 +78,9 @@ class WhisperTranscriber(Transcriber):
     try:
       config = ckpt.read_config(checkpoint)
     except (ckpt.CheckpointError, ValueError, OSError) as e:
-      raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
+      raise ModelError(f"checkpoint {checkpoint}: {e}") from e
     if not isinstance(config, WhisperConfig):
-      raise ModelError(f"--strategy whisper needs a converted Whisper checkpoint; {checkpoint} "
+      raise ModelError(f"WhisperSettings need a converted Whisper checkpoint; {checkpoint} "
                        f"holds a {type(config).__name__}")
     tok_file = Path(checkpoint) / "tokenizer.json"
     if not tok_file.is_file():
@@ -104,15 +104,15 @@ class WhisperTranscriber(Transcriber):
     limit = config.max_target_positions - len(self.prompt) + 1
     self.max_new_tokens = int(s.max_new_tokens or min(config.max_target_positions // 2, limit))
     if not 0 < self.max_new_tokens <= limit:
-      raise ModelError(f"--max-new-tokens {self.max_new_tokens}: this model decodes at most "
-                       f"{limit} tokens after its {len(self.prompt)}-token prompt")
+      raise ModelError(f"WhisperSettings.max_new_tokens={self.max_new_tokens}: this model decodes "
+                       f"at most {limit} tokens after its {len(self.prompt)}-token prompt")
     self.buckets = (CHUNK_SAMPLES,) if not s.bucketed else bucket_widths(s.bucket_seconds)
     # audio over 30 s: overlapping 30 s windows (validates the stride)
     self.windowing = Windowing(CHUNK_SAMPLES, int(round(float(s.chunk_stride) * SAMPLE_RATE)))
     try:
       self._load(checkpoint, dtype=dtype, attention=attention, merge_lora=merge_lora)
     except (ckpt.CheckpointError, OSError, ValueError) as e:
-      raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
+      raise ModelError(f"checkpoint {checkpoint}: {e}") from e
     self.config = config
     rows = s.encoder_rows
     if rows is None and jax.default_backend() == "cpu":
