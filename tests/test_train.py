@@ -227,9 +227,9 @@ def test_train_py_end_to_end(straight_run, corpus, compile_cache):
   assert list((workdir / "tb").glob("events.out.tfevents.*"))
   assert (workdir / "config.json").is_file()
   assert "compiled the train step in" in log
-  # a second run into the same folder must be told to --resume
+  # a second run into the same folder must be told to resume
   again = run_train_py(workdir, corpus, cache=compile_cache)
-  assert again.returncode == 2 and "--resume" in again.stderr
+  assert again.returncode == 2 and "resume=True" in again.stderr
 
 
 def test_resume_is_bit_identical(straight_run, corpus, tmp_path):
