@@ -2,7 +2,7 @@
 NNX.
 
     import llada_jax
-    t = llada_jax.Transcriber.open("ckpt/whisper-llada")      # any converted checkpoint
+    t = llada_jax.open_transcriber("ckpt/whisper-llada")      # any converted checkpoint
     texts = t(["a.flac", "b.flac"])
     lm = llada_jax.load("ckpt/llada-8b")                      # the NNX model of a checkpoint
     out = llada_jax.generate(lm, prompt_ids, steps=128, gen_length=128, block_length=32)
@@ -22,6 +22,7 @@ from llada_jax.decoding import (
 
 # Transcription: audio in, text out
 from llada_jax.inference import LLaDASettings, Transcriber, WhisperSettings
+from llada_jax.inference import open as open_transcriber
 from llada_jax.models.checkpoint import load
 
 # Configs
@@ -38,5 +39,5 @@ __all__ = [
     "LMConfig", "LoRAConfig", "QFormerConfig", "WhisperConfig", "WhisperLLaDAConfig",
     "DeliberationSettings", "DiffusionSettings", "decode", "deliberate", "generate", "greedy",
     "whisper_greedy",
-    "LLaDASettings", "Transcriber", "WhisperSettings",
+    "LLaDASettings", "Transcriber", "WhisperSettings", "open_transcriber",
 ]

@@ -141,7 +141,7 @@ def override(cfg: T, items: tp.Sequence[str]) -> T:
   for item in items:
     key, eq, value = item.partition("=")
     if not eq or not key.strip():
-      raise ConfigError(f"--set {item!r}: expected key=value")
+      raise ConfigError(f"override {item!r}: expected key=value")
     _set(data, type(cfg), key.strip(), value)
   return from_dict(type(cfg), data, "")
 
@@ -203,11 +203,11 @@ def resolve(spec: str | os.PathLike) -> Path:
   path = Path(spec)
   if path.suffix in (".py", ".json"):
     if not path.is_file():
-      raise ConfigError(f"--config {spec}: no such file")
+      raise ConfigError(f"config {spec}: no such file")
     return path
   if path.name == str(spec) and (CONFIG_DIR / f"{spec}.py").is_file():
     return CONFIG_DIR / f"{spec}.py"
-  raise ConfigError(f"--config {spec!r}: not a config name ({', '.join(names())} in "
+  raise ConfigError(f"config {spec!r}: not a config name ({', '.join(names())} in "
                     f"{CONFIG_DIR}) nor a .py / .json file")
 
 

@@ -242,7 +242,7 @@ def _edit_safetensors(path: Path, edit) -> None:
     ("missing", "missing tensor 'model.layers.1.mlp.up_proj.weight'"),
     ("extra", "unexpected tensor 'model.layers.0.mlp.extra.weight'"),
     ("shape", "shape mismatch for 'model.norm.weight'"),
-    ("kind", "--kind whisper needs a Whisper checkpoint"),
+    ("kind", "kind 'whisper' needs a Whisper checkpoint"),
     ("truncated", "model.safetensors"),
 ])
 def test_errors_name_the_tensor_and_leave_no_output(tmp_path, capsys, case, message):

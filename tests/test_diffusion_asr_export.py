@@ -162,7 +162,7 @@ def test_lora_alpha_without_a_stored_config(bases, tmp_path, capsys):
 
   their_pth(tmp_path / "cfg.pth", TheirTrainedParts(alpha=16.0))
   assert convert(bases, tmp_path / "cfg.pth", tmp_path / "c", "--lora-alpha", "24") == 2
-  assert "--lora-alpha 24.0 contradicts the stored config's lora_alpha 16" in (
+  assert "lora_alpha 24.0 contradicts the stored config's lora_alpha 16" in (
       capsys.readouterr().err)
   assert not (tmp_path / "c").exists()
 

@@ -19,6 +19,7 @@ from llada_jax.cli import eval as cli
 from llada_jax.data import librispeech
 from llada_jax.data.audio import load_audio
 from llada_jax.evaluation import RunSettings, outputs, runner, wer
+from llada_jax.inference import errors as inference_errors
 from llada_jax.inference import transcriber as transcriber_lib
 from llada_jax.inference.long_audio import chunk_windows, merge_chunks
 from llada_jax.inference.whisper import WhisperSettings, bucket_widths
@@ -132,11 +133,11 @@ def test_transcriber_api_on_paths_and_arrays(tiny, corpus, parity_run, tmp_path)
   import llada_jax
 
   utts = librispeech.scan_librispeech(corpus).utterances[:3]
-  t = llada_jax.Transcriber.open(tiny[0], llada_jax.WhisperSettings(bucketed=True),
+  t = llada_jax.open_transcriber(tiny[0], llada_jax.WhisperSettings(bucketed=True),
                                  batch_size=2)
   texts = t([utts[0].path, load_audio(utts[1].path), Path(utts[2].path)])
   assert texts == [{r["id"]: r["hyp"] for r in parity_run[2]}[u.id] for u in utts]
-  with pytest.raises(transcriber_lib.UtteranceError, match="nope.flac"):
+  with pytest.raises(inference_errors.UtteranceError, match="nope.flac"):
     t([str(tmp_path / "nope.flac")])
 
 
@@ -188,7 +189,7 @@ def test_wrong_checkpoint_kind_is_named(tiny, corpus, tmp_path, capsys):
   code = cli.main(["--quiet", "--checkpoint", str(tmp_path / "nope"), "--data", str(corpus),
                           "--out", str(tmp_path / "x"), "--strategy", "whisper"])
   err = capsys.readouterr().err
-  assert code == 2 and f"--checkpoint {tmp_path / 'nope'}" in err, err
+  assert code == 2 and f"checkpoint {tmp_path / 'nope'}" in err, err
 
 
 def test_tfds_spec(tiny, corpus, parity_run, tmp_path):
@@ -356,9 +357,13 @@ def test_broken_specs_exit_cleanly(tiny, tmp_path):
     cli.parse_args(base + ["--data", "x", "--strategy", "nope"])
 
 
+# The references of the corpus below, by utterance id: what EchoTranscriber transcribes.
+ECHO_REFS = {"1-10-0000": "A B", "1-10-0001": "C D", "1-10-0002": "E F"}
+
+
 class EchoTranscriber(transcriber_lib.Transcriber):
   """A model-free transcriber with a 30 s window, as the Whisper-LLaDA ones have: echoes the
-  reference, and notes the audio it was handed."""
+  reference (ECHO_REFS), and notes the audio it was handed."""
 
   name = "echo"
   max_seconds = 30.0
@@ -371,11 +376,11 @@ class EchoTranscriber(transcriber_lib.Transcriber):
 
   def transcribe(self, batch):
     self.calls += 1
-    for i, n, v in zip(batch["ids"], batch["audio_len"], batch["valid"]):
+    for i, n, v in zip(batch.ids, batch.audio_len, batch.valid):
       if v:
-        self.seen[i] = (batch["audio"].shape[1], int(n))
-    return [transcriber_lib.UtteranceError("refused") if i.endswith("0001") else (t.lower(), None)
-            for i, t in zip(batch["ids"], batch["text"])]
+        self.seen[i] = (batch.audio.shape[1], int(n))
+    return [inference_errors.UtteranceError("refused") if i.endswith("0001") else
+            (ECHO_REFS.get(i, "").lower(), None) for i in batch.ids]
 
 
 def test_long_audio_cut_to_the_window_and_a_custom_transcriber(tmp_path):
@@ -413,7 +418,7 @@ def test_long_audio_cut_to_the_window_and_a_custom_transcriber(tmp_path):
   assert summary["num_utts"] == 1 and summary["num_errors"] == 2
   assert summary["truncated_utts"] == 0 and summary["too_long"] == "error"
   assert strict.calls == 1
-  with pytest.raises(transcriber_lib.DurationError, match="30 s limit"):
+  with pytest.raises(inference_errors.DurationError, match="30 s limit"):
     transcriber_lib.check_max_duration(30.5)
   transcriber_lib.check_max_duration(30.0)
   with pytest.raises(runner.EvalError, match="strict"):
@@ -423,7 +428,7 @@ def test_long_audio_cut_to_the_window_and_a_custom_transcriber(tmp_path):
   # The Python API follows the same rule: cut (trim) or DurationError naming the input (error).
   long = str(ch / "1-10-0002.flac")
   assert EchoTranscriber(batch_size=2)([long]) == [""]  # no transcript: the echo of ""
-  with pytest.raises(transcriber_lib.DurationError, match="1-10-0002.flac"):
+  with pytest.raises(inference_errors.DurationError, match="1-10-0002.flac"):
     EchoTranscriber(batch_size=2, too_long="error")([long])
 
 

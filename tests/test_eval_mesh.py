@@ -195,7 +195,7 @@ def test_rows_per_step_scale_with_the_data_axis(setup, monkeypatch):
   rows = []
   transcribe = LLaDATranscriber.transcribe
   monkeypatch.setattr(LLaDATranscriber, "transcribe",
-                      lambda self, batch: rows.append(len(batch["ids"])) or transcribe(self, batch))
+                      lambda self, batch: rows.append(len(batch.ids)) or transcribe(self, batch))
   texts = {}
   for mesh, want in (("1,1,1", [2] * 5), ("8,1,1", [16])):
     rows.clear()
@@ -263,9 +263,9 @@ def test_lora_is_merged_once_at_load(setup):
 
 def test_dtype_override(setup):
   """--dtype bfloat16: every config's compute dtype, weights stored as they are."""
-  from llada_jax import LLaDASettings, Transcriber
+  from llada_jax import LLaDASettings, open_transcriber
 
-  t = Transcriber.open(setup["models"]["llama"], LLaDASettings(strategy="ar", gen_length=8),
+  t = open_transcriber(setup["models"]["llama"], LLaDASettings(strategy="ar", gen_length=8),
                        batch_size=4, mesh=(2, 2, 1), dtype="bfloat16")
   cfg = t.model.config
   assert cfg.whisper.dtype == cfg.qformer.dtype == cfg.lm.dtype == "bfloat16"
@@ -280,7 +280,7 @@ def test_dtype_override(setup):
 def test_attention_override(setup, run, capsys):
   """--attention dot_product: every config's kernel, the same hyps as the checkpoint's (xla); a
   kernel this backend lacks is exit 2 naming it."""
-  from llada_jax import Transcriber
+  from llada_jax import open_transcriber
 
   want = read_hyps(_run(setup, run, "--mesh", "1,1,1", "--batch-size", str(BATCH)))
   out = _run(setup, run, "--mesh", "1,1,1", "--batch-size", str(BATCH), "--attention",
@@ -288,7 +288,7 @@ def test_attention_override(setup, run, capsys):
   assert_same_hyps(read_hyps(out), want, f"{run} dot_product")
   assert json.loads((out / "summary.json").read_text())["placement"]["attention"] == "dot_product"
   ckpt = setup["models"][RUNS[run][0]]
-  cfg = Transcriber.open(ckpt, batch_size=BATCH, attention="dot_product").model.config
+  cfg = open_transcriber(ckpt, batch_size=BATCH, attention="dot_product").model.config
   assert {c.attention for c in (cfg.whisper, cfg.qformer, cfg.lm)} == {"dot_product"} if (
       run != "whisper") else cfg.attention == "dot_product"
   assert cli.main(eval_args(setup["models"], setup["data"], setup["first"], run,

@@ -115,8 +115,13 @@ def test_pipeline_reads_a_manifest(files, tmp_path):
     pipeline.open_source(tmp_path / "nope.json")
 
 
+# The references of the data files below, by utterance id: what Echo transcribes.
+REFS = {"1-10-0000": "AY", "1-10-0001": "BEE", "1-10-0002": "SEE"}
+
+
 class Echo(transcriber_lib.Transcriber):
-  """Model-free: echoes the reference in lower case, or (named "deliberation") the first pass."""
+  """Model-free: echoes the reference (REFS) in lower case, or (named "deliberation") the first
+  pass."""
 
   max_seconds = 30.0
 
@@ -126,8 +131,8 @@ class Echo(transcriber_lib.Transcriber):
 
   def transcribe(self, batch):
     if self.name == "deliberation":
-      return [(h or "", None) for h in batch["hypothesis"]]
-    return [(t.lower(), None) for t in batch["text"]]
+      return [(h or "", None) for h in batch.hypothesis]
+    return [(REFS.get(i, "").lower(), None) for i in batch.ids]
 
 
 def test_run_writes_their_predictions_file(files, tmp_path):
@@ -170,7 +175,7 @@ def test_run_writes_their_predictions_file(files, tmp_path):
   summary = runner.run(Echo(), RunSettings(data=path, out=str(tmp_path / "lim"), quiet=True,
                                            limit=2, predictions_json=str(preds)))
   assert [p["path"] for p in json.loads(preds.read_text())] == [files["c"], files["a"]]
-  with pytest.raises(runner.EvalError, match="predictions-json"):
+  with pytest.raises(runner.EvalError, match="predictions_json"):
     runner.run(Echo(), RunSettings(data=path, out=str(tmp_path / "x"), quiet=True,
                                    predictions_json=str(tmp_path / "no" / "p.json")))
 

@@ -458,7 +458,7 @@ def test_diffusion_asr_checkpoint_with_objects_needs_trust_pickle(tmp_path):
   path = tmp_path / "checkpoint_3.pth"
   state = _diffusion_asr_state()
   _save_checkpoint(path, state, RunConfig())
-  with pytest.raises(ConversionError, match="--trust-pickle") as err:
+  with pytest.raises(ConversionError, match="trust_pickle=True") as err:
     open_source(path)
   assert str(path) in str(err.value)
   src = open_source(path, trust_pickle=True)

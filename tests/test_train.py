@@ -227,9 +227,9 @@ def test_train_py_end_to_end(straight_run, corpus, compile_cache):
   assert list((workdir / "tb").glob("events.out.tfevents.*"))
   assert (workdir / "config.json").is_file()
   assert "compiled the train step in" in log
-  # a second run into the same folder must be told to --resume
+  # a second run into the same folder must be told to resume
   again = run_train_py(workdir, corpus, cache=compile_cache)
-  assert again.returncode == 2 and "--resume" in again.stderr
+  assert again.returncode == 2 and "resume=True" in again.stderr
 
 
 def test_resume_is_bit_identical(straight_run, corpus, tmp_path):
@@ -476,18 +476,18 @@ def test_exported_run_evaluates_with_every_llada_strategy(straight_run, corpus, 
   # a causal strategy on a LLaDA checkpoint is refused with a clear message
   assert cli.main([*common, "--strategy", "ar", "--out", str(tmp_path / "ar")]) == 2
 
-  # The same through the Python API: llada_jax.Transcriber on paths, with and without first-pass
-  # hypotheses, gives eval.py's texts.
+  # The same through the Python API: llada_jax.open_transcriber on paths, with and without
+  # first-pass hypotheses, gives eval.py's texts.
   import llada_jax
 
   by_id = {r["id"]: r for r in map(json.loads, (tmp_path / "diffusion0" / "hyps.jsonl")
                                    .read_text().splitlines())}
   paths = sorted(Path(corpus["dev"]).rglob("*.flac"))
   settings = llada_jax.LLaDASettings(strategy="diffusion", gen_length=8, steps=8, mel_frames=2000)
-  t = llada_jax.Transcriber.open(model_dir, settings, batch_size=4)
+  t = llada_jax.open_transcriber(model_dir, settings, batch_size=4)
   texts = t(paths)
   assert texts == [by_id[p.stem]["hyp"] for p in paths]
-  delib = llada_jax.Transcriber.open(
+  delib = llada_jax.open_transcriber(
       model_dir, dataclasses.replace(settings, strategy="deliberation", text_only=True),
       batch_size=4)
   want = {r["id"]: r["hyp"] for r in map(json.loads, (tmp_path / "delib--text-only" /

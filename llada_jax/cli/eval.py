@@ -23,10 +23,11 @@ from llada_jax.cli import options
 from llada_jax.data import manifest
 from llada_jax.evaluation import outputs, runner
 from llada_jax.evaluation.inputs import EvalError
+from llada_jax.inference.errors import ModelError
 from llada_jax.inference.llada import STRATEGIES as LLADA_STRATEGIES
 from llada_jax.inference.llada import LLaDASettings
 from llada_jax.inference.transcriber import TOO_LONG
-from llada_jax.inference.whisper import ModelError, WhisperSettings
+from llada_jax.inference.whisper import WhisperSettings
 from llada_jax.parallel import compile_cache, distributed, placement
 
 NAME = "eval"
@@ -127,7 +128,7 @@ def settings(args: argparse.Namespace) -> tuple[WhisperSettings | LLaDASettings,
 def evaluate(args: argparse.Namespace) -> dict:
   """Open the checkpoint's transcriber and run; the summary (EvalError / ModelError on bad
   input)."""
-  from llada_jax.inference import Transcriber
+  from llada_jax import inference
 
   start = time.perf_counter()
   model_settings, run = settings(args)
@@ -136,9 +137,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     batch_size = devices.global_batch(args.batch_size, args.per_device_batch)
   except placement.PlacementError as e:
     raise EvalError(str(e)) from None
-  transcriber = Transcriber.open(args.checkpoint, model_settings, batch_size=batch_size,
-                                 mesh=devices, dtype=args.dtype, attention=args.attention,
-                                 merge_lora=not args.no_merge_lora)
+  transcriber = inference.open(args.checkpoint, model_settings, batch_size=batch_size,
+                               mesh=devices, dtype=args.dtype, attention=args.attention,
+                               merge_lora=not args.no_merge_lora)
   return runner.run(transcriber, run, checkpoint=args.checkpoint, started=start,
                     extra={"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}})
 

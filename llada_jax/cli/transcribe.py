@@ -48,7 +48,8 @@ from llada_jax.cli.options import UsageError
 from llada_jax.data import files
 from llada_jax.data.journal import Journal, JournalError
 from llada_jax.evaluation.outputs import jsonable, write_atomic
-from llada_jax.inference.whisper import ModelError, WhisperSettings
+from llada_jax.inference.errors import ModelError
+from llada_jax.inference.whisper import WhisperSettings
 from llada_jax.models import checkpoint as ckpt
 from llada_jax.models.config import WhisperConfig, WhisperLLaDAConfig
 from llada_jax.parallel import compile_cache
@@ -241,19 +242,19 @@ def _transcribe(args: argparse.Namespace, first, delib, todo: list[str],
                 journal: Journal) -> None:
   from tqdm import tqdm
 
-  from llada_jax.inference import Transcriber
+  from llada_jax import inference
   from llada_jax.inference.cascade import Cascade
 
   try:
     kw = dict(batch_size=args.batch_size, mesh=args.placement, dtype=args.dtype,
               attention=args.attention, merge_lora=not args.no_merge_lora)
-    first_t = Transcriber.open(args.checkpoint, first, **kw)
-    delib_t = None if delib is None else Transcriber.open(args.deliberate, delib, **kw)
+    first_t = inference.open(args.checkpoint, first, **kw)
+    delib_t = None if delib is None else inference.open(args.deliberate, delib, **kw)
     cascade = Cascade(first_t, delib_t, chunk_stride=chunk_stride(args))
   except ModelError as e:
     raise UsageError(str(e)) from e
   except ValueError as e:  # a stride leaving no step
-    raise UsageError(f"--chunk-stride {args.chunk_stride}: {e}") from e
+    raise UsageError(f"--chunk-stride {chunk_stride(args)}: {e}") from e
   bar = tqdm(total=len(todo), unit="file", desc="transcribe", disable=args.quiet or None)
   try:
     for r in cascade(todo):

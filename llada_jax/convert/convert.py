@@ -106,20 +106,20 @@ def _lm_from_source(src: Source, kind: str, dtype: str, mask_id: int | None
                     ) -> tuple[LMConfig, maps.Mapping]:
   if src.kind_hint == "llada":
     if kind == "llama":
-      raise ConversionError(f"{src.path}: a LLaDA checkpoint is bidirectional; use --kind llada")
+      raise ConversionError(f"{src.path}: a LLaDA checkpoint is bidirectional; use kind 'llada'")
     return llada_config(src.config, dtype), maps.LLADA
   if src.kind_hint in _LLAMA_SOURCES:
     causal = kind in ("llama",)
     if not causal and mask_id is None:
       raise ConversionError(f"{src.path}: turning a causal LLaMA into a bidirectional LLaDA needs "
-                            "a mask token: pass --mask-id")
+                            "a mask token: pass mask_id")
     cfg = llama_config(src.config, dtype, causal=causal, mask_id=mask_id)
     table = maps.HF_LLAMA
     if cfg.tie_embeddings:  # some tied checkpoints still store the head: the same tensor twice
       table = table + maps.Mapping(rules=(), skip=(r"^lm_head\.weight$",))
     return cfg, table
-  raise ConversionError(f"{src.path}: a {src.kind_hint!r} checkpoint is not an LM for --kind "
-                        f"{kind}")
+  raise ConversionError(f"{src.path}: a {src.kind_hint!r} checkpoint is not an LM for kind "
+                        f"{kind!r}")
 
 
 @dataclasses.dataclass
@@ -139,14 +139,14 @@ def plan(kind: str, src: str | Path, *, dtype: str = "float32", whisper: str | P
          qformer_heads: int = 12, lora_alpha: float | None = None) -> Plan:
   """`lora_alpha`: LoRA α for a Diffusion-ASR .pth whose stored config has none (default 32)."""
   if kind not in KINDS:
-    raise ConversionError(f"--kind {kind!r}: expected one of {KINDS}")
+    raise ConversionError(f"kind {kind!r}: expected one of {KINDS}")
   if dtype not in ("float32", "bfloat16"):
-    raise ConversionError(f"--dtype {dtype!r}: expected float32 or bfloat16")
+    raise ConversionError(f"dtype {dtype!r}: expected float32 or bfloat16")
   everything = lambda name: True  # noqa: E731
   source = open_source(src, trust_pickle=trust_pickle)
   if kind == "whisper":
     if source.kind_hint not in _WHISPER_SOURCES:
-      raise ConversionError(f"{source.path}: --kind whisper needs a Whisper checkpoint, this looks "
+      raise ConversionError(f"{source.path}: kind 'whisper' needs a Whisper checkpoint, this looks "
                             f"like {source.kind_hint!r}")
     cfg = whisper_config(source.config, dtype)
     info = {"format": "hf_whisper", "kind_hint": source.kind_hint, "config": source.config}
@@ -159,13 +159,14 @@ def plan(kind: str, src: str | Path, *, dtype: str = "float32", whisper: str | P
   # whisper_llada: the trained tensors of a Diffusion-ASR .pth over base Whisper and LLM
   # checkpoints.
   if source.kind_hint != "diffusion_asr":
-    raise ConversionError(f"{source.path}: --kind whisper_llada needs a Diffusion-ASR training "
+    raise ConversionError(f"{source.path}: kind 'whisper_llada' needs a Diffusion-ASR training "
                           f"checkpoint (.pth), this looks like {source.kind_hint!r}")
   if whisper is None or llm is None:
-    raise ConversionError("--kind whisper_llada needs --whisper SRC and --llm SRC as well as --src")
+    raise ConversionError("kind 'whisper_llada' needs the base checkpoints whisper and llm as "
+                          "well as src")
   w_src, l_src = open_source(whisper), open_source(llm, trust_pickle=trust_pickle)
   if w_src.kind_hint not in _WHISPER_SOURCES:
-    raise ConversionError(f"{w_src.path}: --whisper is not a Whisper checkpoint "
+    raise ConversionError(f"{w_src.path} (whisper): not a Whisper checkpoint "
                           f"({w_src.kind_hint})")
   w_cfg = whisper_config(w_src.config, dtype)
   lm_cfg, lm_table = _lm_from_source(l_src, "llada", dtype, mask_id)
@@ -236,7 +237,7 @@ def _export_table(config, info: dict) -> tuple[maps.Mapping, dict]:
     if info.get("format") == "llada":
       return maps.LLADA, llada_json(config, info.get("config", {}))
     return maps.HF_LLAMA, hf_llama_json(config, info.get("config", {}))
-  raise ConversionError(f"--export-torch: no export for a {type(config).__name__}")
+  raise ConversionError(f"export_torch: no export for a {type(config).__name__}")
 
 
 def hf_whisper_json(c: WhisperConfig, base: dict) -> dict:

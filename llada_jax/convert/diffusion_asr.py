@@ -140,7 +140,7 @@ def lora_config(src: Source, alpha: float | None) -> tuple[LoRAConfig | None, di
                           f"LoRA tensors have rank {rank}")
   if stored_alpha is not None:
     if alpha is not None and float(alpha) != float(stored_alpha):
-      raise ConversionError(f"{src.path}: --lora-alpha {alpha} contradicts the stored config's "
+      raise ConversionError(f"{src.path}: lora_alpha {alpha} contradicts the stored config's "
                             f"lora_alpha {stored_alpha}")
     value, source = float(stored_alpha), "checkpoint config"
   elif alpha is not None:
@@ -220,7 +220,7 @@ def _check_exportable(config, src: Path, out: Path) -> None:
     raise ConversionError(f"{src}: a causal Whisper-LLaMA; the authors' checkpoint layout is for "
                           "their Whisper-LLaDA (a bidirectional LLaDA)")
   if out.suffix.lower() not in torch_file.SUFFIXES:
-    raise ConversionError(f"--out {out}: a whisper_llada checkpoint exports to one torch file in "
+    raise ConversionError(f"out {out}: a whisper_llada checkpoint exports to one torch file in "
                           f"the authors' layout; name it {' or '.join(torch_file.SUFFIXES)}")
   lora = config.lm.lora
   if lora is not None and set(lora.targets) - set(LORA_TARGETS):
@@ -243,7 +243,7 @@ def export_pth(src: str | Path, out: str | Path, *, overwrite: bool = False) -> 
   config = checkpoint.read_config(src)
   _check_exportable(config, src, out)
   if out.exists() and not overwrite:
-    raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    raise FileExistsError(f"{out} already exists (pass overwrite=True to replace it)")
   info = checkpoint.read_source_info(src)
   stored = info.get("checkpoint", {}) if info.get("format") == "diffusion_asr" else {}
 

@@ -140,7 +140,7 @@ def torch_load(path: Path, *, trust_pickle: bool) -> tp.Any:
     if not trust_pickle:
       raise ConversionError(
         f"{path}: holds Python objects that a weights-only load refuses ({_refusal_reason(e)}). If "
-        "you trust this file, pass --trust-pickle (trust_pickle=True) to unpickle it fully; "
+        "you trust this file, pass trust_pickle=True to unpickle it fully; "
         "unpickling can run arbitrary code.") from None
   try:
     return _torch_load_mmap(path, weights_only=False)

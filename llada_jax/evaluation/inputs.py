@@ -14,7 +14,8 @@ from llada_jax.data.audio import SAMPLE_RATE
 from llada_jax.data.files import FilesSource
 from llada_jax.data.librispeech import ErrorRecord
 from llada_jax.data.manifest import ManifestSource
-from llada_jax.inference.transcriber import DurationError, check_max_duration
+from llada_jax.inference.errors import DurationError
+from llada_jax.inference.transcriber import check_max_duration
 
 
 class EvalError(RuntimeError):
@@ -60,7 +61,7 @@ def open_data(spec: str, *, data_dir: str | None = None, limit: int | None = Non
   try:
     source = pipeline.open_source(spec, data_dir, strict=strict)
   except (librispeech.CorpusError, FileNotFoundError, ImportError, ValueError, OSError) as e:
-    raise EvalError(f"--data {spec}: {e}") from e
+    raise EvalError(f"data {spec}: {e}") from e
   if limit is not None and isinstance(source, pipeline.FolderSource):
     # Before reading lengths: --limit should not have to read every file header of a big corpus.
     source = pipeline.FolderSource(librispeech.Scan(source.utterances[:limit], source.errors))
@@ -84,7 +85,7 @@ def open_data(spec: str, *, data_dir: str | None = None, limit: int | None = Non
     keep.append(i)
   if strict and errors:
     shown = "\n  ".join(f"{e.path}: {e.reason}" for e in errors[:20])
-    raise EvalError(f"--strict: {len(errors)} problem(s) in {spec}:\n  {shown}")
+    raise EvalError(f"strict: {len(errors)} problem(s) in {spec}:\n  {shown}")
   return Subset(source, np.asarray(keep, np.int64), errors), refs
 
 
@@ -92,13 +93,13 @@ def read_first_pass(path: str | Path) -> dict[str, str]:
   """{id: hypothesis} of another run's hyps.jsonl (its error records are left out)."""
   path = Path(path)
   if not path.is_file():
-    raise EvalError(f"--first-pass {path}: no such file")
+    raise EvalError(f"first pass {path}: no such file")
   out: dict[str, str] = {}
   for n, line in enumerate(path.read_text().splitlines(), 1):
     try:
       row = json.loads(line)
     except json.JSONDecodeError as e:
-      raise EvalError(f"--first-pass {path}:{n}: not JSON ({e})") from e
+      raise EvalError(f"first pass {path}:{n}: not JSON ({e})") from e
     if "hyp" in row and "id" in row:
       out[row["id"]] = row["hyp"]
   return out
@@ -121,11 +122,11 @@ def first_pass(path: str | None, data: Subset, spec: str) -> FirstPass:
                      lambda utt: f"{utt}: no first-pass hypothesis in {path}")
   source = data.base
   if not isinstance(source, ManifestSource):
-    raise EvalError(f"--strategy deliberation needs --first-pass HYPS.jsonl (another run's output) "
-                    f"or a JSON data file whose entries have origin_transcripts; --data {spec} is "
-                    f"neither")
+    raise EvalError(f"deliberation needs a first pass (RunSettings.first_pass: another run's "
+                    f"hyps.jsonl) or a JSON data file whose entries have origin_transcripts; data "
+                    f"{spec} is neither")
   if not source.first_pass and len(source):
-    raise EvalError(f"--strategy deliberation: no entry of {spec} has \"origin_transcripts\" "
-                    f"(the first pass); give --first-pass HYPS.jsonl")
+    raise EvalError(f"deliberation: no entry of {spec} has \"origin_transcripts\" (the first "
+                    f"pass); give RunSettings.first_pass (another run's hyps.jsonl)")
   return FirstPass(source.first_pass, f"{spec}'s origin_transcripts",
                    lambda utt: f"{source.where(utt)}: no \"origin_transcripts\"")

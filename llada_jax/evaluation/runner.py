@@ -28,7 +28,9 @@ from llada_jax.data import pipeline
 from llada_jax.data.audio import SAMPLE_RATE, AudioError
 from llada_jax.evaluation import inputs, outputs, wer
 from llada_jax.evaluation.inputs import EvalError, open_data
-from llada_jax.inference.transcriber import Transcriber, UtteranceError
+from llada_jax.inference.batch import AudioBatch
+from llada_jax.inference.errors import UtteranceError
+from llada_jax.inference.transcriber import Transcriber
 from llada_jax.parallel import distributed
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
   start = time.perf_counter() if started is None else started
   s = settings
   if s.predictions_json and not Path(s.predictions_json).parent.is_dir():
-    raise EvalError(f"--predictions-json {s.predictions_json}: no such folder "
+    raise EvalError(f"predictions_json {s.predictions_json}: no such folder "
                     f"{Path(s.predictions_json).parent}")
   # Audio over the transcriber's window: cut to it by the pipeline (too_long="trim", the authors'
   # rule), or refused here as an error record (too_long="error").
@@ -72,7 +74,7 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
   try:
     out.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise EvalError(f"--out {out}: {e}") from e
+    raise EvalError(f"out {out}: {e}") from e
 
   process, processes = jax.process_index(), jax.process_count()
   if processes > 1 and transcriber.placement is None:
@@ -94,10 +96,10 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
     for batch in batches:
       for e in batch["errors"]:
         if s.strict:
-          raise EvalError(f"--strict: {e.path}: {e.reason}")
+          raise EvalError(f"strict: {e.path}: {e.reason}")
         records.append(outputs.error_record(e, refs))
-      if first_pass is not None:
-        _attach_first_pass(batch, first_pass, s, records)
+      hypothesis = (None if first_pass is None else
+                    _attach_first_pass(batch, first_pass, s, records))
       valid = np.flatnonzero(batch["valid"])
       # the global count decides: a compiled step runs on every process or on none
       step_rows = (valid.shape[0] if processes == 1 else
@@ -105,11 +107,11 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
       if step_rows:
         before, t0 = transcriber.compile_seconds, time.perf_counter()
         try:
-          results = transcriber.transcribe(batch)
+          results = transcriber.transcribe(AudioBatch.from_pipeline(batch, hypothesis))
         except (UtteranceError, AudioError) as e:
           if s.strict:
             first = batch["ids"][valid[0]] if valid.shape[0] else "a batch"
-            raise EvalError(f"--strict: {first}…: {e}") from e
+            raise EvalError(f"strict: {first}…: {e}") from e
           results = [e] * len(batch["valid"])
         compiled = transcriber.compile_seconds - before
         decode_s += time.perf_counter() - t0 - compiled
@@ -122,7 +124,7 @@ def run(transcriber: Transcriber, settings: RunSettings, *, checkpoint: str = ""
           seconds = float(batch["audio_len"][r]) / SAMPLE_RATE
           if isinstance(result, Exception):
             if s.strict:
-              raise EvalError(f"--strict: {utt_id}: {result}") from result
+              raise EvalError(f"strict: {utt_id}: {result}") from result
             records.append({"id": utt_id, "ref": batch["text"][r], "hyp": None,
                             "error": f"{type(result).__name__}: {result}", "path": None})
             continue
@@ -196,15 +198,17 @@ def _data_order(data) -> list[tuple[str, str]] | None:
 
 
 def _attach_first_pass(batch: dict, first_pass: inputs.FirstPass, s: RunSettings,
-                       records: list[dict]) -> None:
-  """Hand each row its first-pass hypothesis; a row without one is an error record, not decoded."""
-  batch["hypothesis"] = [first_pass.texts.get(i) for i in batch["ids"]]
+                       records: list[dict]) -> list[str | None]:
+  """Each row's first-pass hypothesis; a row without one is an error record, not decoded (its
+  `valid` turned False in the pipeline batch)."""
+  hypothesis = [first_pass.texts.get(i) for i in batch["ids"]]
   batch["valid"] = np.asarray(batch["valid"]).copy()
   for r in np.flatnonzero(batch["valid"]):
-    if batch["hypothesis"][r] is None:
+    if hypothesis[r] is None:
       error = UtteranceError(first_pass.missing(batch["ids"][r]))
       if s.strict:
-        raise EvalError(f"--strict: {batch['ids'][r]}: {error}")
+        raise EvalError(f"strict: {batch['ids'][r]}: {error}")
       batch["valid"][r] = False
       records.append({"id": batch["ids"][r], "ref": batch["text"][r], "hyp": None,
                       "error": f"{type(error).__name__}: {error}", "path": None})
+  return hypothesis

@@ -1,8 +1,8 @@
 """Audio files of any length → text, through a first pass and, optionally, Whisper-LLaDA
 deliberation over its hypotheses (the paper's cascade), file after file.
 
-    cascade = Cascade(Transcriber.open("ckpt/whisper"),
-                      Transcriber.open("ckpt/whisper-llada", LLaDASettings("deliberation")))
+    cascade = Cascade(inference.open("ckpt/whisper"),
+                      inference.open("ckpt/whisper-llada", LLaDASettings("deliberation")))
     for r in cascade(["a.mp3", "b.m4a"]):    # FileResult per file, as each one finishes
       print(r.path, r.text, r.first_pass)
 
@@ -10,10 +10,10 @@ Every model sees audio in its own window only (Whisper: 30 s; a Whisper-LLaDA / 
 its mel_frames / 100 s). Longer files are cut into overlapping windows of the cascade's window (the
 shorter of the two models'), each window is transcribed — and deliberated over its own first-pass
 text, with its own audio — and consecutive windows' texts are merged at their best word alignment
-(`long_audio.merge_chunks`), as eval.py's Whisper strategy does for audio over 30 s. Nothing is cut
-away, unlike eval.py's Whisper-LLaDA strategies (too_long="trim", the authors' rule). Windows of
-all files share fixed-shape batches of the transcriber's batch size, so each model compiles one
-shape; a file's audio is decoded ahead on two threads while the models run.
+(`long_audio.Windowing`, the rule eval.py's Whisper strategy follows for audio over 30 s). Nothing
+is cut away, unlike eval.py's Whisper-LLaDA strategies (too_long="trim", the authors' rule).
+Windows of all files share fixed-shape batches of the transcriber's batch size, so each model
+compiles one shape; a file's audio is decoded ahead on two threads while the models run.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ import typing as tp
 import numpy as np
 
 from llada_jax.data.audio import SAMPLE_RATE, AudioError, load_audio
-from llada_jax.inference.long_audio import chunk_windows, merge_chunks
-from llada_jax.inference.transcriber import Result, Transcriber, UtteranceError
+from llada_jax.inference.batch import AudioBatch
+from llada_jax.inference.errors import UtteranceError
+from llada_jax.inference.long_audio import Windowing
+from llada_jax.inference.transcriber import Result, Transcriber
 from llada_jax.models.features import CHUNK_SAMPLES
 
 
@@ -80,15 +82,12 @@ class Cascade:
                        f"got {deliberation.name!r}")
     self.first, self.deliberation = first, deliberation
     self.batch_size = first.batch_size
-    self.window = min(window_of(t) for t in (first, deliberation) if t is not None)
-    # `chunk_stride` seconds of overlap on each side of a 30 s window, in proportion for others.
-    self.stride = int(round(chunk_stride * SAMPLE_RATE * self.window / CHUNK_SAMPLES))
-    chunk_windows(2 * self.window, self.window, self.stride)  # raises for a stride with no step
+    window = min(window_of(t) for t in (first, deliberation) if t is not None)
+    # `chunk_stride` seconds of overlap on each side of a 30 s window, in proportion for others
+    # (raises for a stride with no step).
+    self.windowing = Windowing(window, int(round(chunk_stride * SAMPLE_RATE * window
+                                                 / CHUNK_SAMPLES)))
     self.lookahead = max(1, int(lookahead))
-
-  def windows(self, num_samples: int) -> list[tuple[int, int]]:
-    """[start, end) windows of a file of `num_samples`."""
-    return chunk_windows(num_samples, self.window, self.stride)
 
   def __call__(self, paths: tp.Sequence[str], ids: tp.Sequence[str] | None = None
                ) -> tp.Iterator[FileResult]:
@@ -101,10 +100,10 @@ class Cascade:
       if error is not None:
         yield FileResult(index, paths[index], None, error=_message(error))
         continue
-      spans = self.windows(audio.shape[0])
+      windows = self.windowing.cut(audio)
       f = _File(index, paths[index], ids[index], audio.shape[0] / SAMPLE_RATE,
-                [None] * len(spans), [None] * len(spans), len(spans))
-      queue.extend(_Piece(f, k, audio[s:e]) for k, (s, e) in enumerate(spans))
+                [None] * len(windows), [None] * len(windows), len(windows))
+      queue.extend(_Piece(f, k, piece) for k, piece in enumerate(windows))
       while len(queue) >= self.batch_size:
         yield from self._run([queue.popleft() for _ in range(self.batch_size)])
     if queue:
@@ -152,20 +151,19 @@ class Cascade:
     lengths = np.asarray([p.audio.shape[0] for p in pieces], np.int64)
     width = min(b for b in t.pipeline_buckets(lengths) if b >= lengths.max())
     b = self.batch_size
-    batch = {"audio": np.zeros((b, width), np.float32), "audio_len": np.zeros((b,), np.int32),
-             "valid": np.zeros((b,), bool), "index": np.full((b,), -1, np.int64),
-             "ids": [""] * b, "text": [""] * b, "speaker": [""] * b, "errors": [], "epoch": 0,
-             "step": 0}
+    audio, audio_len = np.zeros((b, width), np.float32), np.zeros((b,), np.int32)
+    valid, index, ids = np.zeros((b,), bool), np.full((b,), -1, np.int64), [""] * b
     for r, p in enumerate(pieces):
-      batch["audio"][r, :p.audio.shape[0]] = p.audio
-      batch["audio_len"][r] = p.audio.shape[0]
-      batch["valid"][r] = hypotheses is None or hypotheses[r] is not None
-      batch["index"][r] = p.file.index
-      batch["ids"][r] = p.file.id if len(p.file.first) == 1 else f"{p.file.id}#{p.k}"
-    if hypotheses is not None:
-      batch["hypothesis"] = list(hypotheses) + [None] * (b - len(pieces))
-    if not batch["valid"].any():
+      audio[r, :p.audio.shape[0]] = p.audio
+      audio_len[r] = p.audio.shape[0]
+      valid[r] = hypotheses is None or hypotheses[r] is not None
+      index[r] = p.file.index
+      ids[r] = p.file.id if len(p.file.first) == 1 else f"{p.file.id}#{p.k}"
+    if not valid.any():
       return [UtteranceError("no first-pass text")] * len(pieces)
+    batch = AudioBatch(audio=audio, audio_len=audio_len, valid=valid, ids=ids, index=index,
+                       hypothesis=None if hypotheses is None else
+                       list(hypotheses) + [None] * (b - len(pieces)))
     try:
       results = t.transcribe(batch)
     except (UtteranceError, AudioError) as e:
@@ -176,19 +174,18 @@ class Cascade:
 
   def _result(self, f: _File) -> FileResult:
     windows, delib = len(f.first), self.deliberation is not None
-    first = None if any(isinstance(r, Exception) for r in f.first) else _join(f.first)
+    first = None if any(isinstance(r, Exception) for r in f.first) else self._join(f.first)
     for k in range(windows):
       for r in (f.first[k], f.final[k]):  # the first pass's error, where it failed
         if isinstance(r, Exception):
-          start = k * (self.window - 2 * self.stride) / SAMPLE_RATE
+          start = k * self.windowing.step / SAMPLE_RATE
           where = f"window {k + 1} of {windows} (from {start:g} s): " if windows > 1 else ""
           return FileResult(f.index, f.path, None, first_pass=first if delib else None,
                             error=where + _message(r), seconds=f.seconds, windows=windows)
-    return FileResult(f.index, f.path, _join(f.final), first_pass=first if delib else None,
+    return FileResult(f.index, f.path, self._join(f.final), first_pass=first if delib else None,
                       seconds=f.seconds, windows=windows)
 
-
-def _join(results: list[Result]) -> str:
-  """One text from a file's windows: the window's own text, or the merge of several."""
-  texts = [r[0] for r in results]
-  return texts[0] if len(texts) == 1 else merge_chunks(texts)
+  def _join(self, results: list[Result]) -> str:
+    """One text from a file's windows: the window's own text, or the merge of several."""
+    texts = [r[0] for r in results]
+    return texts[0] if len(texts) == 1 else self.windowing.merge(texts)

@@ -27,8 +27,9 @@ from flax import nnx
 
 from llada_jax import decoding
 from llada_jax.data.audio import SAMPLE_RATE
-from llada_jax.inference.transcriber import TOO_LONG, Result, Transcriber, UtteranceError
-from llada_jax.inference.whisper import ModelError
+from llada_jax.inference.batch import AudioBatch
+from llada_jax.inference.errors import ModelError, UtteranceError
+from llada_jax.inference.transcriber import TOO_LONG, Result, Transcriber
 from llada_jax.models import checkpoint as ckpt
 from llada_jax.models import features, text
 from llada_jax.models.config import WhisperLLaDAConfig
@@ -126,16 +127,17 @@ class LLaDATranscriber(Transcriber):
     try:
       config = ckpt.read_config(checkpoint)
     except (ckpt.CheckpointError, ValueError, OSError) as e:
-      raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
+      raise ModelError(f"checkpoint {checkpoint}: {e}") from e
     if not isinstance(config, WhisperLLaDAConfig):
-      raise ModelError(f"--strategy {s.strategy} needs a Whisper-LLaDA checkpoint (convert --kind "
-                       f"whisper_llada, or a train.py run's export); {checkpoint} holds a "
-                       f"{type(config).__name__}")
+      raise ModelError(f"LLaDASettings.strategy={s.strategy!r} needs a Whisper-LLaDA checkpoint "
+                       f"(converted as kind 'whisper_llada', or a train.py run's export); "
+                       f"{checkpoint} holds a {type(config).__name__}")
     if s.strategy == "ar" and not config.lm.causal:
-      raise ModelError(f"--strategy ar needs the causal Whisper-LLaMA; {checkpoint} is a LLaDA")
+      raise ModelError(f"LLaDASettings.strategy='ar' needs the causal Whisper-LLaMA; {checkpoint} "
+                       f"is a LLaDA")
     if s.strategy != "ar" and config.lm.causal:
-      raise ModelError(f"--strategy {s.strategy} needs a bidirectional LLaDA; {checkpoint} is "
-                       f"causal (use --strategy ar)")
+      raise ModelError(f"LLaDASettings.strategy={s.strategy!r} needs a bidirectional LLaDA; "
+                       f"{checkpoint} is causal (use strategy 'ar')")
     info = ckpt.read_source_info(checkpoint)
     self.config = config
     self.tokenizer = text.load_tokenizer(checkpoint)
@@ -165,7 +167,7 @@ class LLaDATranscriber(Transcriber):
     try:
       self._load(checkpoint, dtype=dtype, attention=attention, merge_lora=merge_lora)
     except (ckpt.CheckpointError, OSError, ValueError) as e:
-      raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
+      raise ModelError(f"checkpoint {checkpoint}: {e}") from e
     dual = getattr(d, "dual_cache", False)
     self.info = {"mel_frames": self.mel_frames, "gen_length": self.gen_length,
                  "steps": self.steps, "threshold": getattr(d, "threshold", None),
@@ -181,22 +183,22 @@ class LLaDATranscriber(Transcriber):
   # Every input is this process's rows, as numpy; the compiled function computes the log-mel and
   # the per-row keys itself, so nothing runs op by op on (global) device arrays.
 
-  def _audio(self, batch: dict) -> np.ndarray:
-    return np.asarray(batch["audio"], np.float32)[:, : self.buckets[0]]
+  def _audio(self, batch: AudioBatch) -> np.ndarray:
+    return np.asarray(batch.audio, np.float32)[:, : self.buckets[0]]
 
-  def _prompt(self, batch: dict) -> np.ndarray:
-    return np.repeat(self.prompt, len(batch["ids"]), axis=0)
+  def _prompt(self, batch: AudioBatch) -> np.ndarray:
+    return np.repeat(self.prompt, len(batch.ids), axis=0)
 
-  def _seeds(self, batch: dict) -> np.ndarray:
+  def _seeds(self, batch: AudioBatch) -> np.ndarray:
     # Per-utterance keys (from the id), so random modes do not depend on batch composition.
-    return np.asarray([zlib.crc32(str(i).encode()) & 0x7FFFFFFF for i in batch["ids"]], np.int32)
+    return np.asarray([zlib.crc32(str(i).encode()) & 0x7FFFFFFF for i in batch.ids], np.int32)
 
-  def _gen_length(self, batch: dict, multiple_of: int = 1) -> int:
+  def _gen_length(self, batch: AudioBatch, multiple_of: int = 1) -> int:
     if not self.settings.adaptive_length:
       return self.gen_length
     # The longest utterance of the global batch: every process compiles the same shape.
     samples = distributed.agree_max(
-        np.max(np.asarray(batch["audio_len"])[np.asarray(batch["valid"])], initial=0))
+        np.max(np.asarray(batch.audio_len)[np.asarray(batch.valid)], initial=0))
     return decoding.adaptive_gen_length(samples / SAMPLE_RATE, multiple_of=multiple_of)
 
   def _texts(self, ids) -> list[Result]:
@@ -229,21 +231,21 @@ class LLaDATranscriber(Transcriber):
 
   # -- strategies --------------------------------------------------------------------------------
 
-  def transcribe(self, batch: dict) -> list[Result | Exception]:
+  def transcribe(self, batch: AudioBatch) -> list[Result | Exception]:
     if self.settings.strategy == "ar":
       return self._ar(batch)
     if self.settings.strategy == "deliberation":
       return self._deliberation(batch)
     return self._diffusion(batch)
 
-  def _ar(self, batch: dict) -> list[Result | Exception]:
+  def _ar(self, batch: AudioBatch) -> list[Result | Exception]:
     n, eos = self._gen_length(batch), self.config.lm.eos_id
     ids = self._run("greedy AR", (n, eos), lambda model, mel, prompt, _: decoding.greedy(
         model, mel, prompt, max_new_tokens=n, eos_id=eos), self._audio(batch),
                     self._prompt(batch), seeds=self._seeds(batch))
     return self._texts(ids)
 
-  def _diffusion(self, batch: dict) -> list[Result | Exception]:
+  def _diffusion(self, batch: AudioBatch) -> list[Result | Exception]:
     s, d = self.settings, self.settings.decoding
     gen = self._gen_length(batch, multiple_of=d.block_length or 1)
     settings = dataclasses.replace(d, gen_length=gen,
@@ -254,13 +256,13 @@ class LLaDATranscriber(Transcriber):
                     self._prompt(batch), seeds=self._seeds(batch))
     return self._texts(ids)
 
-  def _deliberation(self, batch: dict) -> list[Result | Exception]:
+  def _deliberation(self, batch: AudioBatch) -> list[Result | Exception]:
     s, d, eos = self.settings, self.settings.decoding, self.config.lm.eos_id
     rows, missing = [], {}
-    hypotheses = batch.get("hypothesis") or [None] * len(batch["ids"])
-    for i, (utt, hyp) in enumerate(zip(batch["ids"], hypotheses)):
+    hypotheses = batch.hypothesis or [None] * len(batch.ids)
+    for i, (utt, hyp) in enumerate(zip(batch.ids, hypotheses)):
       if hyp is None:
-        if batch["valid"][i]:
+        if batch.valid[i]:
           missing[i] = UtteranceError(f"{utt}: no first-pass hypothesis")
         hyp = ""
       # Diffusion-ASR: `tokenizer(origin_transcripts, add_special_tokens=False)`, untruncated.

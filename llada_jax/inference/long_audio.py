@@ -1,13 +1,18 @@
 """Long audio: overlapping 30 s windows, and one transcript from the windows' transcripts.
 
 Pure functions of sample counts and word lists (no model), so the chunking and merging rules are
-tested on their own.
+tested on their own. `Windowing` is the one rule both places that cut long audio follow: Whisper's
+own long-audio path (`whisper.WhisperTranscriber`, audio over 30 s in an eval.py batch) and the
+cascade over files (`cascade.Cascade`, audio over the shorter model's window).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import typing as tp
+
+import numpy as np
 
 from llada_jax.data.audio import SAMPLE_RATE
 from llada_jax.models.features import CHUNK_SAMPLES
@@ -67,3 +72,32 @@ def merge_chunks(texts: tp.Sequence[str]) -> str:
   for text in texts:
     words = merge_overlap(words, text.split()) if words else text.split()
   return " ".join(words)
+
+
+@dataclasses.dataclass(frozen=True)
+class Windowing:
+  """Audio cut into `window`-sample windows overlapping by 2·`stride` (`chunk_windows`), and the
+  windows' texts merged back into one (`merge_chunks`)."""
+
+  window: int = CHUNK_SAMPLES
+  stride: int = 5 * SAMPLE_RATE
+
+  def __post_init__(self):
+    chunk_windows(2 * self.window, self.window, self.stride)  # raises for a stride with no step
+
+  @property
+  def step(self) -> int:
+    """Samples from one window's start to the next's."""
+    return self.window - 2 * self.stride
+
+  def spans(self, num_samples: int) -> list[tuple[int, int]]:
+    """[start, end) windows of `num_samples` of audio (one window for audio that fits)."""
+    return chunk_windows(num_samples, self.window, self.stride)
+
+  def cut(self, audio: np.ndarray) -> list[np.ndarray]:
+    """The windows of one utterance's audio (float32 [n]), as views."""
+    return [audio[start:end] for start, end in self.spans(audio.shape[0])]
+
+  def merge(self, texts: tp.Sequence[str]) -> str:
+    """One transcript from the texts of an utterance's consecutive windows."""
+    return merge_chunks(texts)

@@ -1,18 +1,16 @@
 """A Transcriber: one converted checkpoint + typed settings → text, batch after batch.
 
-    t = llada_jax.Transcriber.open("ckpt/whisper-llada", LLaDASettings(strategy="semi_ar"))
+    t = llada_jax.inference.open("ckpt/whisper-llada", LLaDASettings(strategy="semi_ar"))
     texts = t(["a.flac", "b.flac"])              # paths or float32 16 kHz arrays
 
 It owns its compiled functions: one per batch shape, compiled ahead of time with explicit input
 shardings, timed (`compile_seconds`) and logged once. It runs on a `Placement`: a (data, fsdp,
 tensor) mesh whose data-parallel axes split each batch, over one process or several
-(`Transcriber.open(..., mesh=(8, 1, 1))`; default one device). `batch_size` is the global batch:
+(`inference.open(..., mesh=(8, 1, 1))`; default one device). `batch_size` is the global batch:
 rows per step over all devices and processes. `eval.py` drives the same objects through
-`transcribe`, which takes this process's rows (`local_batch_size` of them) of a fixed-shape batch
-of the data pipeline:
-audio float32 [B, S], audio_len [B], valid [B] (padding rows are False), ids [B] (and, for
-deliberation, hypothesis [B]: first-pass texts, None where missing) and returns one entry per row:
-(text, per-token confidences or None), or an Exception that becomes that utterance's error record.
+`transcribe`, which takes this process's rows (`local_batch_size` of them) of a fixed-shape
+`AudioBatch` (`inference.batch`) and returns one entry per row: (text, per-token confidences or
+None), or an Exception that becomes that utterance's error record.
 """
 
 from __future__ import annotations
@@ -29,6 +27,8 @@ import jax
 import numpy as np
 
 from llada_jax.data.audio import SAMPLE_RATE
+from llada_jax.inference.batch import AudioBatch
+from llada_jax.inference.errors import DurationError, UtteranceError
 from llada_jax.models.features import CHUNK_SAMPLES
 from llada_jax.parallel.placement import Placement
 
@@ -40,14 +40,6 @@ LONG_STEP_SAMPLES = 20 * SAMPLE_RATE  # width granularity of the extra buckets f
 # Compiled executables, shared by transcribers of the same model structure in one process (the
 # demo evaluates many systems of one checkpoint in-process).
 _EXECUTABLES: dict[tp.Hashable, tp.Any] = {}
-
-
-class UtteranceError(ValueError):
-  """An utterance (or every utterance of a batch) cannot be transcribed: an error record."""
-
-
-class DurationError(UtteranceError):
-  """Audio longer than what a transcriber accepts (too_long="error")."""
 
 
 # What a transcriber with a window (`max_seconds`) does with longer audio: "trim" cuts it to the
@@ -66,9 +58,9 @@ def check_max_duration(seconds: float, limit: float = 30.0) -> None:
   if seconds > limit:
     raise DurationError(f"{seconds:.2f} s of audio is longer than this strategy's {limit:g} s "
                         f"limit (Whisper-LLaDA encodes one 30 s Whisper window, as in the paper); "
-                        f"split the audio first, cut it to the window (--too-long trim, the "
-                        f"authors' rule), or use --strategy whisper, which transcribes 30 s "
-                        f"windows and merges them")
+                        f"split the audio first, cut it to the window (too_long='trim', the "
+                        f"authors' rule), or transcribe it with Whisper (WhisperSettings), which "
+                        f"transcribes 30 s windows and merges them")
 
 
 def batch_buckets(buckets: tp.Sequence[int], lengths: np.ndarray) -> tuple[int, ...]:
@@ -101,38 +93,6 @@ class Transcriber(abc.ABC):
     self.compile_seconds = 0.0
     self.compiled_shapes: list[str] = []
     self.placement_info: dict = {}
-
-  @staticmethod
-  def open(checkpoint: str | os.PathLike, settings=None, *, batch_size: int = 16,
-           per_device_batch: int | None = None, mesh=None, rules="full_fsdp", dtype="auto",
-           attention: str | None = None, merge_lora: bool = True) -> Transcriber:
-    """The transcriber the settings ask for: Whisper (`WhisperSettings`) or a Whisper-LLaDA /
-    Whisper-LLaMA (`LLaDASettings`); a checkpoint of another kind is a ModelError naming it.
-    `settings=None` takes the defaults for the checkpoint's kind.
-
-    `mesh`: (data, fsdp, tensor) sizes (one may be -1), a `jax.sharding.Mesh` or a `Placement`;
-    default one device (every device on the data axis with several processes). `rules`: a
-    sharding preset name (`sharding.PRESETS`) or a ShardingConfig. `batch_size`: rows per step
-    over the whole mesh, or `per_device_batch` × the data-parallel ways. `dtype`: compute dtype
-    ("auto": bfloat16 on accelerators, the checkpoint's own on CPU). `attention`: the attention
-    kernel (configs.ATTENTION; None: the checkpoint's). `merge_lora`: fold LoRA adapters into
-    their kernels once at load. A mesh or batch that does not fit is a PlacementError naming the
-    numbers, raised before the checkpoint is read."""
-    from llada_jax.inference.llada import LLaDASettings, LLaDATranscriber
-    from llada_jax.inference.whisper import WhisperSettings, WhisperTranscriber
-    from llada_jax.models import checkpoint as ckpt
-    from llada_jax.models.config import WhisperConfig
-
-    placement = mesh if isinstance(mesh, Placement) else Placement.create(mesh, rules)
-    batch_size = placement.global_batch(batch_size, per_device_batch)
-    if settings is None:
-      whisper = isinstance(ckpt.read_config(checkpoint), WhisperConfig)
-      settings = WhisperSettings() if whisper else LLaDASettings()
-    kw = dict(batch_size=batch_size, placement=placement, dtype=dtype, attention=attention,
-              merge_lora=merge_lora)
-    if isinstance(settings, WhisperSettings):
-      return WhisperTranscriber(checkpoint, settings, **kw)
-    return LLaDATranscriber(checkpoint, settings, **kw)
 
   @property
   def local_batch_size(self) -> int:
@@ -179,8 +139,8 @@ class Transcriber(abc.ABC):
     return tuple(sorted({int(b) for b in self.buckets if b < window} | {window}))
 
   @abc.abstractmethod
-  def transcribe(self, batch: dict) -> list[Result | Exception]:
-    """One pipeline batch → one result per row (see the module docstring)."""
+  def transcribe(self, batch: AudioBatch) -> list[Result | Exception]:
+    """One batch → one result per row, padding rows included (see the module docstring)."""
 
   def compiled(self, key: tp.Hashable, fn: tp.Callable, *args, what: str,
                in_shardings=None, out_shardings=None):
@@ -237,9 +197,8 @@ class Transcriber(abc.ABC):
       if batch["errors"]:
         raise UtteranceError(f"{batch['errors'][0].path}: {batch['errors'][0].reason}")
       rows = [int(i) for i in batch["index"]]
-      if hypotheses is not None:
-        batch["hypothesis"] = [hypotheses[i] if i >= 0 else None for i in rows]
-      for i, result in zip(rows, self.transcribe(batch)):
+      hyps = None if hypotheses is None else [hypotheses[i] if i >= 0 else None for i in rows]
+      for i, result in zip(rows, self.transcribe(AudioBatch.from_pipeline(batch, hyps))):
         if i < 0:
           continue
         if isinstance(result, Exception):

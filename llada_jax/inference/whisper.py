@@ -23,7 +23,9 @@ from flax import nnx
 
 from llada_jax import decoding
 from llada_jax.data.audio import SAMPLE_RATE
-from llada_jax.inference.long_audio import chunk_windows, merge_chunks
+from llada_jax.inference.batch import AudioBatch
+from llada_jax.inference.errors import ModelError
+from llada_jax.inference.long_audio import Windowing
 from llada_jax.inference.transcriber import Result, Transcriber
 from llada_jax.models import checkpoint as ckpt
 from llada_jax.models import features
@@ -46,10 +48,6 @@ class WhisperSettings:
   # attention over 1500 frames is ~2× faster row by row there), the whole batch on accelerators.
   encoder_rows: int | None = None
   max_new_tokens: int | None = None  # default: Whisper's sample_len, half the decoder context
-
-
-class ModelError(ValueError):
-  """The checkpoint cannot serve this transcriber (wrong kind, missing tokenizer, bad settings)."""
 
 
 def bucket_widths(seconds: tp.Sequence[float]) -> tuple[int, ...]:
@@ -80,9 +78,9 @@ class WhisperTranscriber(Transcriber):
     try:
       config = ckpt.read_config(checkpoint)
     except (ckpt.CheckpointError, ValueError, OSError) as e:
-      raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
+      raise ModelError(f"checkpoint {checkpoint}: {e}") from e
     if not isinstance(config, WhisperConfig):
-      raise ModelError(f"--strategy whisper needs a converted Whisper checkpoint; {checkpoint} "
+      raise ModelError(f"WhisperSettings need a converted Whisper checkpoint; {checkpoint} "
                        f"holds a {type(config).__name__}")
     tok_file = Path(checkpoint) / "tokenizer.json"
     if not tok_file.is_file():
@@ -106,15 +104,15 @@ class WhisperTranscriber(Transcriber):
     limit = config.max_target_positions - len(self.prompt) + 1
     self.max_new_tokens = int(s.max_new_tokens or min(config.max_target_positions // 2, limit))
     if not 0 < self.max_new_tokens <= limit:
-      raise ModelError(f"--max-new-tokens {self.max_new_tokens}: this model decodes at most "
-                       f"{limit} tokens after its {len(self.prompt)}-token prompt")
+      raise ModelError(f"WhisperSettings.max_new_tokens={self.max_new_tokens}: this model decodes "
+                       f"at most {limit} tokens after its {len(self.prompt)}-token prompt")
     self.buckets = (CHUNK_SAMPLES,) if not s.bucketed else bucket_widths(s.bucket_seconds)
-    self.stride = int(round(float(s.chunk_stride) * SAMPLE_RATE))
-    chunk_windows(2 * CHUNK_SAMPLES, stride=self.stride)  # validates the stride
+    # audio over 30 s: overlapping 30 s windows (validates the stride)
+    self.windowing = Windowing(CHUNK_SAMPLES, int(round(float(s.chunk_stride) * SAMPLE_RATE)))
     try:
       self._load(checkpoint, dtype=dtype, attention=attention, merge_lora=merge_lora)
     except (ckpt.CheckpointError, OSError, ValueError) as e:
-      raise ModelError(f"--checkpoint {checkpoint}: {e}") from e
+      raise ModelError(f"checkpoint {checkpoint}: {e}") from e
     self.config = config
     rows = s.encoder_rows
     if rows is None and jax.default_backend() == "cpu":
@@ -168,19 +166,20 @@ class WhisperTranscriber(Transcriber):
       out.append((text, [round(float(x), 6) for x in p[:n]]))
     return out
 
-  def transcribe(self, batch: dict) -> list[Result | Exception]:
-    audio = np.asarray(batch["audio"], np.float32)
+  def transcribe(self, batch: AudioBatch) -> list[Result | Exception]:
+    audio = np.asarray(batch.audio, np.float32)
     if audio.shape[1] <= CHUNK_SAMPLES:
       return self._decode(audio)
-    return self._transcribe_long(audio, batch["audio_len"], batch["valid"])
+    return self._transcribe_long(audio, batch.audio_len, batch.valid)
 
   def _transcribe_long(self, audio: np.ndarray, lengths: np.ndarray, valid: np.ndarray):
-    """Every valid row cut into overlapping 30 s windows, decoded in batches, merged per row.
-    Merged transcripts have no per-token confidences (words of two windows are spliced)."""
+    """Every valid row cut into overlapping 30 s windows (`self.windowing`), decoded in batches,
+    merged per row. Merged transcripts have no per-token confidences (words of two windows are
+    spliced)."""
     pieces, owners = [], []
     for r in np.flatnonzero(valid):
-      for start, end in chunk_windows(int(lengths[r]), stride=self.stride):
-        pieces.append(audio[r, start:end])
+      for piece in self.windowing.cut(audio[r, :int(lengths[r])]):
+        pieces.append(piece)
         owners.append(int(r))
     texts: list[str] = []
     size = self.local_batch_size
@@ -193,5 +192,5 @@ class WhisperTranscriber(Transcriber):
       texts.extend(t for t, _ in self._decode(group)[:len(pieces[start:start + size])])
     out: list[Result | Exception] = [("", None)] * audio.shape[0]
     for r in set(owners):
-      out[r] = (merge_chunks([t for t, o in zip(texts, owners) if o == r]), None)
+      out[r] = (self.windowing.merge([t for t, o in zip(texts, owners) if o == r]), None)
     return out

@@ -56,7 +56,7 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False):
   """Yield a temp folder beside `out`; on success it replaces `out`, on failure it is removed."""
   out = Path(out).expanduser().absolute()
   if out.exists() and not overwrite:
-    raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    raise FileExistsError(f"{out} already exists (pass overwrite=True to replace it)")
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)

@@ -73,7 +73,7 @@ class Placement:
     except ValueError as e:
       where = (f" ({jax.process_count()} processes × {jax.local_device_count()})"
                if jax.process_count() > 1 else "")
-      raise PlacementError(f"--mesh {','.join(map(str, shape))}: {e}{where}") from None
+      raise PlacementError(f"mesh {','.join(map(str, shape))}: {e}{where}") from None
     return cls(mesh, rules)
 
   @property
@@ -95,7 +95,7 @@ class Placement:
     each process its own block of them."""
     if per_device is not None:
       if per_device < 1:
-        raise PlacementError(f"--per-device-batch {per_device}: expected ≥ 1")
+        raise PlacementError(f"per_device_batch {per_device}: expected ≥ 1")
       batch_size = per_device * self.ways
     if batch_size is None or batch_size < 1:
       raise PlacementError(f"batch size {batch_size}: expected ≥ 1")
@@ -168,7 +168,7 @@ def resolve_dtype(dtype: str | None) -> str | None:
   if dtype is None:
     return None
   if dtype not in DTYPES:
-    raise PlacementError(f"--dtype {dtype}: expected one of {DTYPES}")
+    raise PlacementError(f"dtype {dtype}: expected one of {DTYPES}")
   if dtype == "auto":
     return None if jax.default_backend() == "cpu" else "bfloat16"
   return dtype

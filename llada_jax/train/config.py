@@ -283,7 +283,7 @@ def _check_checkpoint(field: str, path: str | None, kinds: tuple[type, ...]) -> 
 def _check_data(field: str, spec: str | None, data_dir: str | None) -> None:
   if spec is None:
     raise ConfigError(f"{field} is not set: give a LibriSpeech-layout folder, a Diffusion-ASR "
-                      f"JSON data file or tfds:NAME/SPLIT (--set {field}=PATH)")
+                      f"JSON data file or tfds:NAME/SPLIT (override {field}=PATH)")
   if spec.startswith("tfds:"):
     name = spec[len("tfds:"):]
     if "/" not in name:

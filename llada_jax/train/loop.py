@@ -279,8 +279,8 @@ def _loop(cfg, workdir, resume, stop_after, progress, main, mesh, rules, rows, t
           seq, ckpts, export_to) -> dict:
   latest = ckpts.latest_step()
   if latest is not None and not resume:
-    raise ConfigError(f"{workdir} already holds checkpoints (latest step {latest}): pass --resume "
-                      f"to continue that run, or give a fresh --workdir")
+    raise ConfigError(f"{workdir} already holds checkpoints (latest step {latest}): resume "
+                      f"that run (resume=True), or give a fresh workdir")
   if main:
     config_lib.save_json(cfg, workdir / "config.json")
   log.info("mesh %s over %d devices (%d hosts); batch %d (this host loads rows %s; %d "

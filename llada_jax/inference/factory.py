@@ -1,0 +1,47 @@
+"""`open`: the transcriber a checkpoint and its settings ask for.
+
+    t = llada_jax.inference.open("ckpt/whisper-llada", LLaDASettings(strategy="semi_ar"))
+    texts = t(["a.flac", "b.flac"])
+
+It sits above the transcribers it builds (`whisper`, `llada`), which sit above their base class
+(`transcriber`): no module of the package imports one that imports it back.
+"""
+
+from __future__ import annotations
+
+import os
+
+from llada_jax.inference.llada import LLaDASettings, LLaDATranscriber
+from llada_jax.inference.transcriber import Transcriber
+from llada_jax.inference.whisper import WhisperSettings, WhisperTranscriber
+from llada_jax.models import checkpoint as ckpt
+from llada_jax.models.config import WhisperConfig
+from llada_jax.parallel.placement import Placement
+
+
+def open(checkpoint: str | os.PathLike, settings: WhisperSettings | LLaDASettings | None = None,
+         *, batch_size: int = 16, per_device_batch: int | None = None, mesh=None,
+         rules="full_fsdp", dtype="auto", attention: str | None = None,
+         merge_lora: bool = True) -> Transcriber:
+  """The transcriber the settings ask for: Whisper (`WhisperSettings`) or a Whisper-LLaDA /
+  Whisper-LLaMA (`LLaDASettings`); a checkpoint of another kind is a ModelError naming it.
+  `settings=None` takes the defaults for the checkpoint's kind.
+
+  `mesh`: (data, fsdp, tensor) sizes (one may be -1), a `jax.sharding.Mesh` or a `Placement`;
+  default one device (every device on the data axis with several processes). `rules`: a sharding
+  preset name (`sharding.PRESETS`) or a ShardingConfig. `batch_size`: rows per step over the whole
+  mesh, or `per_device_batch` × the data-parallel ways. `dtype`: compute dtype ("auto": bfloat16
+  on accelerators, the checkpoint's own on CPU). `attention`: the attention kernel
+  (configs.ATTENTION; None: the checkpoint's). `merge_lora`: fold LoRA adapters into their kernels
+  once at load. A mesh or batch that does not fit is a PlacementError naming the numbers, raised
+  before the checkpoint is read."""
+  placement = mesh if isinstance(mesh, Placement) else Placement.create(mesh, rules)
+  batch_size = placement.global_batch(batch_size, per_device_batch)
+  if settings is None:
+    whisper = isinstance(ckpt.read_config(checkpoint), WhisperConfig)
+    settings = WhisperSettings() if whisper else LLaDASettings()
+  kw = dict(batch_size=batch_size, placement=placement, dtype=dtype, attention=attention,
+            merge_lora=merge_lora)
+  if isinstance(settings, WhisperSettings):
+    return WhisperTranscriber(checkpoint, settings, **kw)
+  return LLaDATranscriber(checkpoint, settings, **kw)
