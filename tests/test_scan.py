@@ -30,7 +30,7 @@ from llada_jax.models.qformer import WindowQFormer, cut_windows
 from llada_jax.models.transformer import Transformer, init_cache, rope_frequencies
 from llada_jax.models.whisper import Whisper
 from llada_jax.train.config import TrainConfig
-from llada_jax.train.step import make_optimizer
+from llada_jax.train.optimizer import make_optimizer
 
 
 def _lm(**changes) -> Transformer:
