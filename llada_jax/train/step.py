@@ -58,21 +58,17 @@ def response_logits(model: WhisperLLaDA, batch: dict, tokens: jax.Array, *, caus
   positions ≥ batch["target_len"] are key-masked.
   """
   if "enc" in batch:  # cached outputs of the frozen encoder
-    audio = model.projector(batch["enc"])
+    prefix = model.prefix_embeds(batch["prompt"], encoded=batch["enc"])
   else:
     mel = features.log_mel(batch["audio"], n_mels=n_mels, frames=mel_frames)
-    audio = model.audio_embeds(mel)
-  prompt = model.lm.embed(batch["prompt"])
-  prefix = jnp.concatenate([prompt, audio.astype(prompt.dtype)], axis=1)
-  embeds = jnp.concatenate([prefix, model.lm.embed(tokens)], axis=1)
-  p, r = prefix.shape[1], tokens.shape[1]
+    prefix = model.prefix_embeds(batch["prompt"], mel)
+  r = tokens.shape[1]
   # Response positions past a row's target length do not exist in Diffusion-ASR's batch (it pads
   # to the group's longest transcript): they must not be attended either.
   visible = jnp.arange(r)[None, :] < batch["target_len"][:, None]
-  key_mask = jnp.concatenate([jnp.ones((tokens.shape[0], p), bool), visible], axis=1)
-  h = model.lm(embeds=embeds, key_mask=key_mask, return_hidden=True)
-  h = h[:, p - 1:p + r - 1] if causal else h[:, p:p + r]
-  return model.lm.logits(h)
+  logits, _ = model.forward(prefix, tokens, response_mask=visible,
+                            rows="shifted" if causal else "response")
+  return logits
 
 
 def _targets(batch: dict) -> jax.Array:
