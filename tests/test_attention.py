@@ -78,10 +78,10 @@ def test_lm_dot_product_equals_xla(causal):
   outs = []
   for lm in (ref, new):
     cache = init_cache(lm.config, 2, 20)
-    logits, cache = lm(tokens, key_mask=key_mask, cache=cache, cache_index=0)
+    logits, cache = lm.forward(None, tokens, response_mask=key_mask, cache=cache)
     steps = [logits]
     for i in range(2):
-      logits, cache = lm(tokens[:, i:i + 1], cache=cache, cache_index=13 + i)
+      logits, cache = lm.forward(None, tokens[:, i:i + 1], cache=cache, cache_index=13 + i)
       steps.append(logits)
     outs.append(steps)
   for a, b in zip(*outs):
@@ -141,10 +141,10 @@ def test_cached_step_equals_full_forward(causal, window):
   key_mask = jnp.arange(16)[None, :] >= jnp.asarray([[0], [3]])
   full = lm(tokens, key_mask=key_mask)
   cache = init_cache(lm.config, 2, 24)
-  _, cache = lm(tokens, key_mask=key_mask, cache=cache, cache_index=0)
+  _, cache = lm.forward(None, tokens, response_mask=key_mask, cache=cache)
   start, stop = (6, 12) if window == "middle" else (10, 16)
-  logits, same = lm(tokens[:, start:stop], key_mask=key_mask[:, start:stop], cache=cache,
-                    cache_index=start, update_cache=False)
+  logits, same = lm.forward(None, tokens[:, start:stop], response_mask=key_mask[:, start:stop],
+                            cache=cache, cache_index=start, update_cache=False)
   assert same is cache
   _close(logits, full[:, start:stop])
 
@@ -194,8 +194,8 @@ def cache_writes_in_loop(update_cache: bool) -> list[str]:
 
     def step(i, carry):
       window, cache = carry
-      logits, new = lm(window, cache=cache, cache_index=8 + 8 * (i % 3),
-                       update_cache=update_cache)
+      logits, new = lm.forward(None, window, cache=cache, cache_index=8 + 8 * (i % 3),
+                               update_cache=update_cache)
       return jnp.argmax(logits, -1).astype(jnp.int32), new
 
     return jax.lax.fori_loop(0, 3, step, (window, cache))

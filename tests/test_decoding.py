@@ -131,13 +131,14 @@ def _lm_full(lm, prefix, response, response_mask=None):
 @nnx.jit
 def _lm_fill_cache(lm, prefix, response, response_mask=None):
   embeds = jnp.concatenate([prefix, lm.embed(response)], axis=1)
-  return lm(embeds=embeds, key_mask=_key_mask(prefix, response_mask),
-            cache=init_cache(lm.config, *embeds.shape[:2]), cache_index=0)
+  h, cache = lm.hidden(embeds=embeds, key_mask=_key_mask(prefix, response_mask),
+                       cache=init_cache(lm.config, *embeds.shape[:2]))
+  return lm.logits(h), cache
 
 
 @nnx.jit
 def _lm_suffix(lm, suffix, cache, index):
-  return lm(embeds=lm.embed(suffix), cache=cache, cache_index=index, update_cache=False)[0]
+  return lm.forward(None, suffix, cache=cache, cache_index=index, update_cache=False)[0]
 
 
 @nnx.jit

@@ -30,7 +30,7 @@ from llada_jax.models.qformer import WindowQFormer, cut_windows
 from llada_jax.models.transformer import Transformer, init_cache, rope_frequencies
 from llada_jax.models.whisper import Whisper
 from llada_jax.train.config import TrainConfig
-from llada_jax.train.step import make_optimizer
+from llada_jax.train.optimizer import make_optimizer
 
 
 def _lm(**changes) -> Transformer:
@@ -83,8 +83,9 @@ def test_scanned_lm_equals_unrolled(causal):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
   if not causal:  # the cached diffusion forwards: fill the cache, then a window over it unwritten
     cache = init_cache(model.config, 2, TOKENS.shape[1])
-    fill = lambda m, t, c: m(t, cache=c, cache_index=0)  # noqa: E731
-    window = lambda m, t, c: m(t, cache=c, cache_index=5, update_cache=False)[0]  # noqa: E731
+    fill = lambda m, t, c: m.forward(None, t, cache=c)  # noqa: E731
+    window = lambda m, t, c: m.forward(None, t, cache=c, cache_index=5,  # noqa: E731
+                                       update_cache=False)[0]
     for run in (lambda f, *a: f(*a), lambda f, *a: nnx.jit(f)(*a)):  # eager loop, then the scan
       logits, filled = run(fill, model, TOKENS, cache)
       np.testing.assert_allclose(np.asarray(logits), np.asarray(want), atol=1e-5, rtol=0)
@@ -92,7 +93,7 @@ def test_scanned_lm_equals_unrolled(causal):
       np.testing.assert_allclose(np.asarray(got), np.asarray(want[:, 5:8]), atol=1e-5, rtol=0)
   if causal:  # AR with the [L, B, S, K, D] cache in the scan carry: prefix, then token by token
     cache = init_cache(model.config, 2, TOKENS.shape[1])
-    step = nnx.jit(lambda m, t, c, i: m(t, cache=c, cache_index=i))
+    step = nnx.jit(lambda m, t, c, i: m.forward(None, t, cache=c, cache_index=i))
     logits, cache = step(model, TOKENS[:, :5], cache, 0)
     rows = [logits]
     for i in range(5, TOKENS.shape[1]):

@@ -29,8 +29,9 @@ from llada_jax.train import loop
 from llada_jax.train.batches import real_tokens
 from llada_jax.train.checkpoints import Checkpoints
 from llada_jax.train.flops import train_step_flops
+from llada_jax.train.optimizer import make_optimizer
 from llada_jax.train.state import create_model
-from llada_jax.train.step import Trainer, make_optimizer, trainable_filter
+from llada_jax.train.step import Trainer, trainable_filter
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_LEN = 7

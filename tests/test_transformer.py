@@ -125,10 +125,10 @@ def test_ar_kv_cache_matches_full_forward(tokens):
   ids = jnp.asarray(tokens)
   full = np.asarray(model(ids))
   cache = init_cache(cfg, batch=2, max_len=16)
-  logits, cache = model(ids[:, :5], cache=cache, cache_index=0)  # prefill
+  logits, cache = model.forward(None, ids[:, :5], cache=cache)  # prefill
   steps = [np.asarray(logits)]
   for i in range(5, ids.shape[1]):
-    logits, cache = model(ids[:, i:i + 1], cache=cache, cache_index=i)
+    logits, cache = model.forward(None, ids[:, i:i + 1], cache=cache, cache_index=i)
     steps.append(np.asarray(logits))
   assert np.abs(np.concatenate(steps, axis=1) - full).max() <= TOL
 
@@ -144,8 +144,8 @@ def test_bidirectional_prefix_cache_matches_full_forward(tokens):
   model = Transformer(cfg, rngs=nnx.Rngs(0))
   ids = jnp.asarray(tokens)
   full = np.asarray(model(ids))
-  _, cache = model(ids, cache=init_cache(cfg, 2, ids.shape[1]), cache_index=0)
-  suffix, same = model(ids[:, 6:], cache=cache, cache_index=6, update_cache=False)
+  _, cache = model.forward(None, ids, cache=init_cache(cfg, 2, ids.shape[1]))
+  suffix, same = model.forward(None, ids[:, 6:], cache=cache, cache_index=6, update_cache=False)
   assert same is cache
   assert np.abs(np.asarray(suffix) - full[:, 6:]).max() <= TOL
 

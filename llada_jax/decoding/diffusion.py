@@ -290,11 +290,8 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
     return x0, conf
 
   def full_forward(st, cache=None):
-    embeds = jnp.concatenate([prefix, lm.embed(both(st.tokens))], axis=1)
-    key_mask = jnp.concatenate([prefix_mask, both(valid)], axis=1)
-    if cache is None:
-      return lm(embeds=embeds, key_mask=key_mask, logits_from=p), None
-    return lm(embeds=embeds, key_mask=key_mask, cache=cache, cache_index=0, logits_from=p)
+    return lm.forward(prefix, both(st.tokens), prefix_mask=prefix_mask, response_mask=both(valid),
+                      cache=cache)
 
   def propose(st):
     if not rules.cache:
@@ -313,8 +310,8 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
       off = sched.window_start(st.block)
       window = jax.lax.dynamic_slice_in_dim(st.tokens, off, w, axis=1)
       window_valid = jax.lax.dynamic_slice_in_dim(valid, off, w, axis=1)
-      logits, _ = lm(embeds=lm.embed(both(window)), key_mask=both(window_valid), cache=st.cache,
-                     cache_index=p + off, update_cache=False)
+      logits, _ = lm.forward(None, both(window), response_mask=both(window_valid), cache=st.cache,
+                             cache_index=p + off, update_cache=False)
       x0, conf = pick(logits, off + jnp.arange(w), st)
       # back to response coordinates; positions outside the block are not candidates
       back = lambda x: jax.lax.dynamic_update_slice_in_dim(jnp.zeros((b, r), x.dtype), x, off, 1)
@@ -327,8 +324,8 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
       pad = lambda x, v: jnp.concatenate([x, jnp.full((x.shape[0], max_off), v, x.dtype)], 1)
       window = jax.lax.dynamic_slice_in_dim(pad(st.tokens, rules.mask_id), off, r, axis=1)
       window_valid = jax.lax.dynamic_slice_in_dim(pad(valid, False), off, r, axis=1)
-      logits, _ = lm(embeds=lm.embed(both(window)), key_mask=both(window_valid), cache=st.cache,
-                     cache_index=p + off, update_cache=False)
+      logits, _ = lm.forward(None, both(window), response_mask=both(window_valid), cache=st.cache,
+                             cache_index=p + off, update_cache=False)
       x0, conf = pick(logits, off + jnp.arange(r), st)
       # back to response coordinates; positions before the block are committed and ignored
       back = lambda x: jax.lax.dynamic_slice_in_dim(

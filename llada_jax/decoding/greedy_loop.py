@@ -91,10 +91,11 @@ def _lm_greedy(graphdef, state, mel, prompt_ids, eos_id, max_new_tokens: int):
   log.info("compiling greedy AR decode: batch %d, prefix %d, max_new_tokens %d", b, p,
            max_new_tokens)
   cache = init_cache(lm.config, b, p + max_new_tokens - 1)
-  logits, cache = lm(embeds=prefix, cache=cache, cache_index=0, logits_from=p - 1)
+  h, cache = lm.hidden(embeds=prefix, cache=cache, cache_index=0)
+  logits = lm.logits(h[:, p - 1:])  # the prefix's last row predicts the first new token
 
   def step(prev, cache, pos):
-    return lm(embeds=lm.embed(prev), cache=cache, cache_index=p + pos)
+    return lm.forward(None, prev, cache=cache, cache_index=p + pos)
 
   return _loop(step, logits, cache, max_new_tokens=max_new_tokens, eos_id=eos_id,
                probs=False).tokens

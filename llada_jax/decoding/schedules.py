@@ -247,15 +247,14 @@ class MaskedSubset:
     return 0
 
   def start(self, lm, prefix, tokens, valid, length, keys):
-    b, p, _ = prefix.shape
+    b = prefix.shape[0]
     r = tokens.shape[1]
     counts = tuple(int(n * self.mask_ratio) for n in range(r + 1))  # Python's int(L * ratio)
     counts = jnp.asarray(counts, jnp.int32)[length]
     if self.masking == "low_confidence":
       pads = jnp.full_like(tokens, lm.config.pad_id)
-      embeds = jnp.concatenate([prefix, lm.embed(pads)], axis=1)
-      key_mask = jnp.concatenate([jnp.ones((b, p), bool), valid], axis=1)
-      scores = probability(lm(embeds=embeds, key_mask=key_mask, logits_from=p), tokens)
+      logits, _ = lm.forward(prefix, pads, response_mask=valid)
+      scores = probability(logits, tokens)
     else:
       scores = batch_uniform(keys, jnp.zeros((b,), jnp.int32), MASKING_SCORES, jnp.arange(r))
     return jnp.where(mask_hypothesis(scores, length, counts), self.rules.mask_id, tokens)

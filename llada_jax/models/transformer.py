@@ -190,7 +190,12 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-  """Token ids or input embeddings → float32 logits [B, T, vocab]."""
+  """Token ids or input embeddings → float32 logits [B, T, vocab] (`__call__`, uncached).
+
+  `hidden` runs the stack (with or without a KV cache) → (hidden states, cache | None); `logits`
+  is the vocabulary head; `forward` is the `[prefix | response]` splice every model forward of
+  decoding and training goes through → (logits at chosen rows, cache | None).
+  """
 
   def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
     c = self.config = config
@@ -215,18 +220,67 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens: jax.Array | None = None, *, embeds: jax.Array | None = None,
                positions: jax.Array | None = None, key_mask: jax.Array | None = None,
-               cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-               update_cache: bool = True, return_hidden: bool = False, logits_from: int = 0):
-    """Run the stack.
-
-    tokens [B, T] int or embeds [B, T, D]; positions [B, T] (default: cache_index + arange(T));
-    key_mask [B, T] bool, True for real tokens (default all True). With `cache`, the new tokens sit
-    at slots [cache_index, cache_index + T) and attend to every valid cached slot; the updated cache
-    is returned as `(logits, cache)` (unchanged when `update_cache=False`).
+               logits_from: int = 0) -> jax.Array:
+    """Float32 logits [B, T − logits_from, vocab] of one uncached forward (`hidden`'s arguments).
 
     `logits_from` (static) projects only positions [logits_from, T) onto the vocabulary: decoding
     and the losses only read the response's logits, and on small-LM / large-vocab models (SmolLM2:
     49k × 576) the head over the prompt + audio prefix would cost more than the transformer.
+    """
+    h, _ = self.hidden(tokens, embeds=embeds, positions=positions, key_mask=key_mask)
+    return self.logits(h[:, logits_from:])
+
+  def forward(self, prefix: jax.Array | None, response_ids: jax.Array, *,
+              prefix_mask: jax.Array | None = None, response_mask: jax.Array | None = None,
+              cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+              update_cache: bool = True, rows: str = "response"
+              ) -> tuple[jax.Array, KVCache | None]:
+    """The `[prefix | response]` splice: prefix embeddings [B, P, D] (prompt, + audio for speech;
+    None: no prefix, e.g. a response window over a prefix already in `cache`) followed by the
+    response tokens [B, R] → (float32 logits, the cache as `hidden` returns it).
+
+    prefix_mask [B, P] / response_mask [B, R] bool: which positions are keys (default all True).
+    `cache`, `cache_index`, `update_cache`: as `hidden` (the spliced sequence sits at slots
+    [cache_index, cache_index + P + R)). `rows` (static) picks the rows projected onto the
+    vocabulary, the others never are (at 126k vocab the full-sequence logits would dominate):
+    "response" [P, P + R), each response position's own (masked diffusion); "shifted"
+    [P − 1, P + R − 1), one earlier, so row i predicts response token i (AR); "all" [0, P + R).
+    """
+    check_array("response_ids", response_ids, ndim=2, dtypes=("integer",))
+    if rows not in ("response", "shifted", "all"):
+      raise ValueError(f"Transformer.forward: rows={rows!r}, expected 'response', 'shifted' or "
+                       "'all'")
+    b, r = response_ids.shape
+    if prefix is None:
+      p, embeds, key_mask = 0, self.embed(response_ids), response_mask
+    else:
+      p = prefix.shape[1]
+      embeds = jnp.concatenate([prefix, self.embed(response_ids)], axis=1)
+      key_mask = None
+      if prefix_mask is not None or response_mask is not None:
+        key_mask = jnp.concatenate(
+            [jnp.ones((b, p), bool) if prefix_mask is None else prefix_mask,
+             jnp.ones((b, r), bool) if response_mask is None else response_mask], axis=1)
+    if rows == "shifted" and p < 1:
+      raise ValueError("Transformer.forward: rows='shifted' needs a prefix (the row before the "
+                       "response predicts its first token)")
+    h, cache = self.hidden(embeds=embeds, key_mask=key_mask, cache=cache, cache_index=cache_index,
+                           update_cache=update_cache)
+    if rows != "all":
+      start = p - 1 if rows == "shifted" else p
+      h = h[:, start:start + r]
+    return self.logits(h), cache
+
+  def hidden(self, tokens: jax.Array | None = None, *, embeds: jax.Array | None = None,
+             positions: jax.Array | None = None, key_mask: jax.Array | None = None,
+             cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+             update_cache: bool = True) -> tuple[jax.Array, KVCache | None]:
+    """Run the stack → (final-norm hidden states [B, T, D], cache | None).
+
+    tokens [B, T] int or embeds [B, T, D]; positions [B, T] (default: cache_index + arange(T));
+    key_mask [B, T] bool, True for real tokens (default all True). With `cache`, the new tokens sit
+    at slots [cache_index, cache_index + T) and attend to every valid cached slot; the cache comes
+    back updated (the very `cache` when `update_cache=False`). Without one, None.
     """
     c = self.config
     if (tokens is None) == (embeds is None):
@@ -273,14 +327,9 @@ class Transformer(nnx.Module):
       (x, new_k, new_v), _ = stacked.scan(self.layers, write, (x, cache.k, cache.v),
                                           jnp.arange(c.n_layers), remat=c.remat)
     h = self.norm(x)
-    if return_hidden:
-      return h
-    logits = self.logits(h[:, logits_from:])
-    if cache is None:
-      return logits
-    if not update_cache:
-      return logits, cache
-    return logits, KVCache(k=new_k, v=new_v, key_mask=full_mask)
+    if cache is None or not update_cache:
+      return h, cache
+    return h, KVCache(k=new_k, v=new_v, key_mask=full_mask)
 
 
 def add_lora(model: nnx.Module, rngs: nnx.Rngs, config=None) -> nnx.Module:

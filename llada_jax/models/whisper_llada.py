@@ -36,27 +36,39 @@ class WhisperLLaDA(nnx.Module):
     """mel [B, n_mels, T] → [B, (T/2 // window) * queries, D_lm]. The encoder is frozen."""
     return self.projector(jax.lax.stop_gradient(self.encoder(mel)))
 
-  def prefix_embeds(self, prompt_ids: jax.Array, mel: jax.Array | None) -> jax.Array:
-    """[prompt, audio] embeddings; `mel=None` gives the text-only (no audio) ablation."""
+  def prefix_embeds(self, prompt_ids: jax.Array, mel: jax.Array | None = None, *,
+                    encoded: jax.Array | None = None) -> jax.Array:
+    """[prompt, audio] embeddings [B, P + A, D]: the audio from `mel` [B, n_mels, T] through the
+    frozen encoder, or from `encoded` [B, T/2, d_whisper] (the encoder's cached outputs) through
+    the projector alone; neither gives the text-only (no audio) ablation."""
     check_array("prompt_ids", prompt_ids, ndim=2, dtypes=("integer",))
+    if mel is not None and encoded is not None:
+      raise ValueError("prefix_embeds: pass mel or encoded (the encoder's outputs), not both")
     parts = [self.lm.embed(prompt_ids)]
     if mel is not None:
       parts.append(self.audio_embeds(mel).astype(parts[0].dtype))
+    elif encoded is not None:
+      parts.append(self.projector(encoded).astype(parts[0].dtype))
     return jnp.concatenate(parts, axis=1)
 
+  def forward(self, prefix: jax.Array | None, response_ids: jax.Array, *,
+              prefix_mask: jax.Array | None = None, response_mask: jax.Array | None = None,
+              cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+              update_cache: bool = True, rows: str = "response"
+              ) -> tuple[jax.Array, KVCache | None]:
+    """The LM over `[prefix | response]` (prefix from `prefix_embeds`) → (float32 logits at
+    `rows`, cache | None): `Transformer.forward`, which training and decoding run."""
+    return self.lm.forward(prefix, response_ids, prefix_mask=prefix_mask,
+                           response_mask=response_mask, cache=cache, cache_index=cache_index,
+                           update_cache=update_cache, rows=rows)
+
   def __call__(self, mel: jax.Array | None, prompt_ids: jax.Array, response_ids: jax.Array, *,
-               response_mask: jax.Array | None = None, cache: KVCache | None = None,
-               cache_index: int = 0):
+               response_mask: jax.Array | None = None) -> jax.Array:
     """Logits [B, P + A + R, V] over the whole spliced sequence.
 
     response_mask [B, R] bool marks real response tokens (False = key padding); prompt and audio
     are always attended.
     """
-    check_array("response_ids", response_ids, ndim=2, dtypes=("integer",))
-    prefix = self.prefix_embeds(prompt_ids, mel)
-    embeds = jnp.concatenate([prefix, self.lm.embed(response_ids)], axis=1)
-    key_mask = None
-    if response_mask is not None:
-      b = embeds.shape[0]
-      key_mask = jnp.concatenate([jnp.ones((b, prefix.shape[1]), bool), response_mask], axis=1)
-    return self.lm(embeds=embeds, key_mask=key_mask, cache=cache, cache_index=cache_index)
+    logits, _ = self.forward(self.prefix_embeds(prompt_ids, mel), response_ids,
+                             response_mask=response_mask, rows="all")
+    return logits

@@ -143,8 +143,7 @@ class Placement:
 
   def put(self, local: np.ndarray) -> jax.Array:
     """This process's rows → a global array split over the batch axes."""
-    spec = self.abstract(local)
-    return jax.make_array_from_process_local_data(spec.sharding, local, spec.shape)
+    return sharding.put_rows(local, self.abstract(local))
 
   def local(self, x: jax.Array) -> np.ndarray:
     """This process's rows of a batch-sharded global array (the inverse of `put`)."""

@@ -370,6 +370,14 @@ def batch_sharding(mesh: Mesh, config: ShardingConfig, shape: tp.Sequence[int]) 
   return NamedSharding(mesh, spec)
 
 
+def put_rows(local, target: jax.ShapeDtypeStruct) -> jax.Array:
+  """This process's rows of a batch → the global array `target` (its shape, dtype and batch
+  sharding): `jax.make_array_from_process_local_data`, each process passing its own rows (in the
+  order `process_rows` gives). Training and inference place their batches through this."""
+  return jax.make_array_from_process_local_data(target.sharding, np.asarray(local, target.dtype),
+                                                target.shape)
+
+
 def process_rows(batch: NamedSharding, rows: int, process_index: int | None = None,
                  process_of: tp.Callable[[jax.Device], int] = lambda d: d.process_index
                  ) -> np.ndarray:

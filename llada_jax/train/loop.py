@@ -100,7 +100,8 @@ def dev_wer(trainer: Trainer, state: dict, dev, maker: batches_lib.BatchMaker, t
   mel = _log_mel(cfg.model.whisper.n_mels, cfg.data.mel_frames)
   # Per row: valid, then wer.utterance_counts' columns (ins, del, sub, reference words).
   shape = (cfg.batch_size, 5)
-  counts_sh = sharding.batch_sharding(trainer.mesh, trainer.rules, shape)
+  counts_at = jax.ShapeDtypeStruct(shape, np.int32, sharding=sharding.batch_sharding(
+      trainer.mesh, trainer.rules, shape))
   scored = []
   try:
     for raw in dev:
@@ -111,8 +112,7 @@ def dev_wer(trainer: Trainer, state: dict, dev, maker: batches_lib.BatchMaker, t
       for i in np.flatnonzero(batch["valid"]):
         hyp = text.decode_response(tokenizer, ids[rows[i]], cfg.model.lm.eos_id)
         local[i] = 1, *wer.utterance_counts([batch["text"][i]], [hyp])[0]
-      counts = distributed.to_host(
-          jax.make_array_from_process_local_data(counts_sh, local, shape))
+      counts = distributed.to_host(sharding.put_rows(local, counts_at))
       scored.append(counts[counts[:, 0] == 1, 1:])
       if sum(len(c) for c in scored) >= examples:
         break

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-import typing as tp
 import zlib
 
 import jax
@@ -28,11 +27,12 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llada_jax.models import features, stacked
+from llada_jax.models import features
 from llada_jax.models.whisper_llada import TRAINABLE, WhisperLLaDA
 from llada_jax.parallel import sharding
 from llada_jax.train import batches, losses
-from llada_jax.train.config import OptimizerConfig, TrainConfig
+from llada_jax.train.config import TrainConfig
+from llada_jax.train.optimizer import make_optimizer, opt_shardings
 
 log = logging.getLogger(__name__)
 
@@ -48,43 +48,6 @@ def rules_for(cfg: TrainConfig) -> sharding.ShardingConfig:
   return sharding.preset(cfg.sharding)
 
 
-def lr_schedule(o: OptimizerConfig, steps: int) -> optax.Schedule:
-  warmup = optax.linear_schedule(o.init_lr, o.peak_lr, max(o.warmup_steps, 1))
-  if o.cosine_from == "start":
-    # Diffusion-ASR (utils/optims.py): lr = end + (peak - end) (1 + cos(π s / steps)) / 2 at the
-    # absolute step s once warm-up is over.
-    def cosine(s):
-      return o.end_lr + (o.peak_lr - o.end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * s / steps))
-
-    return lambda s: jnp.where(s < o.warmup_steps, warmup(s), cosine(s))
-  alpha = o.end_lr / o.peak_lr if o.peak_lr > 0 else 0.0
-  cosine = optax.cosine_decay_schedule(o.peak_lr, max(steps - o.warmup_steps, 1), alpha=alpha)
-  if o.warmup_steps == 0:
-    return cosine
-  return optax.join_schedules([warmup, cosine], [o.warmup_steps])
-
-
-def _in_projector(params) -> tp.Any:
-  """True on the projector's (Q-Former's) leaves: the mask for its larger learning rate."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: any(getattr(k, "key", None) == "projector" for k in path), params)
-
-
-def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  o = cfg.optimizer
-  schedule = lr_schedule(o, cfg.steps)
-  # No weight decay on 1-D tensors: biases and norm gains (the authors' split).
-  # A layer stack's leading axis does not count: a stacked bias [L, D] is still a bias.
-  decay_mask = lambda params: jax.tree.map_with_path(  # noqa: E731
-      lambda path, p: p.ndim - stacked.in_stack(path) > 1, params)
-  adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                      mask=decay_mask)
-  if o.projector_lr_scale != 1.0:
-    adamw = optax.chain(adamw, optax.masked(optax.scale(o.projector_lr_scale), _in_projector))
-  tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw) if o.grad_clip > 0 else adamw
-  return tx, schedule
-
-
 def response_logits(model: WhisperLLaDA, batch: dict, tokens: jax.Array, *, causal: bool,
                     n_mels: int, mel_frames: int) -> jax.Array:
   """Logits [B, R, V] for the response tokens of [prompt, audio, tokens].
@@ -95,64 +58,23 @@ def response_logits(model: WhisperLLaDA, batch: dict, tokens: jax.Array, *, caus
   positions ≥ batch["target_len"] are key-masked.
   """
   if "enc" in batch:  # cached outputs of the frozen encoder
-    audio = model.projector(batch["enc"])
+    prefix = model.prefix_embeds(batch["prompt"], encoded=batch["enc"])
   else:
     mel = features.log_mel(batch["audio"], n_mels=n_mels, frames=mel_frames)
-    audio = model.audio_embeds(mel)
-  prompt = model.lm.embed(batch["prompt"])
-  prefix = jnp.concatenate([prompt, audio.astype(prompt.dtype)], axis=1)
-  embeds = jnp.concatenate([prefix, model.lm.embed(tokens)], axis=1)
-  p, r = prefix.shape[1], tokens.shape[1]
+    prefix = model.prefix_embeds(batch["prompt"], mel)
+  r = tokens.shape[1]
   # Response positions past a row's target length do not exist in Diffusion-ASR's batch (it pads
   # to the group's longest transcript): they must not be attended either.
   visible = jnp.arange(r)[None, :] < batch["target_len"][:, None]
-  key_mask = jnp.concatenate([jnp.ones((tokens.shape[0], p), bool), visible], axis=1)
-  h = model.lm(embeds=embeds, key_mask=key_mask, return_hidden=True)
-  h = h[:, p - 1:p + r - 1] if causal else h[:, p:p + r]
-  return model.lm.logits(h)
+  logits, _ = model.forward(prefix, tokens, response_mask=visible,
+                            rows="shifted" if causal else "response")
+  return logits
 
 
 def _targets(batch: dict) -> jax.Array:
   """[B, R] bool: the response positions the diffusion objective may mask and train."""
   r = batch["response"].shape[1]
   return jnp.arange(r)[None, :] < batch["target_len"][:, None]
-
-
-def _suffix_keys(path) -> tuple:
-  out = []
-  for k in reversed(path):
-    if not isinstance(k, jax.tree_util.DictKey):
-      break
-    out.append(k.key)
-  return tuple(reversed(out))
-
-
-def _flat_dict(tree: dict, prefix: tuple = ()) -> dict[tuple, tp.Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat_dict(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def opt_shardings(opt_abstract, params_abstract: dict, params_sh: dict, replicated):
-  """A sharding for every optimizer-state leaf: `params_sh` of the parameter it mirrors (Adam
-  moments, found by their trailing dict path and shape), else replicated (counts, masked-out
-  nodes). `params_sh` are the parameters' shardings under the optimizer rules."""
-  shapes = {k: v.shape for k, v in _flat_dict(params_abstract).items()}
-  shards = _flat_dict(params_sh)
-
-  def one(path, leaf):
-    keys = _suffix_keys(path)
-    for i in range(len(keys)):
-      sub = keys[i:]
-      if sub in shards and shapes[sub] == getattr(leaf, "shape", None):
-        return shards[sub]
-    return replicated
-
-  return jax.tree_util.tree_map_with_path(one, opt_abstract)
 
 
 def _stable_id(path) -> int:
@@ -258,12 +180,9 @@ class Trainer:
     return self._abstract_state
 
   def put_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """This host's rows → global arrays sharded over the batch axes."""
-    out = {}
-    for k, spec in self.abstract_batch().items():
-      out[k] = jax.make_array_from_process_local_data(
-          spec.sharding, np.asarray(local[k], spec.dtype), spec.shape)
-    return out
+    """This host's rows → global arrays sharded over the batch axes (`sharding.put_rows`, as
+    `Placement.put`)."""
+    return {k: sharding.put_rows(local[k], spec) for k, spec in self.abstract_batch().items()}
 
   def init_state(self) -> dict:
     if self._params0 is None:
