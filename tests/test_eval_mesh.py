@@ -4,7 +4,8 @@ ways; LoRA merged at load; a mesh or batch that cannot work exits 2 before compi
 
 The models are tiny and random (weights ×SCALE for peaked distributions, LoRA B non-zero), saved
 as checkpoints that eval.py reads; the data are 10 noise utterances of 0.5–1.9 s, batch 8, so the
-second batch is mostly padding.
+second batch is mostly padding (support.build_models / build_data, conftest's session fixture
+`eval_checkpoints`).
 """
 
 from __future__ import annotations
@@ -16,39 +17,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import soundfile as sf
 from flax import nnx
+from support import (
+  BATCH,
+  MESHES,
+  RUNS,
+  UTTS,
+  assert_same_hyps,
+  eval_args,
+  read_hyps,
+)
 
 from llada_jax.cli import eval as cli
 from llada_jax.inference import transcriber as transcriber_lib
-from llada_jax.models import checkpoint, stacked
-from llada_jax.models.config import WhisperConfig, WhisperLLaDAConfig
+from llada_jax.models import checkpoint
+from llada_jax.models.config import WhisperLLaDAConfig
 from llada_jax.models.transformer import merge_lora
-from llada_jax.models.whisper import Whisper
 from llada_jax.models.whisper_llada import WhisperLLaDA
 from llada_jax.parallel import sharding
-from llada_jax.testing import llada_tokenizer
-
-SCALE = 4.0
-UTTS = 10
-BATCH = 8
-WORDS = [f"w{i}" for i in range(60)]
-MESHES = ["1,1,1", "8,1,1", "2,2,2", "1,2,4"]
-# name → (checkpoint, strategy, extra arguments)
-LLADA = ["--gen-length", "16", "--steps", "8"]
-RUNS = {
-    "whisper": ("whisper", "whisper", ["--bucketed", "--bucket-seconds", "2"]),
-    "ar": ("llama", "ar", ["--gen-length", "8"]),
-    "diffusion": ("llada", "diffusion", LLADA),
-    "semi_ar": ("llada", "semi_ar", [*LLADA, "--block-length", "8"]),
-    "semi_ar_cache": ("llada", "semi_ar", [*LLADA, "--block-length", "8", "--cache",
-                                           "--threshold", "0.6"]),
-    "semi_ar_dual_cache": ("llada", "semi_ar", [*LLADA, "--block-length", "8", "--dual-cache"]),
-    "deliberation_diffusion": ("llada", "deliberation", [
-        "--steps", "8", "--deliberation-strategy", "diffusion", "--masking", "random"]),
-    "deliberation_semi_ar": ("llada", "deliberation", [
-        "--steps", "8", "--deliberation-strategy", "semi_ar", "--num-chunks", "2"]),
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,108 +43,9 @@ def _forget_compilations():
   transcriber_lib._EXECUTABLES.clear()
 
 
-def _save(model, config, out: Path, info: dict, tokenizer) -> Path:
-  def items():  # named as export writes them: layer stacks one entry per layer
-    for name, value in stacked.per_layer_items(nnx.state(model, nnx.Not(checkpoint.RNG_STATE))):
-      yield name, np.asarray(value)
-
-  return checkpoint.save(out, config, items(), source_info=info, tokenizer=tokenizer)
-
-
-def _scaled(model, seed: int):
-  """Weights ×SCALE (peaked distributions: no near-ties for reduction order to flip) and random
-  LoRA B (a merge that changes the weights)."""
-  nnx.update(model, jax.tree.map(lambda x: x * SCALE, nnx.state(model, nnx.Param)))
-  for path, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
-    if path[-1] == "b":
-      v.set_value(jax.random.normal(jax.random.key(seed + len(path)), v.shape) * 0.5)
-  return model
-
-
-def whisper_tokenizer(folder: Path, vocab_size: int) -> None:
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-  specials = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
-  vocab = {t: i for i, t in enumerate(["<unk>", *specials,
-                                      *[f"v{i}" for i in range(vocab_size - 4)]])}
-  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-  tok.decoder = decoders.WordPiece(prefix="##")
-  tok.add_special_tokens(specials)
-  tok.save(str(folder / "tokenizer.json"))
-
-
-def build_models(tmp: Path) -> dict[str, Path]:
-  """Tiny random checkpoints: Whisper-LLaDA, Whisper-LLaMA (causal) and Whisper."""
-  out = {}
-  info = {"format": "trained", "mel_frames": 200, "response_len": 16, "text_form": "raw"}
-  for name, causal in (("llada", False), ("llama", True)):
-    config = WhisperLLaDAConfig.tiny_test(causal=causal)
-    model = _scaled(WhisperLLaDA(config, rngs=nnx.Rngs(1)), seed=1)
-    out[name] = _save(model, config, tmp / name, info,
-                      lambda d: llada_tokenizer.build(d, WORDS, vocab_size=128))
-  config = WhisperConfig.tiny_test()
-  model = _scaled(Whisper(config, rngs=nnx.Rngs(2)), seed=2)
-  out["whisper"] = _save(model, config, tmp / "whisper", {"format": "test"},
-                         lambda d: whisper_tokenizer(d, config.vocab_size))
-  return out
-
-
-def build_data(tmp: Path) -> tuple[Path, Path]:
-  """A LibriSpeech-layout folder of noise utterances and a first pass for deliberation."""
-  rng = np.random.default_rng(0)
-  chapter = tmp / "data" / "1" / "10"
-  chapter.mkdir(parents=True)
-  lines, first = [], []
-  for i in range(UTTS):
-    utt = f"1-10-{i:04d}"
-    seconds = 0.5 + 1.4 * i / (UTTS - 1)  # ≤ 1.9 s: Whisper's 2 s bucket holds 1.99 s
-    sf.write(chapter / f"{utt}.flac", 0.1 * rng.standard_normal(int(16000 * seconds)), 16000,
-             subtype="PCM_16")
-    lines.append(f"{utt} {' '.join(rng.choice(WORDS, 4))}")
-    first.append(json.dumps({"id": utt, "ref": "", "hyp": " ".join(rng.choice(WORDS, 3 + i))}))
-  (chapter / "1-10.trans.txt").write_text("\n".join(lines) + "\n")
-  (tmp / "first.jsonl").write_text("\n".join(first) + "\n")
-  return tmp / "data", tmp / "first.jsonl"
-
-
-def eval_args(models: dict, data: Path, first: Path, run: str, out: Path, *extra) -> list[str]:
-  ckpt, strategy, args = RUNS[run]
-  argv = ["--checkpoint", str(models[ckpt]), "--data", str(data), "--out", str(out),
-          "--strategy", strategy, "--quiet", *args, *extra]
-  if strategy == "deliberation":
-    argv += ["--first-pass", str(first)]
-  return argv
-
-
-def read_hyps(out: Path) -> list[dict]:
-  return [json.loads(ln) for ln in (Path(out) / "hyps.jsonl").read_text().splitlines()]
-
-
-def assert_same_hyps(got: list[dict], want: list[dict], what: str = "") -> None:
-  """Every record equal (ids, texts, errors, seconds), confidences to float rounding.
-
-  The LLaDA strategies' files come out byte-identical across meshes (only token ids reach them).
-  Whisper's per-token probabilities move in the 6th decimal: XLA:CPU's matmul results depend on
-  the rows per device (a 1-row and an 8-row product sum in different orders), on contractions
-  split over fsdp / tensor (partial sums all-reduced), and on the thread pool of the process
-  (its size follows the simulated device count: a 4-device process differs from a 1-, 2-, 8- or
-  16-device one)."""
-  assert [r["hyp"] for r in got] == [r["hyp"] for r in want], what
-  for a, b in zip(got, want):
-    assert {k: v for k, v in a.items() if k != "confidences"} == \
-        {k: v for k, v in b.items() if k != "confidences"}, what
-    if b.get("confidences") is not None:
-      np.testing.assert_allclose(a["confidences"], b["confidences"], rtol=1e-4, atol=1e-5,
-                                 err_msg=what)
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("mesh")
-  models = build_models(tmp)
-  data, first = build_data(tmp)
-  return {"tmp": tmp, "models": models, "data": data, "first": first}
+def setup(tmp_path_factory, eval_checkpoints):
+  return {"tmp": tmp_path_factory.mktemp("mesh"), **eval_checkpoints}
 
 
 def _run(setup, run: str, *extra: str) -> Path:

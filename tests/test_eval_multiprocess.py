@@ -17,11 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_eval_mesh import (
+from support import (
   BATCH,
   assert_same_hyps,
-  build_data,
-  build_models,
   eval_args,
   read_hyps,
 )
@@ -41,10 +39,8 @@ def _forget_compilations():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("multiprocess")
-  data, first = build_data(tmp)
-  return {"tmp": tmp, "models": build_models(tmp), "data": data, "first": first,
+def setup(tmp_path_factory, eval_checkpoints):
+  return {"tmp": tmp_path_factory.mktemp("multiprocess"), **eval_checkpoints,
           "cache": str(tmp_path_factory.mktemp("jax_cache"))}
 
 

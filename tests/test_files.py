@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from support import MP3_MISSING, encode, mp3_encoder, write_mp3
 
 from llada_jax.data import files, librispeech, manifest, pipeline
 from llada_jax.data.audio import AudioError, audio_length, load_audio
@@ -20,42 +21,6 @@ from llada_jax.inference.transcriber import Transcriber
 
 pytestmark = pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")),
                                 reason="needs espeak-ng and sox (make system)")
-
-
-def _encode(wav: Path, out: Path, codec: str, container: str | None = None) -> None:
-  """Encode with FFmpeg through PyAV (16-bit mono in, `codec` out)."""
-  import av
-
-  data, rate = sf.read(wav, dtype="int16")
-  with av.open(str(out), "w", format=container) as c:
-    stream = c.add_stream(codec, rate=rate, layout="mono")
-    frame = av.AudioFrame.from_ndarray(data[None, :], format="s16", layout="mono")
-    frame.sample_rate = rate
-    for packet in [*stream.encode(frame), *stream.encode(None)]:
-      c.mux(packet)
-
-
-def mp3_encoder() -> str | None:
-  """How this machine writes mp3 (None: it cannot, and why is in `MP3_MISSING`)."""
-  if "MPEG_LAYER_III" in sf.available_subtypes("MP3"):
-    return "libsndfile"
-  try:
-    import av
-  except ImportError:
-    return None
-  return "pyav" if "libmp3lame" in av.codecs_available else None
-
-
-MP3_MISSING = ("no mp3 encoder: this libsndfile has no MPEG_LAYER_III subtype and PyAV's FFmpeg "
-               "has no libmp3lame")
-
-
-def write_mp3(wav: Path, out: Path) -> None:
-  if mp3_encoder() == "libsndfile":
-    data, rate = sf.read(wav, dtype="float32")
-    sf.write(out, data, rate, format="MP3", subtype="MPEG_LAYER_III")
-  else:
-    _encode(wav, out, "libmp3lame")
 
 
 def speech(folder: Path, name: str, words: str) -> Path:
@@ -73,7 +38,7 @@ def mixed(tmp_path_factory) -> dict:
   subprocess.run(["sox", str(wav), "-r", "16000", str(root / "b.flac")], check=True)
   (root / "deep" / "er").mkdir(parents=True)
   subprocess.run(["sox", str(wav), "-r", "16000", str(root / "deep" / "c.ogg")], check=True)
-  _encode(wav, root / "deep" / "er" / "e.m4a", "aac", "mp4")
+  encode(wav, root / "deep" / "er" / "e.m4a", "aac", "mp4")
   names = ["a.wav", "b.flac", "deep/c.ogg", "deep/er/e.m4a"]
   if mp3_encoder():
     write_mp3(wav, root / "deep" / "d.mp3")

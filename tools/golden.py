@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Golden outputs of a checkout, to prove that a restructuring changed no behaviour.
 
-    python tests/golden.py run --repo CHECKOUT --out DIR     # writes DIR/golden/*
-    python tests/golden.py compare DIR_A DIR_B               # exit 1 on any difference
+    python tools/golden.py run [--repo CHECKOUT] --out DIR   # writes DIR/golden/*
+    python tools/golden.py compare DIR_A DIR_B                 # exit 1 on any difference
 
 `run` drives only the command lines (tools/convert.py, tools/make_corpus.py, train.py, eval.py) of
 CHECKOUT, with CHECKOUT first on PYTHONPATH, so the same script measures an old commit (a
