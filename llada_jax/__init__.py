@@ -8,11 +8,11 @@ NNX.
     out = llada_jax.generate(lm, prompt_ids, steps=128, gen_length=128, block_length=32)
 """
 
-# Checkpoints
-# Decoding (one jitted loop per call)
+# Decoding (one jitted loop per call) and its settings
 from llada_jax.decoding import (
     DeliberationSettings,
     DiffusionSettings,
+    GreedySettings,
     decode,
     deliberate,
     generate,
@@ -23,6 +23,8 @@ from llada_jax.decoding import (
 # Transcription: audio in, text out
 from llada_jax.inference import LLaDASettings, Transcriber, WhisperSettings
 from llada_jax.inference import open as open_transcriber
+
+# Checkpoints
 from llada_jax.models.checkpoint import load
 
 # Configs
@@ -35,9 +37,9 @@ from llada_jax.models.config import (
 )
 
 __all__ = [
+    "DeliberationSettings", "DiffusionSettings", "GreedySettings", "decode", "deliberate",
+    "generate", "greedy", "whisper_greedy",
+    "LLaDASettings", "Transcriber", "WhisperSettings", "open_transcriber",
     "load",
     "LMConfig", "LoRAConfig", "QFormerConfig", "WhisperConfig", "WhisperLLaDAConfig",
-    "DeliberationSettings", "DiffusionSettings", "decode", "deliberate", "generate", "greedy",
-    "whisper_greedy",
-    "LLaDASettings", "Transcriber", "WhisperSettings", "open_transcriber",
 ]

@@ -150,10 +150,11 @@ def test_lora_is_merged_once_at_load(setup):
 
 def test_dtype_override(setup):
   """--dtype bfloat16: every config's compute dtype, weights stored as they are."""
-  from llada_jax import LLaDASettings, open_transcriber
+  from llada_jax import GreedySettings, LLaDASettings, open_transcriber
 
-  t = open_transcriber(setup["models"]["llama"], LLaDASettings(strategy="ar", gen_length=8),
-                       batch_size=4, mesh=(2, 2, 1), dtype="bfloat16")
+  settings = LLaDASettings(decoding=GreedySettings(max_new_tokens=8))
+  t = open_transcriber(setup["models"]["llama"], settings, batch_size=4, mesh=(2, 2, 1),
+                       dtype="bfloat16")
   cfg = t.model.config
   assert cfg.whisper.dtype == cfg.qformer.dtype == cfg.lm.dtype == "bfloat16"
   assert t.model.lm.layers.mlp.gate_proj.kernel[...].dtype == jnp.float32

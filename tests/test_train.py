@@ -484,7 +484,9 @@ def test_exported_run_evaluates_with_every_llada_strategy(straight_run, corpus, 
   by_id = {r["id"]: r for r in map(json.loads, (tmp_path / "diffusion0" / "hyps.jsonl")
                                    .read_text().splitlines())}
   paths = sorted(Path(corpus["dev"]).rglob("*.flac"))
-  settings = llada_jax.LLaDASettings(strategy="diffusion", gen_length=8, steps=8, mel_frames=2000)
+  settings = llada_jax.LLaDASettings(
+      decoding=llada_jax.DiffusionSettings(gen_length=8, steps=8, block_length=None),
+      mel_frames=2000)
   t = llada_jax.open_transcriber(model_dir, settings, batch_size=4)
   texts = t(paths)
   assert texts == [by_id[p.stem]["hyp"] for p in paths]

@@ -1,6 +1,6 @@
 """Audio in, text out: a converted checkpoint + typed settings as a `Transcriber`.
 
-    t = llada_jax.inference.open("ckpt/whisper-llada", LLaDASettings(strategy="semi_ar"))
+    t = llada_jax.inference.open("ckpt/whisper-llada", LLaDASettings.paper("semi_ar"))
     texts = t(["a.flac", "b.flac"])
 """
 

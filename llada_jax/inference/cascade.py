@@ -2,7 +2,7 @@
 deliberation over its hypotheses (the paper's cascade), file after file.
 
     cascade = Cascade(inference.open("ckpt/whisper"),
-                      inference.open("ckpt/whisper-llada", LLaDASettings("deliberation")))
+                      inference.open("ckpt/whisper-llada", LLaDASettings.paper("deliberation")))
     for r in cascade(["a.mp3", "b.m4a"]):    # FileResult per file, as each one finishes
       print(r.path, r.text, r.first_pass)
 

@@ -1,6 +1,6 @@
 """`open`: the transcriber a checkpoint and its settings ask for.
 
-    t = llada_jax.inference.open("ckpt/whisper-llada", LLaDASettings(strategy="semi_ar"))
+    t = llada_jax.inference.open("ckpt/whisper-llada", LLaDASettings.paper("semi_ar"))
     texts = t(["a.flac", "b.flac"])
 
 It sits above the transcribers it builds (`whisper`, `llada`), which sit above their base class

@@ -1,6 +1,6 @@
 """A Transcriber: one converted checkpoint + typed settings → text, batch after batch.
 
-    t = llada_jax.inference.open("ckpt/whisper-llada", LLaDASettings(strategy="semi_ar"))
+    t = llada_jax.inference.open("ckpt/whisper-llada", LLaDASettings.paper("semi_ar"))
     texts = t(["a.flac", "b.flac"])              # paths or float32 16 kHz arrays
 
 It owns its compiled functions: one per batch shape, compiled ahead of time with explicit input
