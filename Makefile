@@ -20,7 +20,7 @@ setup: $(STAMP)
 
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 demo: setup
 	$(PY) tools/demo.py

@@ -5,7 +5,7 @@ gradient clipping, validation and a checkpoint every epoch (the best by validati
 raw LibriSpeech text with each 4-row group EOS-padded to its longest transcript. Their fp16 AMP is
 bf16 here, with float32 master weights.
 
-    python train.py --config configs/paper.py --workdir runs/paper --set \
+    llada-jax train --config configs/paper.py --workdir runs/paper --set \
         data.train=LibriSpeech/train-960 data.dev=LibriSpeech/dev-other \
         init_whisper=ckpt/whisper-large-v3 init_lm=ckpt/llada-8b
 """

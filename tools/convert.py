@@ -1,7 +1,4 @@
-"""Convert checkpoints to llada-jax and back: the command line of `llada_jax.cli.convert`.
-
-  python tools/convert.py --help
-"""
+"""Convert checkpoints to llada-jax and back: `llada-jax convert` (its --help tells how)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
   llada-jax train --config paper --workdir runs/paper --set data.train=LibriSpeech/train-960 \
       data.dev=LibriSpeech/dev-other init_whisper=ckpt/whisper-large-v3 init_lm=ckpt/llada-8b
 
-    python train.py --config configs/paper.py --workdir DIR [--set key=value ...] [--resume]
+    llada-jax train --config configs/paper.py --workdir DIR [--set key=value ...] [--resume]
 
 A run is a file in configs/ (`def config() -> TrainConfig`; a bare name such as `paper` or `tiny`
 resolves there) or a .json dump of one; `--set` overrides dotted keys, type-checked
