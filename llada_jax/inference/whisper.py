@@ -160,10 +160,10 @@ class WhisperTranscriber(Transcriber):
     tokens, probs = exe(self._state, p.put(audio), p.put(prompt))
     tokens, probs = p.local(tokens), p.local(probs)
     out = []
-    for row, p in zip(tokens, probs):
+    for row, row_probs in zip(tokens, probs):
       n = int(np.argmax(row == self.eos_id)) if (row == self.eos_id).any() else row.shape[0]
       text = self.tokenizer.decode([int(t) for t in row[:n]], skip_special_tokens=True).strip()
-      out.append((text, [round(float(x), 6) for x in p[:n]]))
+      out.append((text, [round(float(x), 6) for x in row_probs[:n]]))
     return out
 
   def transcribe(self, batch: AudioBatch) -> list[Result | Exception]:
