@@ -130,3 +130,24 @@ def eval_checkpoints(tmp_path_factory) -> dict:
   tmp = tmp_path_factory.mktemp("eval_checkpoints")
   data, first = build_data(tmp)
   return {"models": build_models(tmp), "data": data, "first": first}
+
+
+@pytest.fixture(scope="session")
+def eval_run(eval_checkpoints, tmp_path_factory):
+  """eval.py (in this process) on `eval_checkpoints` → its output folder; each run (a support.RUNS
+  name and extra arguments) once per session, shared by test_eval_mesh and
+  test_eval_multiprocess (its one-process references are runs of the former)."""
+  from support import eval_args
+
+  from llada_jax.cli import eval as cli
+
+  root = tmp_path_factory.mktemp("eval_runs")
+  c = eval_checkpoints
+
+  def run(name: str, *extra: str) -> Path:
+    out = root / "_".join([name, *(e.strip("-").replace(",", "") for e in extra)])
+    if not (out / "summary.json").is_file():
+      assert cli.main(eval_args(c["models"], c["data"], c["first"], name, out, *extra)) == 0
+    return out
+
+  return run

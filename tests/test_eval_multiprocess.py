@@ -24,8 +24,9 @@ from support import (
   read_hyps,
 )
 
-from llada_jax.cli import eval as cli
 from llada_jax.inference import transcriber as transcriber_lib
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = 2
@@ -39,8 +40,8 @@ def _forget_compilations():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, eval_checkpoints):
-  return {"tmp": tmp_path_factory.mktemp("multiprocess"), **eval_checkpoints,
+def setup(tmp_path_factory, eval_checkpoints, eval_run):
+  return {"tmp": tmp_path_factory.mktemp("multiprocess"), **eval_checkpoints, "eval_run": eval_run,
           "cache": str(tmp_path_factory.mktemp("jax_cache"))}
 
 
@@ -91,9 +92,8 @@ def test_two_processes_write_the_one_process_hyps(setup, run, mesh):
   see `assert_same_hyps`). 10 utterances in batches of 8: the second batch's 2 rows are both
   process 0's; process 1 runs that step on padding."""
   s = setup
-  reference = s["tmp"] / f"{run}_single"
-  assert cli.main(eval_args(s["models"], s["data"], s["first"], run, reference, "--mesh",
-                            mesh or "8,1,1", "--batch-size", str(BATCH))) == 0
+  # (test_eval_mesh's run on that mesh: once per session, conftest's `eval_run`)
+  reference = s["eval_run"](run, "--mesh", mesh or "8,1,1", "--batch-size", str(BATCH))
   out = s["tmp"] / f"{run}_two"
   argv = eval_args(s["models"], s["data"], s["first"], run, out, "--batch-size", str(BATCH),
                    *(["--mesh", mesh] if mesh else []))

@@ -32,6 +32,8 @@ from llada_jax.train.flops import train_step_flops
 from llada_jax.train.state import create_model
 from llada_jax.train.step import Trainer, make_optimizer, trainable_filter
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_LEN = 7
 

@@ -115,6 +115,7 @@ def audio_names(clips: Path) -> list[str]:
   return sorted(p.relative_to(clips).as_posix() for p in clips.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 @needs_tiny_en
 @needs_espeak
 def test_lines_are_eval_hypotheses(tiny_en, clips, full_run, tmp_path):
@@ -144,6 +145,7 @@ def eval_run(ckpt, data, out, *extra) -> tuple[dict, list[dict]]:
   return eval_cli.evaluate(args), read_jsonl(Path(out) / "hyps.jsonl")
 
 
+@pytest.mark.slow
 @needs_tiny_en
 @needs_espeak
 def test_killed_run_resumes_without_losing_or_redoing_a_line(tiny_en, clips, full_run, tmp_path,
@@ -213,6 +215,7 @@ def tiny_llada(tmp_path_factory, tiny_bases):
 LLADA = ["--gen-length", "8", "--steps", "8"]
 
 
+@pytest.mark.slow
 def test_deliberation_cascade_is_evals_two_runs(tiny_llada, tmp_path):
   """--deliberate: first_pass + text per file; short files = eval.py's first pass and its
   deliberation over it; a long file is transcribed window by window and merged."""
@@ -261,6 +264,7 @@ def test_deliberation_cascade_is_evals_two_runs(tiny_llada, tmp_path):
   print(f"tiny Whisper-LLaDA cascade over 5 files: {seconds:.1f} s")
 
 
+@pytest.mark.slow
 @needs_tiny_en
 @needs_espeak
 def test_whisper_first_pass_deliberated_by_a_whisper_llada(tiny_en, tiny_llada, clips, tmp_path):
