@@ -10,7 +10,8 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The entry points' default compilation cache (parallel.compile_cache) is the user's: tests and
-# their subprocesses stay out of it (those that want a cache give their own folder).
+# their subprocesses stay out of it (those that want a cache use the session's `xla_cache` folder,
+# or their own).
 os.environ.setdefault("LLADA_JAX_CACHE_DIR", "off")
 
 import shutil  # noqa: E402
@@ -21,6 +22,15 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def xla_cache(tmp_path_factory) -> str:
+  """One persistent JAX compilation cache folder for the session, for the tests that turn a cache
+  on (test_train, test_transcribe_cli in process and in their subprocesses; test_eval_multiprocess's
+  processes), so a program any of them compiled loads in the others. tests/test_compile_cache.py,
+  which asserts on the cache itself, keeps its own folders; the rest of the suite runs without."""
+  return str(tmp_path_factory.mktemp("xla_cache"))
 
 
 @pytest.fixture(scope="session")

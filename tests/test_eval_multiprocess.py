@@ -3,7 +3,7 @@ local port): process 0 writes one hyps.jsonl identical to the 1-process run's, a
 that does not fit the processes exits 2 on both before compiling.
 
 Each launch has a timeout; when one process fails the other is killed (it would wait for its peer
-in a collective). Both processes share a persistent compilation cache.
+in a collective). Both processes share a persistent compilation cache (the session's).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ def _forget_compilations():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, eval_checkpoints, eval_run):
+def setup(tmp_path_factory, eval_checkpoints, eval_run, xla_cache):
   return {"tmp": tmp_path_factory.mktemp("multiprocess"), **eval_checkpoints, "eval_run": eval_run,
-          "cache": str(tmp_path_factory.mktemp("jax_cache"))}
+          "cache": xla_cache}
 
 
 def _free_port() -> int:

@@ -42,16 +42,17 @@ SENTENCES = ["the birch canoe slid on the smooth planks",
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """A persistent compilation cache, so the killed subprocess loads what this process compiled;
-  jit caches left as found (tests/test_whisper.py counts compiled entries)."""
+def compile_cache(xla_cache):
+  """A persistent compilation cache (the session's, conftest's `xla_cache`), so the killed
+  subprocess loads what this process compiled; jit caches left as found (tests/test_whisper.py
+  counts compiled entries)."""
   import jax
 
   try:  # private: the cache is set up once per process, so it must be reset to take a new folder
     from jax._src.compilation_cache import reset_cache
   except ImportError:
     reset_cache = lambda: None  # noqa: E731  (only slower without it)
-  folder = str(tmp_path_factory.mktemp("jax_cache"))
+  folder = xla_cache
   old = (jax.config.jax_compilation_cache_dir,
          jax.config.jax_persistent_cache_min_compile_time_secs)
   jax.config.update("jax_compilation_cache_dir", folder)
