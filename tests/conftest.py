@@ -6,11 +6,17 @@ support.py (no test module imports another)."""
 
 import os
 
-# Must happen before jax is imported anywhere: XLA reads the flag once, at backend start-up.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Must happen before jax is imported anywhere: XLA reads the flags once, at backend start-up.
+# --xla_backend_optimization_level=0: XLA:CPU skips LLVM's optimisation of the fused kernels (the
+# HLO passes, SPMD partitioning and the matmul library calls are unchanged), which cuts the
+# suite's compile time, most of its run time on these tiny models, several-fold; the programs
+# stay IEEE-exact (no fast math either way), so every comparison holds as before.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                                   "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The entry points' default compilation cache (parallel.compile_cache) is the user's: tests and
-# their subprocesses stay out of it (those that want a cache give their own folder).
+# their subprocesses stay out of it (those that want a cache use the session's `xla_cache` folder,
+# or their own).
 os.environ.setdefault("LLADA_JAX_CACHE_DIR", "off")
 
 import shutil  # noqa: E402
@@ -21,6 +27,15 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def xla_cache(tmp_path_factory) -> str:
+  """One persistent JAX compilation cache folder for the session, for the tests that turn a cache
+  on (test_train, test_transcribe_cli in process and in their subprocesses; test_eval_multiprocess's
+  processes), so a program any of them compiled loads in the others. tests/test_compile_cache.py,
+  which asserts on the cache itself, keeps its own folders; the rest of the suite runs without."""
+  return str(tmp_path_factory.mktemp("xla_cache"))
 
 
 @pytest.fixture(scope="session")
@@ -130,3 +145,24 @@ def eval_checkpoints(tmp_path_factory) -> dict:
   tmp = tmp_path_factory.mktemp("eval_checkpoints")
   data, first = build_data(tmp)
   return {"models": build_models(tmp), "data": data, "first": first}
+
+
+@pytest.fixture(scope="session")
+def eval_run(eval_checkpoints, tmp_path_factory):
+  """eval.py (in this process) on `eval_checkpoints` → its output folder; each run (a support.RUNS
+  name and extra arguments) once per session, shared by test_eval_mesh and
+  test_eval_multiprocess (its one-process references are runs of the former)."""
+  from support import eval_args
+
+  from llada_jax.cli import eval as cli
+
+  root = tmp_path_factory.mktemp("eval_runs")
+  c = eval_checkpoints
+
+  def run(name: str, *extra: str) -> Path:
+    out = root / "_".join([name, *(e.strip("-").replace(",", "") for e in extra)])
+    if not (out / "summary.json").is_file():
+      assert cli.main(eval_args(c["models"], c["data"], c["first"], name, out, *extra)) == 0
+    return out
+
+  return run

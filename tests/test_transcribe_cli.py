@@ -42,16 +42,17 @@ SENTENCES = ["the birch canoe slid on the smooth planks",
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """A persistent compilation cache, so the killed subprocess loads what this process compiled;
-  jit caches left as found (tests/test_whisper.py counts compiled entries)."""
+def compile_cache(xla_cache):
+  """A persistent compilation cache (the session's, conftest's `xla_cache`), so the killed
+  subprocess loads what this process compiled; jit caches left as found (tests/test_whisper.py
+  counts compiled entries)."""
   import jax
 
   try:  # private: the cache is set up once per process, so it must be reset to take a new folder
     from jax._src.compilation_cache import reset_cache
   except ImportError:
     reset_cache = lambda: None  # noqa: E731  (only slower without it)
-  folder = str(tmp_path_factory.mktemp("jax_cache"))
+  folder = xla_cache
   old = (jax.config.jax_compilation_cache_dir,
          jax.config.jax_persistent_cache_min_compile_time_secs)
   jax.config.update("jax_compilation_cache_dir", folder)
@@ -115,6 +116,7 @@ def audio_names(clips: Path) -> list[str]:
   return sorted(p.relative_to(clips).as_posix() for p in clips.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 @needs_tiny_en
 @needs_espeak
 def test_lines_are_eval_hypotheses(tiny_en, clips, full_run, tmp_path):
@@ -144,6 +146,7 @@ def eval_run(ckpt, data, out, *extra) -> tuple[dict, list[dict]]:
   return eval_cli.evaluate(args), read_jsonl(Path(out) / "hyps.jsonl")
 
 
+@pytest.mark.slow
 @needs_tiny_en
 @needs_espeak
 def test_killed_run_resumes_without_losing_or_redoing_a_line(tiny_en, clips, full_run, tmp_path,
@@ -213,6 +216,7 @@ def tiny_llada(tmp_path_factory, tiny_bases):
 LLADA = ["--gen-length", "8", "--steps", "8"]
 
 
+@pytest.mark.slow
 def test_deliberation_cascade_is_evals_two_runs(tiny_llada, tmp_path):
   """--deliberate: first_pass + text per file; short files = eval.py's first pass and its
   deliberation over it; a long file is transcribed window by window and merged."""
@@ -261,6 +265,7 @@ def test_deliberation_cascade_is_evals_two_runs(tiny_llada, tmp_path):
   print(f"tiny Whisper-LLaDA cascade over 5 files: {seconds:.1f} s")
 
 
+@pytest.mark.slow
 @needs_tiny_en
 @needs_espeak
 def test_whisper_first_pass_deliberated_by_a_whisper_llada(tiny_en, tiny_llada, clips, tmp_path):

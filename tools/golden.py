@@ -139,7 +139,7 @@ def torch_sources(work: Path) -> dict[str, Path]:
 
 
 def make_tokenizer(corpus: Path, out: Path) -> Path:
-  """The tiny BPE of tests/test_train.py over the corpus transcripts."""
+  """The tiny BPE of tests/conftest.py (make_tokenizer) over the corpus transcripts."""
   import re
 
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
