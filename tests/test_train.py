@@ -76,7 +76,7 @@ def data_overrides(corpus) -> list[str]:
 def run_train_py(workdir, corpus, *extra, cache, popen=False):
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+             XLA_FLAGS=os.environ["XLA_FLAGS"])  # the suite's (conftest): in-process runs compare
   cmd = [sys.executable, str(ROOT / "train.py"), "--config", "tiny", "--workdir", str(workdir),
          "--no-progress", "--set", *data_overrides(corpus), *extra]
   if popen:
@@ -495,8 +495,8 @@ def test_exported_run_evaluates_with_every_llada_strategy(straight_run, corpus, 
   texts = t(paths)
   assert texts == [by_id[p.stem]["hyp"] for p in paths]
   delib = llada_jax.open_transcriber(
-      model_dir, dataclasses.replace(settings, strategy="deliberation", text_only=True),
-      batch_size=4)
+      model_dir, dataclasses.replace(settings, decoding=llada_jax.DeliberationSettings(steps=8),
+                                     text_only=True), batch_size=4)
   want = {r["id"]: r["hyp"] for r in map(json.loads, (tmp_path / "delib--text-only" /
                                                       "hyps.jsonl").read_text().splitlines())}
   assert delib(paths, hypotheses=texts) == [want[p.stem] for p in paths]

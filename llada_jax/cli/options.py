@@ -24,18 +24,31 @@ class UsageError(ValueError):
   """Arguments that cannot work together or name nothing usable: exit status 2."""
 
 
+class _Stderr(logging.StreamHandler):
+  """Writes to whatever sys.stderr is when a record comes (a caller that swaps it, as pytest's
+  capture does, must not leave the handler on a closed stream)."""
+
+  @property
+  def stream(self):  # type: ignore[override]
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value) -> None:
+    pass
+
+
 def log_to_stderr(fmt: str = "%(name)s: %(message)s") -> None:
   """Our own handler on the `llada_jax` logger: absl (imported by tfds/orbax) may already own the
   root logger, which would swallow the compile notices (whisper-jax's users took silent compiles
   for slowness)."""
   ours = logging.getLogger("llada_jax")
-  if not any(getattr(h, "_llada_cli", False) for h in ours.handlers):
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    handler._llada_cli = True  # type: ignore[attr-defined]
+  handler = next((h for h in ours.handlers if isinstance(h, _Stderr)), None)
+  if handler is None:
+    handler = _Stderr()
     ours.addHandler(handler)
-    ours.setLevel(logging.INFO)
-    ours.propagate = False
+  handler.setFormatter(logging.Formatter(fmt))
+  ours.setLevel(logging.INFO)
+  ours.propagate = False
 
 
 def command(module, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
