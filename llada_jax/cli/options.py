@@ -17,8 +17,6 @@ from llada_jax.models.config import ATTENTION
 from llada_jax.parallel import sharding
 from llada_jax.parallel.placement import DTYPES
 
-DOCS = "Docs: README.md and docs/ of the llada-jax source tree."
-
 
 class UsageError(ValueError):
   """Arguments that cannot work together or name nothing usable: exit status 2."""
@@ -221,11 +219,16 @@ def flag(dest: str) -> str:
   return "--" + dest.replace("_", "-")
 
 
+def chunk_stride(args: argparse.Namespace) -> float:
+  """Long audio: seconds of overlap on each side of a 30 s window."""
+  return WhisperSettings.chunk_stride if args.chunk_stride is None else args.chunk_stride
+
+
 def whisper_settings(args: argparse.Namespace) -> WhisperSettings:
   w = WhisperSettings()
   pick = lambda name: getattr(w, name) if getattr(args, name) is None else getattr(args, name)
   return WhisperSettings(bucketed=args.bucketed, bucket_seconds=tuple(pick("bucket_seconds")),
-                         suppress=not args.no_suppress, chunk_stride=pick("chunk_stride"),
+                         suppress=not args.no_suppress, chunk_stride=chunk_stride(args),
                          language=pick("language"), encoder_rows=args.encoder_rows,
                          max_new_tokens=args.max_new_tokens)
 

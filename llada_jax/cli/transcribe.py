@@ -49,7 +49,6 @@ from llada_jax.data import files
 from llada_jax.data.journal import Journal, JournalError
 from llada_jax.evaluation.outputs import jsonable, write_atomic
 from llada_jax.inference.errors import ModelError
-from llada_jax.inference.whisper import WhisperSettings
 from llada_jax.models import checkpoint as ckpt
 from llada_jax.models.config import WhisperConfig, WhisperLLaDAConfig
 from llada_jax.parallel import compile_cache
@@ -141,11 +140,6 @@ def deliberation_settings(args: argparse.Namespace):
   return options.llada_settings(args, "deliberation")
 
 
-def chunk_stride(args: argparse.Namespace) -> float:
-  """Long audio: seconds of overlap on each side of a 30 s window."""
-  return WhisperSettings.chunk_stride if args.chunk_stride is None else args.chunk_stride
-
-
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
   """(OUT, TXT, OUT's settings file), checked."""
   out = Path(args.out)
@@ -196,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
                        "first_pass": dataclasses.asdict(first),
                        "deliberate": args.deliberate and os.path.abspath(args.deliberate),
                        "deliberation": delib and dataclasses.asdict(delib),
-                       "chunk_stride": chunk_stride(args), "dtype": args.dtype})
+                       "chunk_stride": options.chunk_stride(args), "dtype": args.dtype})
   try:
     journal = Journal(out, overwrite=args.overwrite)
   except (JournalError, OSError) as e:
@@ -250,11 +244,11 @@ def _transcribe(args: argparse.Namespace, first, delib, todo: list[str],
               attention=args.attention, merge_lora=not args.no_merge_lora)
     first_t = inference.open(args.checkpoint, first, **kw)
     delib_t = None if delib is None else inference.open(args.deliberate, delib, **kw)
-    cascade = Cascade(first_t, delib_t, chunk_stride=chunk_stride(args))
+    cascade = Cascade(first_t, delib_t, chunk_stride=options.chunk_stride(args))
   except ModelError as e:
     raise UsageError(str(e)) from e
   except ValueError as e:  # a stride leaving no step
-    raise UsageError(f"--chunk-stride {chunk_stride(args)}: {e}") from e
+    raise UsageError(f"--chunk-stride {options.chunk_stride(args)}: {e}") from e
   bar = tqdm(total=len(todo), unit="file", desc="transcribe", disable=args.quiet or None)
   try:
     for r in cascade(todo):
