@@ -22,11 +22,33 @@ os.environ.setdefault("LLADA_JAX_CACHE_DIR", "off")
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+  """One persistent JAX compilation cache for the whole run, in a fresh temporary folder: the
+  suite's tests rebuild the same tiny programs (a new jit wrapper per model or per test), and its
+  subprocesses and xdist workers inherit the variable, so each program compiles once per run.
+  The key is the program's HLO, the XLA flags and the jax/jaxlib versions, so a hit is the same
+  executable; the folder is new each run, so nothing outlives it."""
+  if hasattr(config, "workerinput") or os.environ.get(CACHE_ENV):
+    return  # an xdist worker (inherits the controller's) or the user's own cache
+  folder = tempfile.mkdtemp(prefix="llada-jax-test-xla-")
+  os.environ[CACHE_ENV] = folder
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  config._llada_cache = folder
+
+
+def pytest_unconfigure(config):
+  folder = getattr(config, "_llada_cache", None)
+  if folder:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

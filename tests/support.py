@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing as tp
 from pathlib import Path
 
 import jax
 import numpy as np
+import requests
 import safetensors.torch
 import soundfile as sf
 import torch
@@ -277,3 +285,72 @@ def assert_same_hyps(got: list[dict], want: list[dict], what: str = "") -> None:
     if b.get("confidences") is not None:
       np.testing.assert_allclose(a["confidences"], b["confidences"], rtol=1e-4, atol=1e-5,
                                  err_msg=what)
+
+
+# ---------------------------------------------------------------------------------------------
+# `llada-jax serve` as a subprocess (tests/test_serve.py, tests/test_serve_page.py).
+
+class Server:
+  """`llada-jax serve ARGS` on a free loopback port: started and ready (GET /health 200) on
+  entering, SIGTERM'd on leaving (killed if it does not stop in a minute). Its TMPDIR is a folder
+  of `tmp`, so the test sees the server's own temporary folder (`temp`); its log is
+  tmp/server.log."""
+
+  def __init__(self, args: list[str], tmp: Path, env: dict | None = None,
+               timeout: float = 600.0):
+    self.args, self.tmp, self.env, self.timeout = list(args), Path(tmp), env or {}, timeout
+    self.proc: subprocess.Popen | None = None
+
+  def __enter__(self) -> Server:
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      self.port = s.getsockname()[1]
+    self.url = f"http://127.0.0.1:{self.port}"
+    tmpdir = self.tmp / "tmp"
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TMPDIR=str(tmpdir), JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               **self.env)
+    self.log = self.tmp / "server.log"
+    with open(self.log, "w") as log:
+      self.proc = subprocess.Popen([sys.executable, "-m", "llada_jax.cli.main", "serve",
+                                    *self.args, "--port", str(self.port)], cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + self.timeout
+    while True:
+      if self.proc.poll() is not None:
+        raise RuntimeError(f"the server exited ({self.proc.returncode}):\n{self.tail()}")
+      try:
+        if requests.get(self.url + "/health", timeout=5).status_code == 200:
+          return self
+      except requests.ConnectionError:
+        pass
+      if time.monotonic() > deadline:
+        self.__exit__()
+        raise RuntimeError(f"the server was not ready in {self.timeout:g} s:\n{self.tail()}")
+      time.sleep(0.5)
+
+  @property
+  def temp(self) -> Path:
+    """The server's own temporary folder (uploads live there while they are decoded)."""
+    return next((self.tmp / "tmp").glob("llada-jax-serve-*"))
+
+  def tail(self, n: int = 4000) -> str:
+    return self.log.read_text()[-n:]
+
+  def wait_for(self, ready: tp.Callable[[str], bool], timeout: float = 60.0) -> None:
+    """Until `ready(GET /metrics)`."""
+    deadline = time.monotonic() + timeout
+    while not ready(requests.get(self.url + "/metrics", timeout=10).text):
+      if time.monotonic() > deadline:
+        raise AssertionError(f"/metrics did not get there in {timeout:g} s")
+      time.sleep(0.05)
+
+  def __exit__(self, *exc) -> None:
+    if self.proc is not None and self.proc.poll() is None:
+      self.proc.send_signal(signal.SIGTERM)
+      try:
+        self.proc.wait(timeout=60)
+      except subprocess.TimeoutExpired:
+        self.proc.kill()
+        self.proc.wait()

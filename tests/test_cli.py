@@ -1,5 +1,6 @@
-"""The `llada-jax` command: one parser per subcommand, decoding options declared once (eval and
-transcribe accept the same ones, with the same meaning), help pages written for users."""
+"""The `llada-jax` command: one parser per subcommand, decoding options declared once (eval,
+transcribe and serve accept the same ones, with the same meaning), help pages written for users;
+serve's usage errors."""
 
 import argparse
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 from llada_jax import decoding
 from llada_jax.cli import eval as eval_cli
 from llada_jax.cli import main as cli
-from llada_jax.cli import options, transcribe
+from llada_jax.cli import options, serve, transcribe
 from llada_jax.inference.llada import LLaDASettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,19 +30,41 @@ def actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
   return {s: a for a in parser._actions for s in a.option_strings if s.startswith("--")}
 
 
-def test_every_decoding_option_of_eval_is_transcribes_with_the_same_meaning():
-  ev, tr = actions(parser_of(eval_cli)), actions(parser_of(transcribe))
-  shared = set(ev) - EVAL_ONLY - {"--help"}
+# ... and serve's: it takes models by name (--model, not --checkpoint), batches by --max-batch,
+# and prints no progress
+SERVE_NOT = {"--checkpoint", "--batch-size", "--quiet"}
+
+
+@pytest.mark.parametrize("module", [transcribe, serve])
+def test_every_decoding_option_of_eval_is_the_commands_with_the_same_meaning(module):
+  ev, tr = actions(parser_of(eval_cli)), actions(parser_of(module))
+  shared = set(ev) - EVAL_ONLY - {"--help"} - (SERVE_NOT if module is serve else set())
   assert {options.flag(d) for d in options.DECODING_OPTIONS} <= shared
   same = {options.flag(d) for d in options.DECODING_OPTIONS} | {
       "--mesh", "--dtype", "--sharding", "--attention", "--no-merge-lora", "--no-compile-cache"}
   for name in sorted(shared):
-    assert name in tr, f"eval's {name} is missing from transcribe"
+    assert name in tr, f"eval's {name} is missing from {module.NAME}"
     if name not in same:  # --batch-size, --quiet, --checkpoint: each command's own sense
       continue
     a, b = ev[name], tr[name]
     for field in ("dest", "type", "choices", "default", "nargs", "const", "help"):
       assert getattr(a, field) == getattr(b, field), (name, field)
+
+
+@pytest.mark.parametrize("argv, words", [
+    ([], "--model NAME=CKPT: nothing to serve"),
+    (["--model", "a=CKPT_W", "--model", "a=CKPT_W"], "--model a: named twice"),
+    (["--model", "w=/no/such/ckpt"], "--model w=/no/such/ckpt:"),
+    (["--model", "w=CKPT_W", "--cascade", "c=w,x"], "two served --model names"),
+    (["--model", "w=CKPT_W", "--cascade", "c=w,w"], "w is a whisper; deliberation needs"),
+    (["--model", "w=CKPT_W", "--mask-ratio", "0.5"], "--mask-ratio: only with --cascade"),
+    (["--model", "w=CKPT_W", "--max-batch", "0"], "--max-batch 0: expected > 0"),
+    (["--model", "w=CKPT_W", "--mesh", "64,1,1"], "--mesh / --max-batch"),
+])
+def test_serve_usage_errors_exit_2_naming_the_option(argv, words, eval_checkpoints, capsys):
+  argv = [a.replace("CKPT_W", str(eval_checkpoints["models"]["whisper"])) for a in argv]
+  assert cli.main(["serve", *argv]) == 2
+  assert words in capsys.readouterr().err
 
 
 def test_decoding_options_build_the_settings_fields():

@@ -5,6 +5,8 @@
   llada-jax eval        --checkpoint runs/paper/model --data LibriSpeech/test-other --out runs/d \\
                         --strategy semi_ar
   llada-jax transcribe  talk.m4a --checkpoint ckpt/whisper-large-v3 --deliberate runs/paper/model
+  llada-jax serve       --model whisper=ckpt/whisper-large-v3 --model llada=runs/paper/model \
+                        --cascade deliberated=whisper,llada --port 8000
   llada-jax plan        --config paper --meshes 1,8,1 1,4,2
 
 `llada-jax COMMAND --help` tells more about each. Docs: README.md and docs/ of the source tree.
@@ -16,10 +18,10 @@ import argparse
 import sys
 import typing as tp
 
-from llada_jax.cli import convert, options, plan, train, transcribe
+from llada_jax.cli import convert, options, plan, serve, train, transcribe
 from llada_jax.cli import eval as evaluate
 
-COMMANDS = (convert, train, evaluate, transcribe, plan)
+COMMANDS = (convert, train, evaluate, transcribe, serve, plan)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -201,6 +201,48 @@ class LLaDATranscriber(Transcriber):
         np.max(np.asarray(batch.audio_len)[np.asarray(batch.valid)], initial=0))
     return decoding.adaptive_gen_length(samples / SAMPLE_RATE, multiple_of=multiple_of)
 
+  def _hypothesis_ids(self, hypothesis: str) -> list[int]:
+    # Diffusion-ASR: `tokenizer(origin_transcripts, add_special_tokens=False)`, untruncated.
+    return text.token_ids(self.tokenizer, hypothesis, self.text_form)[
+        : self.settings.hypothesis_tokens]
+
+  def _hypothesis_width(self, longest: int) -> int:
+    """Response width for hypotheses of up to `longest` tokens."""
+    if self.settings.hypothesis_tokens is not None:
+      return self.settings.hypothesis_tokens
+    # whole hypotheses, in a few static widths, as far as the LM's context allows
+    return min(max(1, -(-longest // HYPOTHESIS_BUCKET)) * HYPOTHESIS_BUCKET, self.room)
+
+  def _multiple_of(self) -> int:
+    d = self.settings.decoding
+    return (d.block_length or 1) if isinstance(d, decoding.DiffusionSettings) else 1
+
+  def batch_key(self, samples: int, hypothesis: str | None = None) -> tp.Hashable:
+    s, key = self.settings, (self.width_for(min(samples, self.buckets[0])),)
+    if s.strategy == "deliberation":
+      return key + (self._hypothesis_width(len(self._hypothesis_ids(hypothesis or ""))),)
+    if s.adaptive_length:
+      key += (decoding.adaptive_gen_length(samples / SAMPLE_RATE,
+                                           multiple_of=self._multiple_of()),)
+    return key
+
+  def key_examples(self) -> list[tuple[int, str | None]]:
+    s, window = self.settings, self.buckets[0]
+    if s.strategy == "deliberation":
+      out, words, width = {}, 0, 0
+      while width < self._hypothesis_width(self.room):  # a hypothesis of each width
+        words += 1
+        hyp = " ".join(["the"] * words)
+        width = self._hypothesis_width(len(self._hypothesis_ids(hyp)))
+        out.setdefault(width, (window, hyp))
+      return list(out.values())
+    if not s.adaptive_length:
+      return [(window, None)]
+    out = {}
+    for n in range(HOP, window + 1, HOP):  # each gen-length bucket that audio of a window reaches
+      out.setdefault(self.batch_key(n), (n, None))
+    return list(out.values())
+
   def _texts(self, ids) -> list[Result]:
     eos = self.config.lm.eos_id
     return [(text.decode_response(self.tokenizer, row, eos), None) for row in np.asarray(ids)]
@@ -265,14 +307,10 @@ class LLaDATranscriber(Transcriber):
         if batch.valid[i]:
           missing[i] = UtteranceError(f"{utt}: no first-pass hypothesis")
         hyp = ""
-      # Diffusion-ASR: `tokenizer(origin_transcripts, add_special_tokens=False)`, untruncated.
-      rows.append(text.token_ids(self.tokenizer, hyp, self.text_form)[: s.hypothesis_tokens])
-    if s.hypothesis_tokens is not None:
-      width = s.hypothesis_tokens
-    else:  # whole hypotheses, in a few static widths, as far as the LM's context allows
-      # the longest of the global batch: every process compiles the same shape
-      longest = distributed.agree_max(max((len(r) for r in rows), default=0))
-      width = min(max(1, -(-longest // HYPOTHESIS_BUCKET)) * HYPOTHESIS_BUCKET, self.room)
+      rows.append(self._hypothesis_ids(hyp))
+    # the longest of the global batch: every process compiles the same shape
+    width = self._hypothesis_width(distributed.agree_max(max((len(r) for r in rows), default=0))
+                                   if s.hypothesis_tokens is None else 0)
     rows = [r[:width] for r in rows]
     lengths = [len(r) for r in rows]
     hyp_ids = np.full((len(rows), width), eos, np.int32)

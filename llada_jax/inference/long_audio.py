@@ -42,8 +42,9 @@ def _key(word: str) -> str:
   return _WORD_CHARS.sub("", word.lower())
 
 
-def merge_overlap(left: list[str], right: list[str]) -> list[str]:
-  """Join the words of two overlapping windows, keeping one copy of the overlap.
+def merge_overlap(left: list[str], right: list[str]) -> tuple[int, int]:
+  """Where to join the words of two overlapping windows, keeping one copy of the overlap: the
+  merge is `left[:a] + right[b:]` for the returned (a, b).
 
   transformers' chunked-pipeline merge at word level: slide `right` along `left`, score each
   alignment by matching words / overlap length (+ a tiny bonus for longer overlaps), and at the best
@@ -61,17 +62,34 @@ def merge_overlap(left: list[str], right: list[str]) -> list[str]:
     if matches > 1 and score > best:
       best, cut = score, (ls, le, rs, re_)
   if cut is None:
-    return left + right
+    return len(left), 0
   ls, le, rs, re_ = cut
-  return left[:(ls + le) // 2] + right[(rs + re_) // 2:]
+  return (ls + le) // 2, (rs + re_) // 2
+
+
+def merge_words(texts: tp.Sequence[str]) -> list[tuple[str, int]]:
+  """The words of one transcript from the transcripts of consecutive overlapping windows, each
+  with the index of the window it was kept from."""
+  words: list[tuple[str, int]] = []
+  for k, text in enumerate(texts):
+    right = text.split()
+    a, b = merge_overlap([w for w, _ in words], right) if words else (0, 0)
+    words = words[:a] + [(w, k) for w in right[b:]]
+  return words
 
 
 def merge_chunks(texts: tp.Sequence[str]) -> str:
   """One transcript from the transcripts of consecutive overlapping windows."""
-  words: list[str] = []
-  for text in texts:
-    words = merge_overlap(words, text.split()) if words else text.split()
-  return " ".join(words)
+  return " ".join(w for w, _ in merge_words(texts))
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """A stretch of a transcript with its time in the audio (seconds)."""
+
+  start: float
+  end: float
+  text: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,3 +119,22 @@ class Windowing:
   def merge(self, texts: tp.Sequence[str]) -> str:
     """One transcript from the texts of an utterance's consecutive windows."""
     return merge_chunks(texts)
+
+  def segments(self, texts: tp.Sequence[str], num_samples: int) -> list[Segment]:
+    """The merged transcript of `num_samples` of audio cut by `spans`, one segment per window: the
+    words kept from that window, timed from the middle of its overlap with the previous window to
+    the middle of its overlap with the next (where the merge joins them). A window none of whose
+    words were kept has no segment."""
+    spans = self.spans(num_samples)
+    if len(texts) != len(spans):
+      raise ValueError(f"{len(texts)} texts for the {len(spans)} windows of {num_samples} samples")
+    words = merge_words(texts)
+    out = []
+    for k, (start, end) in enumerate(spans):
+      kept = [w for w, src in words if src == k]
+      if not kept:
+        continue
+      t0 = 0 if k == 0 else start + self.stride
+      t1 = num_samples if k == len(spans) - 1 else end - self.stride
+      out.append(Segment(round(t0 / SAMPLE_RATE, 3), round(t1 / SAMPLE_RATE, 3), " ".join(kept)))
+    return out

@@ -22,6 +22,7 @@ import math
 import os
 import time
 import typing as tp
+import weakref
 
 import jax
 import numpy as np
@@ -40,6 +41,16 @@ LONG_STEP_SAMPLES = 20 * SAMPLE_RATE  # width granularity of the extra buckets f
 # Compiled executables, shared by transcribers of the same model structure in one process (the
 # demo evaluates many systems of one checkpoint in-process).
 _EXECUTABLES: dict[tp.Hashable, tp.Any] = {}
+
+
+class _Weights:
+  """A loaded model, held by the transcribers that use it (and weakly by `_LOADED`)."""
+
+  def __init__(self, model, lora: bool):
+    self.model, self.lora = model, lora
+
+
+_LOADED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 # What a transcriber with a window (`max_seconds`) does with longer audio: "trim" cuts it to the
@@ -109,13 +120,22 @@ class Transcriber(abc.ABC):
     from llada_jax.parallel.placement import has_lora, load_model, resolve_dtype, state_shardings
 
     placement = tp.cast(Placement, self.placement)
-    self.model = load_model(checkpoint, placement, dtype=dtype, attention=attention,
-                            merge_lora=False)
-    lora = has_lora(self.model)
-    if merge_lora and lora:
-      from llada_jax.parallel.placement import merged_lora
+    # Transcribers of one checkpoint on one placement (a served model and the deliberation of a
+    # served cascade) share its weights: they are never written to.
+    stat = os.stat(checkpoint)  # a checkpoint written again in its place is another one
+    key = (os.path.realpath(checkpoint), stat.st_ino, stat.st_mtime_ns, placement, dtype,
+           attention, merge_lora)
+    self._weights = _LOADED.get(key)
+    if self._weights is None:
+      model = load_model(checkpoint, placement, dtype=dtype, attention=attention,
+                         merge_lora=False)
+      lora = has_lora(model)
+      if merge_lora and lora:
+        from llada_jax.parallel.placement import merged_lora
 
-      self.model = merged_lora(self.model, placement)
+        model = merged_lora(model, placement)
+      self._weights = _LOADED[key] = _Weights(model, lora)
+    self.model, lora = self._weights.model, self._weights.lora
     self._graphdef, self._state = nnx.split(self.model)
     self._state_shardings = state_shardings(self._state)
     self.placement_info = {**placement.info(), "batch_size": self.batch_size,
@@ -137,6 +157,21 @@ class Transcriber(abc.ABC):
     if window is None:
       return batch_buckets(self.buckets, lengths)
     return tuple(sorted({int(b) for b in self.buckets if b < window} | {window}))
+
+  def width_for(self, samples: int) -> int:
+    """The audio width (samples) a row of `samples` is padded to: its bucket."""
+    return min(b for b in self.pipeline_buckets(np.asarray([samples])) if b >= samples)
+
+  def batch_key(self, samples: int, hypothesis: str | None = None) -> tp.Hashable:
+    """What of one row (its audio length in samples; for deliberation its first-pass text)
+    decides the compiled shape of a batch. Rows batched only with rows of their own key are each
+    decoded as they would be alone: the cascade and the server batch by it."""
+    return self.width_for(samples)
+
+  def key_examples(self) -> list[tuple[int, str | None]]:
+    """(samples, hypothesis) rows with every `batch_key` this transcriber gives audio up to its
+    window (or 30 s): a batch of each compiles every shape it will run."""
+    return [(w, None) for w in self.pipeline_buckets(np.zeros(0, np.int64))]
 
   @abc.abstractmethod
   def transcribe(self, batch: AudioBatch) -> list[Result | Exception]:

