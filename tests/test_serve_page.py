@@ -91,6 +91,11 @@ def test_page_transcribes_an_upload_and_marks_what_deliberation_changed(browser,
   common = _lcs(a, b)
   assert len(removed) == len(a) - common and len(added) == len(b) - common
   assert "deliberation changed" in browser.find_element(By.ID, "status").text
+  # the page's word diff on texts that share words (random models share none)
+  left, right = browser.execute_script(
+      "return diff(['The', 'quick', 'fox', 'ran.'], ['the', 'slow', 'fox', 'ran', 'home'])")
+  assert left == [["The", 0], ["quick", 1], ["fox", 0], ["ran.", 0]]
+  assert right == [["the", 0], ["slow", 1], ["fox", 0], ["ran", 0], ["home", 1]]
   shot = tmp_path / "page.png"
   assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import typing as tp
 
@@ -194,8 +195,16 @@ def run(args: argparse.Namespace) -> int:
                                  max_audio_seconds=args.max_audio_seconds))
   log.info("serving %s on http://%s:%d (API key: %s)", ", ".join(m.name for m in served),
            args.host, args.port, f"${args.api_key_env}" if api_key else "none")
-  uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
-              timeout_graceful_shutdown=None)
+  # uvicorn shuts down gracefully on SIGTERM / SIGINT, then raises the signal again for the
+  # handler it found: a no-op one makes that graceful stop exit 0.
+  found = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=None)
+  finally:
+    for sig, handler in found.items():
+      signal.signal(sig, handler)
+  log.info("stopped: every request answered")
   return 0
 
 
