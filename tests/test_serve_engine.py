@@ -146,3 +146,16 @@ def test_max_wait_gathers_requests_that_arrive_together():
     tk.future.result(30)
   e.stop()
   assert [len(b) for b in t.batches] == [3]
+
+
+def test_segments_split_the_merged_text_where_the_windows_join():
+  from llada_jax.inference.long_audio import Windowing, merge_chunks
+
+  w = Windowing(window=16000, stride=4000)  # 1 s windows overlapping by 0.5 s: a step of 0.5 s
+  texts = ["one two three four", "three four five six", "five six seven"]
+  segments = w.segments(texts, 32000)  # 2 s of audio: windows from 0, 0.5 and 1 s
+  assert " ".join(s.text for s in segments) == merge_chunks(texts)
+  assert [(s.start, s.end) for s in segments] == [(0.0, 0.75), (0.75, 1.25), (1.25, 2.0)]
+  assert [s.text for s in segments] == ["one two three", "four five", "six seven"]
+  with pytest.raises(ValueError, match="2 texts for the 3 windows"):
+    w.segments(texts[:2], 32000)

@@ -27,8 +27,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import typing as tp
 
 from llada_jax.cli import options
@@ -190,7 +192,11 @@ def run(args: argparse.Namespace) -> int:
 
   metrics = Metrics()
   engine.observer = metrics
-  app = create_app(engine, served, metrics=metrics, api_key=api_key,
+  # Every temporary file of the process (uploads, and the multipart parser's spooled parts) goes
+  # into a folder of the server's own, removed at exit.
+  temp = tempfile.mkdtemp(prefix="llada-jax-serve-")
+  tempfile.tempdir = temp
+  app = create_app(engine, served, metrics=metrics, api_key=api_key, temp_dir=temp,
                    limits=Limits(max_upload_bytes=int(args.max_upload_mb * 2**20),
                                  max_audio_seconds=args.max_audio_seconds))
   log.info("serving %s on http://%s:%d (API key: %s)", ", ".join(m.name for m in served),
@@ -204,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
   finally:
     for sig, handler in found.items():
       signal.signal(sig, handler)
+    shutil.rmtree(temp, ignore_errors=True)
   log.info("stopped: every request answered")
   return 0
 
