@@ -14,7 +14,8 @@ For each model, in one process tree, one after the other:
   offline     the transcriber through `Cascade` over all clips at once (batch `--max-batch`): the
               throughput a server can at best reach; and one clip at a time (single latency).
   serve c=N   a `llada-jax serve` subprocess, N closed-loop clients (threads, each sends its next
-              request when the last is answered) until `--requests` are answered: requests/s,
+              request when the last is answered) until max(`--requests`, 4N) are answered (at
+              c=1 the `--singles` files timed alone offline): requests/s,
               p50/p95/p99 latency, mean batch fill (real rows / batch rows, from /metrics), and the
               ratio to the offline throughput.
   soak        `--soak-seconds` at the highest concurrency with 10 % bad inputs (non-audio bytes):
@@ -114,9 +115,9 @@ MODELS = {
 }
 
 
-def offline(checkpoint: Path, options: list[str], files: list[Path], batch: int):
-  """(files/s over all files at once, median seconds for one file alone), through the same
-  options the server parses."""
+def offline(checkpoint: Path, options: list[str], files: list[Path], batch: int, singles: int):
+  """(files/s over all files at once, median seconds for one file alone over the first `singles`
+  files: those the c=1 row sends), through the same options the server parses."""
   from llada_jax import inference
   from llada_jax.cli import serve as serve_cli
   from llada_jax.cli.options import command
@@ -132,7 +133,7 @@ def offline(checkpoint: Path, options: list[str], files: list[Path], batch: int)
   texts = {r.path: r.text for r in cascade(paths)}
   rate = len(paths) / (time.perf_counter() - start)
   single = []
-  for p in paths[:5]:
+  for p in paths[:singles]:
     t0 = time.perf_counter()
     list(cascade([p]))
     single.append(time.perf_counter() - t0)
@@ -245,7 +246,10 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--models", nargs="+", default=["whisper", "smollm2"], choices=list(MODELS))
   p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
-  p.add_argument("--requests", type=int, default=64, help="answered requests per level")
+  p.add_argument("--requests", type=int, default=64,
+                 help="answered requests per level (at least 4 × the concurrency)")
+  p.add_argument("--singles", type=int, default=8,
+                 help="files timed alone offline and sent one at a time (c=1)")
   p.add_argument("--clips", type=int, default=32)
   p.add_argument("--max-batch", type=int, default=16)
   p.add_argument("--max-wait-ms", type=float, default=10.0)
@@ -266,7 +270,7 @@ def main(argv=None) -> int:
   rows, notes = [], []
   for name in a.models:
     checkpoint, options = MODELS[name](a, work)
-    rate, single, want = offline(checkpoint, options, files, a.max_batch)
+    rate, single, want = offline(checkpoint, options, files, a.max_batch, a.singles)
     rows.append({"model": name, "mode": "offline", "req_s": rate, "p50_ms": single * 1000})
     server = Server(["--model", f"m={checkpoint}", "--max-batch", str(a.max_batch),
                      "--max-wait-ms", str(a.max_wait_ms), "--max-queue", "1024", *options],
@@ -274,7 +278,9 @@ def main(argv=None) -> int:
     try:
       for c in a.concurrency:
         before = server.metrics()
-        rps, lat = closed_loop(server.url, files, c, max(a.requests, c))
+        # c=1: the files timed alone offline; more clients: enough requests for a steady state
+        total = a.singles if c == 1 else max(a.requests, 4 * c)
+        rps, lat = closed_loop(server.url, files, c, total)
         after = server.metrics()
         batches = after["llada_batches_total"] - before.get("llada_batches_total", 0)
         fill = (after["llada_batch_rows_total"] - before.get("llada_batch_rows_total", 0)) / (
