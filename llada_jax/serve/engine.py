@@ -5,8 +5,10 @@ Each served model is a `Cascade` (a first pass, optionally deliberated). A reque
 into the cascade's windows, which wait in queues by (model, pass, batch key): windows batched only
 with windows of their own key are decoded exactly as they would be alone (`Cascade`), so a
 transcript does not depend on what else was in flight. The thread runs a queue when it holds a
-full batch, or when its oldest window has waited `max_wait_ms`; padding rows fill the rest of a
-partial batch. Every shape a model can run is compiled by `warm_up` before the server says it is
+full batch, or when its oldest window has waited `max_wait_ms` — counted from when the devices
+became free, if they were busy when it came, so that clients answered by one batch can join the
+next instead of two half-full batches taking turns; padding rows fill the rest of a partial
+batch. Every shape a model can run is compiled by `warm_up` before the server says it is
 ready. A batch that raises fails the requests it carried (their futures get the exception) and
 the thread goes on.
 """
@@ -78,6 +80,7 @@ class Engine:
     self._cond = threading.Condition()
     self._stopping = False
     self._thread: threading.Thread | None = None
+    self._idle_since = 0.0  # when the last batch ended
     self.ready = threading.Event()
     self.compile_seconds = 0.0
 
@@ -182,7 +185,9 @@ class Engine:
             self._cond.wait()
             continue
           key, arrived = head
-          wait = arrived + self.max_wait - time.monotonic()
+          # counted from when the devices became free if they were busy: the requests the last
+          # batch answered come back within a client's turnaround and can fill this one
+          wait = max(arrived, self._idle_since) + self.max_wait - time.monotonic()
           if wait > 0 and not self._stopping:
             self._cond.wait(wait)
             continue
@@ -201,11 +206,13 @@ class Engine:
       except Exception as e:  # noqa: BLE001 (one batch's failure fails its requests only)
         log.exception("%s: a batch of %d window(s) failed", model, len(windows))
         self._fail(windows, e)
+        self._idle_since = time.monotonic()
         continue
       self.observer.batch(model, stage, len(windows), cascade.batch_size,
                           time.perf_counter() - start)
       with self._cond:
-        for w in onward:  # the next pass: due at once (its wait was the first pass's)
+        self._idle_since = time.monotonic()
+        for w in onward:  # the next pass: due as soon as the devices are free
           ticket = self._tickets.get(id(w.job))
           if ticket is not None:
             self._queues.add((model, cascade.key(w)), w, ticket.arrived)
