@@ -9,8 +9,8 @@ MODELS: each --model NAME=CKPT serves a converted Whisper, Whisper-LLaMA (AR) or
 (--strategy: diffusion or semi_ar) under NAME; each --cascade NAME=FIRST,SECOND serves the
 paper's cascade: the served model FIRST's transcript, deliberated by the served Whisper-LLaDA
 SECOND (the deliberation options), window by window. The decoding options are those of
-`llada-jax transcribe`; a model's transcript is the one `transcribe` writes for the same file and
-options, whatever else the server is doing at the time.
+`llada-jax transcribe`; a model's transcript is the one `transcribe` writes for the same file,
+options and batch size (--batch-size = --max-batch), whatever else the server is doing.
 
 Endpoints: POST /v1/audio/transcriptions (multipart: file, model, response_format = json, text,
 verbose_json, srt or vtt), GET /v1/models, GET /health (200 once every batch shape is compiled),
