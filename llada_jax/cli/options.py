@@ -12,6 +12,7 @@ import typing as tp
 from llada_jax import decoding
 from llada_jax.inference.llada import LLaDASettings
 from llada_jax.inference.whisper import WhisperSettings
+from llada_jax.models import checkpoint as ckpt
 from llada_jax.models import text
 from llada_jax.models.config import ATTENTION
 from llada_jax.parallel import sharding
@@ -208,6 +209,16 @@ def add_decoding(p: argparse.ArgumentParser, *, llada_title: str, deliberation_t
   g.add_argument("--text-form", default=None, choices=text.TEXT_FORMS,
                  help="the form hypotheses are given to the LM in (default: the model's training "
                       "form, from its source.json)")
+
+
+def read_config(path: str, where: str):
+  """The config of the checkpoint at `path`; a UsageError that starts with `where` (the flag and
+  path as the user gave them, e.g. "--checkpoint ckpt/x") when it cannot be read."""
+  try:
+    return ckpt.read_config(path)
+  except (ckpt.CheckpointError, ValueError, OSError, TypeError) as e:
+    detail = str(e).removeprefix(f"{path}: ")
+    raise UsageError(f"{where}: {detail}") from e
 
 
 def given(args: argparse.Namespace, names: tp.Iterable[str]) -> list[str]:

@@ -36,7 +36,6 @@ import typing as tp
 from llada_jax.cli import options
 from llada_jax.cli.options import UsageError
 from llada_jax.inference.errors import ModelError
-from llada_jax.models import checkpoint as ckpt
 from llada_jax.models.config import WhisperConfig, WhisperLLaDAConfig
 from llada_jax.parallel import compile_cache
 
@@ -85,13 +84,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        deliberation_title="deliberation (each --cascade)")
 
 
-def _config(name: str, path: str):
-  try:
-    return ckpt.read_config(path)
-  except (ckpt.CheckpointError, ValueError, OSError, TypeError) as e:
-    raise UsageError(f"--model {name}={path}: {e}") from e
-
-
 def plan(args: argparse.Namespace) -> dict[str, tp.Any]:
   """What to serve, checked before anything loads: {name: (kind, checkpoint, settings)} for the
   models and {name: (first, second)} for the cascades."""
@@ -101,7 +93,7 @@ def plan(args: argparse.Namespace) -> dict[str, tp.Any]:
   for name, path in args.model:
     if name in models:
       raise UsageError(f"--model {name}: named twice")
-    config = _config(name, path)
+    config = options.read_config(path, f"--model {name}={path}")
     if isinstance(config, WhisperConfig):
       models[name] = ("whisper", path, options.whisper_settings(args))
     elif isinstance(config, WhisperLLaDAConfig):

@@ -49,7 +49,6 @@ from llada_jax.data import files
 from llada_jax.data.journal import Journal, JournalError
 from llada_jax.evaluation.outputs import jsonable, write_atomic
 from llada_jax.inference.errors import ModelError
-from llada_jax.models import checkpoint as ckpt
 from llada_jax.models.config import WhisperConfig, WhisperLLaDAConfig
 from llada_jax.parallel import compile_cache
 
@@ -89,17 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # -- settings ----------------------------------------------------------------------------------
 
 
-def _config(path: str, flag: str):
-  try:
-    return ckpt.read_config(path)
-  except (ckpt.CheckpointError, ValueError, OSError, TypeError) as e:
-    raise UsageError(f"{flag} {e}" if str(e).startswith(str(path)) else f"{flag} {path}: {e}") \
-        from e
-
-
 def first_settings(args: argparse.Namespace):
   """The first pass's settings, from the kind of --checkpoint."""
-  config = _config(args.checkpoint, "--checkpoint")
+  config = options.read_config(args.checkpoint, f"--checkpoint {args.checkpoint}")
   llada = options.given(args, options.LLADA_OPTIONS)
   if args.strategy is not None:
     llada.insert(0, "--strategy")
@@ -131,7 +122,7 @@ def deliberation_settings(args: argparse.Namespace):
     if given:
       raise UsageError(f"{', '.join(given)}: only with --deliberate CKPT2")
     return None
-  config = _config(args.deliberate, "--deliberate")
+  config = options.read_config(args.deliberate, f"--deliberate {args.deliberate}")
   if not isinstance(config, WhisperLLaDAConfig) or config.lm.causal:
     kind = ("a causal Whisper-LLaMA" if isinstance(config, WhisperLLaDAConfig)
             else f"a {type(config).__name__}")
