@@ -221,6 +221,27 @@ class Cascade:
                       first_pass=first if delib else None, seconds=seconds, windows=windows,
                       segments=tuple(self.windowing.segments(texts, job.samples)))
 
+  def warm_up(self, done: set | None = None) -> list[int]:
+    """Compile every shape each pass runs: one batch per batch key (`Transcriber.key_examples`),
+    a row of faint audio and padding. `done` holds the (transcriber, key) pairs compiled already
+    (a transcriber shared by several cascades compiles once) and is added to. Returns the shapes
+    compiled per pass."""
+    done = set() if done is None else done
+    shapes = []
+    for stage, t in enumerate(self.stages):
+      n = 0
+      for samples, hypothesis in t.key_examples():
+        key = (id(t), t.batch_key(samples, hypothesis))
+        if key in done:
+          continue
+        done.add(key)
+        n += 1
+        audio = 1e-3 * np.sin(np.arange(samples, dtype=np.float32) / 7.0)  # not pure silence
+        job = Job(-1, "warm-up", "warm-up", samples, [None], [None], 1)
+        self._pass(t, [Window(job, 0, audio, stage, hypothesis)])
+      shapes.append(n)
+    return shapes
+
   # -- files -------------------------------------------------------------------------------------
 
   def __call__(self, paths: tp.Sequence[str], ids: tp.Sequence[str] | None = None

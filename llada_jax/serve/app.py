@@ -42,10 +42,11 @@ from llada_jax.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-# The OpenAI fields a request may carry; `supported` checks their values.
+# The OpenAI fields a request may carry; `_check` checks their values.
 FIELDS = ("file", "model", "response_format", "language", "prompt", "temperature",
           "timestamp_granularities[]", "timestamp_granularities", "stream", "chunking_strategy",
           "include[]", "include")
+_NAMES = {"en": "english"}  # a language code → the name a request may give instead
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}$")
 
 
@@ -114,8 +115,8 @@ class UploadLimit:
 
 def create_app(engine: Engine, models: tp.Sequence[ServedModel], *, limits: Limits = Limits(),
                api_key: str | None = None, metrics: Metrics | None = None,
-               temp_dir: str | None = None, start: bool = True) -> tp.Any:
-  """The ASGI app. With `start`, the engine warms up (compiles) on a thread when the app starts
+               temp_dir: str | None = None) -> tp.Any:
+  """The ASGI app. The engine warms up (compiles) on a thread when the app starts
   (/health says 503 until it is done) and drains when the app stops."""
   metrics = metrics or Metrics()
   served = {m.name: m for m in models}
@@ -207,22 +208,19 @@ def create_app(engine: Engine, models: tp.Sequence[ServedModel], *, limits: Limi
 
   @contextlib.asynccontextmanager
   async def lifespan(app):
-    thread = None
-    if start:
-      def warm():
-        try:
-          engine.start()
-          metrics.compile.set(engine.compile_seconds)
-        except BaseException as e:  # noqa: BLE001 (reported by /health and the log)
-          log.exception("compiling the served models failed")
-          warm_error.append(e)
+    def warm():
+      try:
+        engine.start()
+        metrics.compile.set(engine.compile_seconds)
+      except BaseException as e:  # noqa: BLE001 (reported by /health and the log)
+        log.exception("compiling the served models failed")
+        warm_error.append(e)
 
-      thread = asyncio.get_running_loop().run_in_executor(None, warm)
+    thread = asyncio.get_running_loop().run_in_executor(None, warm)
     try:
       yield
     finally:
-      if thread is not None:
-        await thread
+      await thread
       await asyncio.to_thread(engine.stop)
       if own_temp:
         for f in temp.glob("*"):
@@ -304,8 +302,6 @@ def _check(form, served: tp.Mapping[str, ServedModel]) -> tuple[str, str, str | 
       raise HTTPError(400, f"{name}: not supported (no logprobs)", param=name)
   return model, fmt, language
 
-
-_NAMES = {"en": "english"}
 
 
 def _save(upload: UploadFile, folder: Path) -> Path:

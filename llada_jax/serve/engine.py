@@ -24,7 +24,6 @@ import typing as tp
 
 import numpy as np
 
-from llada_jax.inference.batch import AudioBatch
 from llada_jax.inference.cascade import Cascade, Job, Queues, Window
 
 log = logging.getLogger(__name__)
@@ -87,28 +86,12 @@ class Engine:
   # -- start and stop ----------------------------------------------------------------------------
 
   def warm_up(self) -> None:
-    """Compile every shape of every served model: one batch of silence per batch key of each
-    pass (`Transcriber.key_examples`). A transcriber shared by several models compiles once."""
-    start, seen = time.perf_counter(), set()
+    """Compile every shape of every served model (`Cascade.warm_up`); a transcriber shared by
+    several models compiles once."""
+    start, done = time.perf_counter(), set()
     for name, cascade in self.models.items():
-      for stage, t in enumerate(cascade.stages):
-        keys = set()
-        for samples, hypothesis in t.key_examples():
-          key = t.batch_key(samples, hypothesis)
-          if (id(t), key) in seen or key in keys:
-            continue
-          keys.add(key)
-          seen.add((id(t), key))
-          b = t.batch_size
-          width = t.width_for(samples)
-          audio = np.zeros((b, width), np.float32)
-          audio[:, :samples] = 1e-3 * np.sin(np.arange(samples) / 7.0)  # not pure silence
-          batch = AudioBatch(audio=audio, audio_len=np.full((b,), samples, np.int32),
-                             valid=np.ones((b,), bool), ids=[f"warm-up-{i}" for i in range(b)],
-                             index=np.arange(b), hypothesis=None if hypothesis is None else
-                             [hypothesis] * b)
-          t.transcribe(batch)
-        log.info("%s: pass %d (%s) ready, %d shape(s)", name, stage + 1, t.name, len(keys))
+      for stage, (t, shapes) in enumerate(zip(cascade.stages, cascade.warm_up(done))):
+        log.info("%s: pass %d (%s) ready, %d shape(s)", name, stage + 1, t.name, shapes)
     self.compile_seconds = time.perf_counter() - start
     log.info("every shape compiled in %.1f s", self.compile_seconds)
 
