@@ -37,7 +37,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 240
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                "--xla_cpu_use_fusion_emitters=false")
 PEER_GRACE_S = 15  # after one process of a run fails, the others get this long to end on their own
 
 
