@@ -1,6 +1,7 @@
-"""Hub ids as checkpoints (`llada_jax.convert.hub`): the real huggingface_hub resolution, offline
-(conftest sets HF_HUB_OFFLINE=1), against a cache each test lays out as huggingface_hub writes
-it; nothing of the library is mocked, only its cache folder is pointed at the test's."""
+"""Hub ids as checkpoints (`llada_jax.convert.hub`, `.converted`): the real huggingface_hub
+resolution, offline (conftest sets HF_HUB_OFFLINE=1), against a cache each test lays out as
+huggingface_hub writes it; nothing of the library is mocked, only its cache folder is pointed at
+the test's."""
 
 import hashlib
 import json
@@ -18,7 +19,7 @@ import transformers
 from support import convert_cli, whisper_tokenizer
 
 from llada_jax import inference
-from llada_jax.convert import hub, open_source
+from llada_jax.convert import converted, hub, open_source
 from llada_jax.convert.source import ConversionError
 from llada_jax.inference.errors import ModelError
 from llada_jax.models import checkpoint
@@ -145,7 +146,7 @@ def test_revisions_and_only_what_the_converter_reads(tmp_path, hf_cache):
 
 def test_open_with_a_hub_id_converts_once_and_transcribes_as_the_local_conversion(
     tmp_path, hf_cache, monkeypatch):
-  monkeypatch.setenv(hub.CONVERTED_ENV, str(tmp_path / "converted"))
+  monkeypatch.setenv(converted.ENV, str(tmp_path / "converted"))
   src = tiny_whisper(tmp_path / "local")
   lay_out_cache(hf_cache, REPO, COMMIT, src)  # no tree listing: an older huggingface_hub's cache
   assert convert_cli("--kind", "whisper", "--src", src, "--out", tmp_path / "from-local") == 0
@@ -158,11 +159,11 @@ def test_open_with_a_hub_id_converts_once_and_transcribes_as_the_local_conversio
   folder = tmp_path / "converted" / REPO.replace("/", "--") / COMMIT
   index = folder / "params" / "index.json"
   before = (folder.stat().st_ino, index.stat().st_mtime_ns)
-  assert hub.checkpoint(REPO) == folder
+  assert converted.checkpoint(REPO) == folder
   assert (folder.stat().st_ino, index.stat().st_mtime_ns) == before  # not converted again
   assert sorted(p.name for p in folder.parent.iterdir()) == [COMMIT]  # no partial left behind
   # a pinned commit, once converted, needs neither the Hub nor its cache
   shutil.rmtree(hf_cache / ("models--" + REPO.replace("/", "--")))
-  assert hub.checkpoint(f"{REPO}@{COMMIT}") == folder
+  assert converted.checkpoint(f"{REPO}@{COMMIT}") == folder
   with pytest.raises(ModelError, match=f"{REPO}: not in the Hugging Face cache"):
     inference.open(REPO, settings, batch_size=1)

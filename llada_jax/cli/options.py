@@ -213,7 +213,7 @@ def add_decoding(p: argparse.ArgumentParser, *, llada_title: str, deliberation_t
 
 def checkpoint(spec: str, where: str) -> str:
   """The converted checkpoint folder `spec` names: itself, or a Hub id (ORG/NAME[@REVISION]) of a
-  Whisper converted once into the local cache (`convert.hub`); a UsageError that starts with
+  Whisper converted once into the local cache (`convert.converted`); a UsageError that starts with
   `where` (the flag as the user gave it) naming the repo and what to do when that cannot be
   done."""
   from llada_jax.inference.errors import ModelError

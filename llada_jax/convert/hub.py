@@ -1,7 +1,6 @@
 """Hugging Face Hub ids wherever a checkpoint is accepted.
 
     resolve_source("openai/whisper-large-v3@main")   # → the snapshot folder of what convert reads
-    checkpoint("openai/whisper-large-v3")            # → a converted folder, converted once
 
 A spec names the Hub when it reads `ORG/NAME[@REVISION]` and no local path of that name exists
 (a local path always wins), or when it starts with `hf://` (the Hub, whatever lies on disk).
@@ -12,37 +11,26 @@ config.json, the tokenizer files, and one set of weights in the reader's order o
 pytorch_model.bin; CTranslate2's model.bin; a repo's only .gguf), never the fp32 / flax / TF
 copies many repos carry beside them.
 
-`checkpoint` converts a Hub source of one model (Whisper, LLaDA, a LLaMA) into
-`$LLADA_JAX_CONVERTED_DIR` (default ~/.cache/llada_jax/converted) under `ORG--NAME/COMMIT`, once:
-the next call with the same commit loads from there. A Whisper-LLaDA is made of three sources
-(`llada-jax convert --kind whisper_llada`), so it is not converted on the fly.
+It imports only `source`, as the format modules do (`open_source` resolves through it);
+`converted` turns a Hub id into a converted checkpoint on top of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 
 from llada_jax.convert.source import TOKENIZER_FILE_NAMES, ConversionError, read_json
 
-log = logging.getLogger(__name__)
-
 PREFIX = "hf://"
-CONVERTED_ENV = "LLADA_JAX_CONVERTED_DIR"
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
+COMMIT = re.compile(r"[0-9a-f]{40}")
 # Weight files in the readers' order of preference (`hf._WEIGHTS`, then CTranslate2's); an index's
 # shards are read from the index itself.
 _WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors",
                  "pytorch_model.bin.index.json", "pytorch_model.bin", "model.bin")
-# converted kind for a source's kind_hint (`llada_jax.convert.open_source`)
-_KINDS = {"hf_whisper": "whisper", "ct2_whisper": "whisper", "llada": "llada",
-          "hf_llama": "llama", "gguf_llama": "llama"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,54 +131,3 @@ def _download(hub: HubId, patterns: list[str]) -> Path:
         f"or gated repo needs `hf auth login` or HF_TOKEN)") from None
   except errors.HfHubHTTPError as e:
     raise ConversionError(f"{hub}: the Hub answered {e}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Converted checkpoints from Hub ids.
-
-def converted_root() -> Path:
-  env = os.environ.get(CONVERTED_ENV)
-  if env:
-    return Path(env).expanduser()
-  cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-  return cache / "llada_jax" / "converted"
-
-
-def checkpoint(spec: str | os.PathLike) -> Path:
-  """A converted-checkpoint spec → a local folder: the path itself, or a Hub source of one model
-  converted (float32) into `converted_root()` the first time its commit is asked for."""
-  hub = parse(spec)
-  if hub is None:
-    return Path(spec)
-  home = converted_root() / hub.repo.replace("/", "--")
-  if hub.revision and _COMMIT.fullmatch(hub.revision) and _complete(home / hub.revision):
-    return home / hub.revision  # a pinned commit needs no Hub (nor its cache) once converted
-  folder = snapshot(hub)
-  out = home / folder.name
-  if _complete(out):
-    return out
-  from llada_jax.convert import convert as conv
-  from llada_jax.convert import open_source
-
-  with open_source(folder) as source:
-    kind = _KINDS.get(source.kind_hint)
-  if kind is None:
-    raise ConversionError(f"{hub}: a {source.kind_hint!r} checkpoint; a Hub id converts "
-                          f"on the fly for a Whisper, LLaDA or LLaMA (a Whisper-LLaDA: convert "
-                          f"it with `llada-jax convert --kind whisper_llada` and pass the folder)")
-  log.info("converting %s (commit %s) → %s, once", hub, folder.name, out)
-  # Several processes may convert at once (eval over hosts): each into its own folder, then a
-  # rename, which fails for all but the first; the others drop theirs.
-  partial = home / f".{folder.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  conv.convert(kind, folder, partial)
-  try:
-    partial.rename(out)
-  except OSError:
-    shutil.rmtree(partial, ignore_errors=True)
-    if not _complete(out):
-      raise
-  return out
-
-
-def _complete(folder: Path) -> bool:
-  return (folder / "params" / "index.json").is_file() and (folder / "config.json").is_file()

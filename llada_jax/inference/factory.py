@@ -24,12 +24,12 @@ from llada_jax.parallel.placement import Placement
 def local_checkpoint(spec: str | os.PathLike) -> Path:
   """A converted checkpoint's folder: `spec` itself, or a Hub id converted once (a ModelError
   naming the repo and what to do when that cannot be done)."""
-  from llada_jax.convert import hub
+  from llada_jax.convert import converted
   from llada_jax.convert.mapping import MappingError
   from llada_jax.convert.source import ConversionError
 
   try:
-    return hub.checkpoint(spec)
+    return converted.checkpoint(spec)
   except (ConversionError, MappingError, ckpt.CheckpointError) as e:
     raise ModelError(str(e)) from e
 
@@ -52,7 +52,7 @@ def open(checkpoint: str | os.PathLike, settings: WhisperSettings | LLaDASetting
   before the checkpoint is read.
 
   `checkpoint` may be a Hub id of a Whisper (`openai/whisper-large-v3[@REVISION]`): it is
-  converted once into a local cache and loaded from there (`convert.hub.checkpoint`)."""
+  converted once into a local cache and loaded from there (`convert.converted`)."""
   placement = mesh if isinstance(mesh, Placement) else Placement.create(mesh, rules)
   batch_size = placement.global_batch(batch_size, per_device_batch)
   checkpoint = local_checkpoint(checkpoint)
