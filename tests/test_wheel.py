@@ -54,11 +54,13 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_outside_the_source_tree(tmp_p
   python = env_dir / "bin" / "python"
   site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
                    ).stdout.strip())
-  ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-  (site / "test_venv_packages.pth").write_text("\n".join(sorted(ours)) + "\n")
   installed = _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
                     "--no-index", "--no-compile", wheel])
   assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+  # The dependencies, after the install: pip must not see the test venv's llada-jax (editable)
+  # and take it for this one.
+  ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+  (site / "test_venv_packages.pth").write_text("\n".join(sorted(ours)) + "\n")
 
   outside = tmp_path / "elsewhere"
   outside.mkdir()
