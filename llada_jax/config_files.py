@@ -6,7 +6,7 @@ config by name (`configs/NAME.py`), from a `.py` file or from a `.json` file.
 Model configs, train configs and the demo's config all go through here. Every value is checked
 against its field's annotation, and every error is a `ConfigError` naming the field (and the file).
 A run is a Python file in the top-level `configs/` folder defining `config()`; names resolve there
-(or in `$LLADA_CONFIG_DIR`).
+(or in `$LLADA_CONFIG_DIR`; an installed wheel carries the folder as `llada_jax/configs`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,16 @@ import typing as tp
 from pathlib import Path
 
 T = tp.TypeVar("T")
-CONFIG_DIR = Path(os.environ.get("LLADA_CONFIG_DIR",
-                                 Path(__file__).resolve().parents[1] / "configs"))
+
+
+def _config_dir() -> Path:
+  # A source checkout keeps the runs beside the package; a wheel carries them inside it.
+  here = Path(__file__).resolve().parent
+  checkout = here.parent / "configs"
+  return checkout if (checkout / "tiny.py").is_file() else here / "configs"
+
+
+CONFIG_DIR = Path(os.environ.get("LLADA_CONFIG_DIR") or _config_dir())
 
 
 class ConfigError(ValueError):

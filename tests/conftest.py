@@ -23,6 +23,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # their subprocesses stay out of it (those that want a cache use the session's `xla_cache` folder,
 # or their own).
 os.environ.setdefault("LLADA_JAX_CACHE_DIR", "off")
+# No test reaches the Hugging Face Hub: huggingface_hub reads this once, at import, and then answers
+# Hub ids from its cache only (tests/test_hub.py lays one out).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import shutil  # noqa: E402
 import subprocess  # noqa: E402

@@ -1,6 +1,7 @@
 """Convert PyTorch / CTranslate2 / GGUF / Diffusion-ASR checkpoints to llada-jax, and back.
 
   llada-jax convert --kind whisper --src openai-whisper-large-v3/ --out ckpt/whisper-large-v3
+  llada-jax convert --kind whisper --src openai/whisper-large-v3 --out ckpt/whisper-large-v3
   llada-jax convert --kind {whisper,llada,llama,whisper_llada} --src SRC --out OUT
       [--dtype float32|bfloat16] [--verify] [--whisper SRC --llm SRC] [--trust-pickle]
   llada-jax convert --export-torch --src OUT --out DIR
@@ -10,8 +11,12 @@
 AR→diffusion adaptation); it needs `--mask-id`. `--export-torch` writes a folder of safetensors +
 config.json, except for a whisper_llada checkpoint: that becomes one .pth in the authors'
 Diffusion-ASR layout ({"model": trained Q-Former + LoRA tensors, "config", "epoch", ...}), which
-their inference.py loads over its own Whisper and LLaDA. Sources and what each reads: README.md,
-"Convert checkpoints".
+their inference.py loads over its own Whisper and LLaDA.
+
+A Hub id (`ORG/NAME[@REVISION]`) is fetched through huggingface_hub (its cache, HF_HUB_OFFLINE,
+HF_TOKEN): config.json, the tokenizer and one set of weights (safetensors before .bin), nothing
+else. Offline with the repo not cached: exit 2, naming the repo and what to do. Sources and what
+each reads: README.md, "Convert checkpoints".
 """
 
 from __future__ import annotations
@@ -36,13 +41,14 @@ HELP = "convert checkpoints (HF, faster-whisper, GGUF, LLaDA, Diffusion-ASR .pth
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--kind", choices=conv.KINDS)
-  p.add_argument("--src", required=True, help="source checkpoint (dir, .gguf, .pth) or, with "
-                 "--export-torch, a converted checkpoint")
+  p.add_argument("--src", required=True, help="source checkpoint (dir, .gguf, .pth, or a Hub id "
+                 "ORG/NAME[@REVISION]: a local path of that name wins, hf://ORG/NAME forces the "
+                 "Hub) or, with --export-torch, a converted checkpoint")
   p.add_argument("--out", required=True)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--verify", action="store_true", help="compare logits with the PyTorch reference")
-  p.add_argument("--whisper", help="whisper_llada: base Whisper checkpoint")
-  p.add_argument("--llm", help="whisper_llada: base LLM checkpoint")
+  p.add_argument("--whisper", help="whisper_llada: base Whisper checkpoint (or Hub id)")
+  p.add_argument("--llm", help="whisper_llada: base LLM checkpoint (or Hub id)")
   p.add_argument("--trust-pickle", action="store_true",
                  help="allow full unpickling of torch files (can run code: trusted files only)")
   p.add_argument("--mask-id", type=int, help="mask token id when making a LLaDA from a LLaMA")

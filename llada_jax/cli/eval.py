@@ -36,7 +36,10 @@ STRATEGIES = ("whisper", *LLADA_STRATEGIES)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--checkpoint", required=True, help="converted checkpoint folder")
+  p.add_argument("--checkpoint", required=True,
+                 help="converted checkpoint folder, or a Hub id of a Whisper (ORG/NAME[@REVISION], "
+                      "e.g. openai/whisper-large-v3; converted once into "
+                      "~/.cache/llada_jax/converted)")
   p.add_argument("--data", required=True,
                  help="tfds:NAME/SPLIT; a Diffusion-ASR JSON data file (FILE.json: "
                       "{\"annotation\": [{\"path\", \"text\"}, …]}); a list of audio paths "
@@ -152,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
   except distributed.DistributedError as e:
     raise options.UsageError(str(e)) from e
   compile_cache.enable(disable=args.no_compile_cache)
+  args.checkpoint = options.checkpoint(args.checkpoint, f"--checkpoint {args.checkpoint}")
   try:
     summary = evaluate(args)
   except (EvalError, ModelError) as e:

@@ -211,6 +211,20 @@ def add_decoding(p: argparse.ArgumentParser, *, llada_title: str, deliberation_t
                       "form, from its source.json)")
 
 
+def checkpoint(spec: str, where: str) -> str:
+  """The converted checkpoint folder `spec` names: itself, or a Hub id (ORG/NAME[@REVISION]) of a
+  Whisper converted once into the local cache (`convert.converted`); a UsageError that starts with
+  `where` (the flag as the user gave it) naming the repo and what to do when that cannot be
+  done."""
+  from llada_jax.inference.errors import ModelError
+  from llada_jax.inference.factory import local_checkpoint
+
+  try:
+    return str(local_checkpoint(spec))
+  except ModelError as e:
+    raise UsageError(f"{where}: {e}") from e
+
+
 def read_config(path: str, where: str):
   """The config of the checkpoint at `path`; a UsageError that starts with `where` (the flag and
   path as the user gave them, e.g. "--checkpoint ckpt/x") when it cannot be read."""

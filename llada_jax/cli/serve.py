@@ -55,7 +55,8 @@ def _pair(value: str) -> tuple[str, str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--model", type=_pair, action="append", default=[], metavar="NAME=CKPT",
-                 help="serve a converted checkpoint under NAME (repeat for more)")
+                 help="serve a converted checkpoint under NAME (repeat for more); CKPT may be a "
+                      "Hub id of a Whisper (ORG/NAME[@REVISION]), converted once")
   p.add_argument("--cascade", type=_pair, action="append", default=[], metavar="NAME=FIRST,SECOND",
                  help="serve served model FIRST deliberated by served Whisper-LLaDA SECOND")
   p.add_argument("--strategy", choices=("diffusion", "semi_ar"), default=None,
@@ -93,6 +94,7 @@ def plan(args: argparse.Namespace) -> dict[str, tp.Any]:
   for name, path in args.model:
     if name in models:
       raise UsageError(f"--model {name}: named twice")
+    path = options.checkpoint(path, f"--model {name}={path}")
     config = options.read_config(path, f"--model {name}={path}")
     if isinstance(config, WhisperConfig):
       models[name] = ("whisper", path, options.whisper_settings(args))

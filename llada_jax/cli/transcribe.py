@@ -63,7 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("audio", nargs="+", metavar="AUDIO",
                  help="audio files, folders, glob patterns or lists of paths (.txt, .jsonl)")
   p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                 help="the first pass: a converted Whisper, Whisper-LLaMA or Whisper-LLaDA")
+                 help="the first pass: a converted Whisper, Whisper-LLaMA or Whisper-LLaDA, or "
+                      "a Hub id of a Whisper (ORG/NAME[@REVISION], e.g. openai/whisper-large-v3; "
+                      "converted once into ~/.cache/llada_jax/converted)")
   p.add_argument("--deliberate", metavar="CKPT2",
                  help="a converted Whisper-LLaDA that deliberates over the first pass")
   p.add_argument("--strategy", choices=FIRST_PASS_LLADA,
@@ -169,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
     args.placement.global_batch(args.batch_size)
   except PlacementError as e:
     raise UsageError(f"--mesh / --batch-size: {e}") from e
+  args.checkpoint = options.checkpoint(args.checkpoint, f"--checkpoint {args.checkpoint}")
+  if args.deliberate is not None:
+    args.deliberate = options.checkpoint(args.deliberate, f"--deliberate {args.deliberate}")
   first = first_settings(args)
   delib = deliberation_settings(args)
   out, txt, settings_file = output_paths(args)

@@ -18,17 +18,20 @@ format read by its own module:
                                "model" entry holds the trained tensors
                                ("torch_state_dict" if the names do not look like it)
 
-Format modules import only `source`, never this package's namespace, so importing any of them (which
-runs this file first) finds nothing half-initialised. `convert` (source → our checkpoint), `mapping`
-(name tables), `diffusion_asr` (the authors' training .pth, both ways), `verify` and `cli` sit on
-top.
+`path` may also be a Hugging Face Hub id, `ORG/NAME[@REVISION]` (a local path of that name wins;
+`hf://ORG/NAME` forces the Hub): `hub` fetches what the readers read into huggingface_hub's cache.
+
+Format modules (and `hub`) import only `source`, never this package's namespace, so importing any
+of them (which runs this file first) finds nothing half-initialised. `convert` (source → our
+checkpoint), `mapping` (name tables), `diffusion_asr` (the authors' training .pth, both ways),
+`verify` and `cli` sit on top.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from llada_jax.convert import ctranslate2, gguf, hf, torch_file
+from llada_jax.convert import ctranslate2, gguf, hf, hub, torch_file
 from llada_jax.convert.source import TOKENIZER_FILE_NAMES, ConversionError, Source
 
 __all__ = ["TOKENIZER_FILE_NAMES", "ConversionError", "Source", "open_source"]
@@ -43,7 +46,7 @@ def open_source(path: str | Path, *, trust_pickle: bool = False) -> Source:
   `trust_pickle` allows full unpickling of torch files that a weights-only load refuses; only for
   files from someone you trust, since unpickling can run arbitrary code.
   """
-  path = Path(path).expanduser()
+  path = hub.resolve_source(path)
   if not path.exists():
     raise ConversionError(f"{path}: no such file or directory")
   if path.is_file():

@@ -10,13 +10,28 @@ It sits above the transcribers it builds (`whisper`, `llada`), which sit above t
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+from llada_jax.inference.errors import ModelError
 from llada_jax.inference.llada import LLaDASettings, LLaDATranscriber
 from llada_jax.inference.transcriber import Transcriber
 from llada_jax.inference.whisper import WhisperSettings, WhisperTranscriber
 from llada_jax.models import checkpoint as ckpt
 from llada_jax.models.config import WhisperConfig
 from llada_jax.parallel.placement import Placement
+
+
+def local_checkpoint(spec: str | os.PathLike) -> Path:
+  """A converted checkpoint's folder: `spec` itself, or a Hub id converted once (a ModelError
+  naming the repo and what to do when that cannot be done)."""
+  from llada_jax.convert import converted
+  from llada_jax.convert.mapping import MappingError
+  from llada_jax.convert.source import ConversionError
+
+  try:
+    return converted.checkpoint(spec)
+  except (ConversionError, MappingError, ckpt.CheckpointError) as e:
+    raise ModelError(str(e)) from e
 
 
 def open(checkpoint: str | os.PathLike, settings: WhisperSettings | LLaDASettings | None = None,
@@ -34,9 +49,13 @@ def open(checkpoint: str | os.PathLike, settings: WhisperSettings | LLaDASetting
   on accelerators, the checkpoint's own on CPU). `attention`: the attention kernel
   (configs.ATTENTION; None: the checkpoint's). `merge_lora`: fold LoRA adapters into their kernels
   once at load. A mesh or batch that does not fit is a PlacementError naming the numbers, raised
-  before the checkpoint is read."""
+  before the checkpoint is read.
+
+  `checkpoint` may be a Hub id of a Whisper (`openai/whisper-large-v3[@REVISION]`): it is
+  converted once into a local cache and loaded from there (`convert.converted`)."""
   placement = mesh if isinstance(mesh, Placement) else Placement.create(mesh, rules)
   batch_size = placement.global_batch(batch_size, per_device_batch)
+  checkpoint = local_checkpoint(checkpoint)
   if settings is None:
     whisper = isinstance(ckpt.read_config(checkpoint), WhisperConfig)
     settings = WhisperSettings() if whisper else LLaDASettings()
