@@ -10,8 +10,10 @@ Every model sees audio in its own window only (Whisper: 30 s; a Whisper-LLaDA / 
 its mel_frames / 100 s). Longer files are cut into overlapping windows of the cascade's window (the
 shorter of the two models'), each window is transcribed — and deliberated over its own first-pass
 text, with its own audio — and consecutive windows' texts are merged at their best word alignment
-(`long_audio.Windowing`, the rule eval.py's Whisper strategy follows for audio over 30 s). Nothing
-is cut away, unlike eval.py's Whisper-LLaDA strategies (too_long="trim", the authors' rule).
+(`long_audio.Windowing`). Nothing is cut away, unlike eval.py's Whisper-LLaDA strategies
+(too_long="trim", the authors' rule). This is the one place long audio is windowed: a Whisper
+transcriber hands its rows over 30 s to `Cascade.transcribe` (so eval.py's Whisper strategy and
+`Transcriber.__call__` follow the same rule).
 
 Batching. Windows wait in queues by pass and by `Transcriber.batch_key` (the part of a row that
 decides the compiled shape: its bucket, an adaptive response length, a deliberation hypothesis's
@@ -40,6 +42,7 @@ from llada_jax.inference.errors import UtteranceError
 from llada_jax.inference.long_audio import Segment, Windowing
 from llada_jax.inference.transcriber import Result, Transcriber
 from llada_jax.models.features import CHUNK_SAMPLES
+from llada_jax.parallel import distributed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +245,32 @@ class Cascade:
       shapes.append(n)
     return shapes
 
+  def transcribe(self, batch: AudioBatch) -> list[Result | Exception]:
+    """A transcriber's batch of rows of any length (eval.py's, `Transcriber.__call__`'s) through
+    the first pass: each valid row cut into windows, the windows decoded in batches of the
+    transcriber's local batch size at the full window width, and merged per row; one result per
+    row (padding rows: ""). Every process runs as many batches as the one with the most windows
+    (each is a step all processes take together). Merged texts have no per-token confidences
+    (the words of two windows are spliced)."""
+    if self.deliberation is not None:
+      raise ValueError("Cascade.transcribe runs the first pass; deliberation needs each window's "
+                       "own first-pass text (Cascade(...) on files)")
+    t, size, width = self.first, self.first.local_batch_size, window_of(self.first)
+    windows, texts = [], {}
+    for r in np.flatnonzero(batch.valid):
+      audio = batch.audio[r, :int(batch.audio_len[r])]
+      windows.extend(self.start(int(r), batch.ids[r], audio, batch.ids[r]))
+      texts[int(r)] = []
+    groups = distributed.agree_max(-(-len(windows) // size))
+    for start in range(0, groups * size, size):
+      group = windows[start:start + size]
+      for w, result in zip(group, self._pass(t, group, rows=size, width=width)):
+        texts[w.job.index].append(result[0])
+    out: list[Result | Exception] = [("", None)] * len(batch)
+    for r, row in texts.items():
+      out[r] = (self.windowing.merge(row), None)
+    return out
+
   # -- files -------------------------------------------------------------------------------------
 
   def __call__(self, paths: tp.Sequence[str], ids: tp.Sequence[str] | None = None
@@ -288,12 +317,15 @@ class Cascade:
     finally:
       pool.shutdown(wait=False, cancel_futures=True)
 
-  def _pass(self, t: Transcriber, windows: list[Window]) -> list[Result | Exception]:
-    """One fixed-shape batch of windows (of one key) through `t`; padding rows fill the rest."""
-    b = self.batch_size
+  def _pass(self, t: Transcriber, windows: list[Window], *, rows: int | None = None,
+            width: int | None = None) -> list[Result | Exception]:
+    """One fixed-shape batch of windows (of one key) through `t`: `rows` (default: the batch
+    size) rows of `width` samples (default: the windows' bucket); padding rows fill the rest."""
+    b = self.batch_size if rows is None else rows
     if len(windows) > b:
       raise ValueError(f"{len(windows)} windows for a batch of {b}")
-    width = t.width_for(max(int(w.audio.shape[0]) for w in windows))
+    if width is None:
+      width = t.width_for(max(int(w.audio.shape[0]) for w in windows))
     audio, audio_len = np.zeros((b, width), np.float32), np.zeros((b,), np.int32)
     valid, index, ids = np.zeros((b,), bool), np.full((b,), -1, np.int64), [""] * b
     for r, w in enumerate(windows):

@@ -5,8 +5,8 @@ width). By default every utterance is padded to 30 s, as Whisper was trained and
 WhisperFeatureExtractor does. `bucketed=True`: a bucket of s seconds feeds the encoder s·100 mel
 frames instead of 3000 — faster on a CPU, but off Whisper's training distribution (tiny.en falls
 into repetition loops on 1–6 s espeak-ng utterances: 215 % WER bucketed vs 56 % at 30 s in the
-demo). Audio over 30 s is cut into overlapping 30 s windows whose transcripts are merged
-(`long_audio`).
+demo). Audio over 30 s is cut into overlapping 30 s windows whose transcripts are merged, by
+`cascade.Cascade` (the one place long audio is windowed).
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from flax import nnx
 from llada_jax import decoding
 from llada_jax.data.audio import SAMPLE_RATE
 from llada_jax.inference.batch import AudioBatch
+from llada_jax.inference.cascade import Cascade
 from llada_jax.inference.errors import ModelError
-from llada_jax.inference.long_audio import Windowing
 from llada_jax.inference.transcriber import Result, Transcriber
 from llada_jax.models import checkpoint as ckpt
 from llada_jax.models import features
 from llada_jax.models.config import WhisperConfig
 from llada_jax.models.features import CHUNK_SAMPLES, HOP, N_FFT
-from llada_jax.parallel import distributed
 from llada_jax.parallel.placement import Placement
 
 log = logging.getLogger(__name__)
@@ -107,8 +106,9 @@ class WhisperTranscriber(Transcriber):
       raise ModelError(f"WhisperSettings.max_new_tokens={self.max_new_tokens}: this model decodes "
                        f"at most {limit} tokens after its {len(self.prompt)}-token prompt")
     self.buckets = (CHUNK_SAMPLES,) if not s.bucketed else bucket_widths(s.bucket_seconds)
-    # audio over 30 s: overlapping 30 s windows (validates the stride)
-    self.windowing = Windowing(CHUNK_SAMPLES, int(round(float(s.chunk_stride) * SAMPLE_RATE)))
+    # Audio over 30 s: overlapping 30 s windows, cut and merged by a cascade of this transcriber
+    # alone (built here: it checks the stride before any weights are read).
+    self.long_audio = Cascade(self, chunk_stride=float(s.chunk_stride))
     try:
       self._load(checkpoint, dtype=dtype, attention=attention, merge_lora=merge_lora)
     except (ckpt.CheckpointError, OSError, ValueError) as e:
@@ -170,27 +170,4 @@ class WhisperTranscriber(Transcriber):
     audio = np.asarray(batch.audio, np.float32)
     if audio.shape[1] <= CHUNK_SAMPLES:
       return self._decode(audio)
-    return self._transcribe_long(audio, batch.audio_len, batch.valid)
-
-  def _transcribe_long(self, audio: np.ndarray, lengths: np.ndarray, valid: np.ndarray):
-    """Every valid row cut into overlapping 30 s windows (`self.windowing`), decoded in batches,
-    merged per row. Merged transcripts have no per-token confidences (words of two windows are
-    spliced)."""
-    pieces, owners = [], []
-    for r in np.flatnonzero(valid):
-      for piece in self.windowing.cut(audio[r, :int(lengths[r])]):
-        pieces.append(piece)
-        owners.append(int(r))
-    texts: list[str] = []
-    size = self.local_batch_size
-    # Every process decodes as many groups as the one with the most windows (the rest padded).
-    groups = distributed.agree_max(-(-len(pieces) // size))
-    for start in range(0, groups * size, size):
-      group = np.zeros((size, CHUNK_SAMPLES), np.float32)
-      for i, piece in enumerate(pieces[start:start + size]):
-        group[i, :piece.shape[0]] = piece
-      texts.extend(t for t, _ in self._decode(group)[:len(pieces[start:start + size])])
-    out: list[Result | Exception] = [("", None)] * audio.shape[0]
-    for r in set(owners):
-      out[r] = (self.windowing.merge([t for t, o in zip(texts, owners) if o == r]), None)
-    return out
+    return self.long_audio.transcribe(batch)
