@@ -36,6 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(transformers.__file__).parents[1]
 
 
+def xla_flags(devices: int) -> str:
+  """The suite's XLA flags (conftest: the cheapest CPU code generation) for a subprocess that
+  simulates `devices` CPU devices: its programs compile as the in-process ones they are compared
+  with."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count=")]
+  return " ".join([f"--xla_force_host_platform_device_count={devices}", *flags])
+
+
 def _package_dir(name: str) -> Path | None:
   spec = importlib.util.find_spec(name)
   return Path(next(iter(spec.submodule_search_locations))) if spec else None

@@ -22,6 +22,7 @@ from support import (
   assert_same_hyps,
   eval_args,
   read_hyps,
+  xla_flags,
 )
 
 from llada_jax.inference import transcriber as transcriber_lib
@@ -56,7 +57,7 @@ def launch(argv: list[str], cache: str, logs: Path) -> list[tuple[int, str]]:
   port = _free_port()
   procs = []
   for i in range(PROCESSES):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(8 // PROCESSES),
                JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                JAX_NUM_PROCESSES=str(PROCESSES), JAX_PROCESS_ID=str(i),
                JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

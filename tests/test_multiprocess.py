@@ -10,8 +10,8 @@ No persistent compilation cache here: on the CPU backend the cache key holds a p
 topology fingerprint and only process 0 writes entries, so process 1 never hits while process 0
 does. The cache would then only unbalance the processes, and gloo (CPU collectives) gives a
 process 30 s to join a new communicator. Without it both compile every program at the same pace;
-a 1-layer variant of the tiny model and XLA's cheapest CPU code generation (the same for every
-run compared) keep those compiles short.
+a 1-layer variant of the tiny model and the suite's cheapest CPU code generation (the same for
+every run compared) keep those compiles short.
 """
 
 import json
@@ -26,6 +26,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import Mesh
+from support import xla_flags
 
 from llada_jax.config_files import ConfigError
 from llada_jax.data import pipeline
@@ -37,8 +38,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 240
-FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                "--xla_cpu_use_fusion_emitters=false")
 PEER_GRACE_S = 15  # after one process of a run fails, the others get this long to end on their own
 
 
@@ -54,7 +53,7 @@ def launch(workdir: Path, args: list[str], *, processes: int, env: dict | None =
   process. When a process fails its peers get PEER_GRACE_S, then are killed; so is the whole run
   at `timeout`."""
   base = dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes} {FAST_COMPILE}",
+              XLA_FLAGS=xla_flags(8 // processes),
               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
               **(env or {}))
   base.pop("JAX_COMPILATION_CACHE_DIR", None)
