@@ -59,8 +59,9 @@ def pytest_configure(config):
 # hands whole files to its two workers in collection order, so a long file collected last would
 # run alone at the end while the other worker idles. Other modules keep their order after these.
 LONGEST_FIRST = ("test_train", "test_eval_mesh", "test_serve", "test_eval", "test_decoding",
-                 "test_multiprocess", "test_transcribe_cli", "test_eval_multiprocess",
-                 "test_batch_invariance", "test_attention", "test_sources", "test_whisper_llada")
+                 "test_multiprocess", "test_transcribe_cli", "test_determinism",
+                 "test_eval_multiprocess", "test_batch_invariance", "test_attention",
+                 "test_sources", "test_whisper_llada")
 
 
 def pytest_collection_modifyitems(config, items):
