@@ -66,7 +66,7 @@ def weight_bytes(model_or_state) -> dict[str, int]:
   state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
   out = {"total": 0, "quantized": 0, "float": 0}
   for _, v in nnx.to_flat_state(state):
-    if not hasattr(v, "shape") or not hasattr(v, "dtype"):
+    if isinstance(v, nnx.RngState) or not hasattr(v, "dtype"):  # dropout streams: not weights
       continue
     n = math.prod(v.shape) * jax.numpy.dtype(v.dtype).itemsize
     out["total"] += n
