@@ -76,9 +76,10 @@ def test_real_smollm2_int8_logits_agree_with_float(smollm2_gguf):
   print(f"SmolLM2-135M over {tokens.shape[1]} tokens vs float32: int8 {metrics}; "
         f"bfloat16 compute {bf16}")
   assert tokens.shape[1] >= 290
-  # The issue asks ≥ 98 %: per-channel int8 gives 97.99 % here (6 of 299, all where float's top
-  # two logits are within 0.17), 97.4 % on the first paragraph alone; bf16 compute of the float
-  # weights agrees less (95.7 %). Asserted: within a point of the bar, and no worse than bf16.
+  # The issue asks ≥ 98 %: per-channel int8 gives 97.99 % here (6 of 299 differ) and 97.4 % on the
+  # first paragraph alone (3 of 116, where float's top two logits were within 0.001-0.17); bf16
+  # compute of the float weights agrees less (95.7-96.3 %, by XLA flags). Asserted: within a
+  # point of the bar, and no worse than bf16 compute.
   assert metrics["top1_agreement"] >= 0.97, metrics
   assert metrics["top1_agreement"] >= bf16["top1_agreement"], (metrics, bf16)
   assert metrics["kl"] < 0.01, metrics
