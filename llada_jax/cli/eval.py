@@ -142,7 +142,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     raise EvalError(str(e)) from None
   transcriber = inference.open(args.checkpoint, model_settings, batch_size=batch_size,
                                mesh=devices, dtype=args.dtype, attention=args.attention,
-                               merge_lora=not args.no_merge_lora)
+                               merge_lora=not args.no_merge_lora,
+                               quantize=args.quantize)
   return runner.run(transcriber, run, checkpoint=args.checkpoint, started=start,
                     extra={"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}})
 

@@ -4,6 +4,7 @@
     llada-jax plan --meshes 1,8,1 1,4,2 --set remat=none
     llada-jax plan --meshes 1,8,1 --set sharding=lora_dp --json
     llada-jax plan --meshes 1,8,1 --unrolled   # layer stacks unrolled: the baseline
+    llada-jax plan --inference                 # decoding on one device: bf16 vs int8 weights
 
 Nothing is allocated: the model is `nnx.eval_shape`d, the inputs are `jax.ShapeDtypeStruct`s with
 their shardings, and the jitted step (the one train.py runs) is `.lower(...).compile()`d for each
@@ -17,6 +18,10 @@ CPU numbers are a planning estimate, not a promise: XLA's CPU backend fuses and 
 differently from TPU/GPU. In particular it has no native bf16 matmul, so it adds float32 copies of
 the (gathered) bf16 weights that an accelerator would not make: read the bf16 rows as an upper
 bound. Runtime overheads (CUDA context, collective buffers, fragmentation) are not in them.
+
+`--inference` answers another question: does decoding one batch of 30 s utterances (default 8)
+fit one device, with bf16 weights and with weight-only int8 (`--quantize`)? Weights are exact
+(the abstract model); the encoder and LM phases are estimates (`inference.memory`).
 """
 
 from __future__ import annotations
@@ -55,11 +60,17 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
   ap.add_argument("--unrolled", action="store_true",
                   help="trace the layer stacks unrolled (one body per layer, as a Python loop "
                        "would): the baseline for the scanned program's compile time and memory")
+  ap.add_argument("--inference", action="store_true",
+                  help="decoding on one device instead of a train step: weights in bf16 and int8 "
+                       "plus the KV cache and activations of one batch (--batch) of 30 s audio")
+  ap.add_argument("--batch", type=int, default=8, help="with --inference: rows decoded at once")
   ap.add_argument("--cpu-scheduler", action="store_true",
                   help="keep XLA CPU's concurrency-optimised scheduler (much larger temporaries)")
 
 
 def run(args: argparse.Namespace) -> int:
+  if args.inference:
+    return run_inference(args)
 
   # XLA reads its flags once, when the backend starts: set them before any device is used. The CPU
   # backend's default scheduler maximises concurrency and keeps every layer's gathered weights
@@ -132,6 +143,38 @@ def run(args: argparse.Namespace) -> int:
           f"{(out - alias) / GiB:>8.2f}G {peak / GiB:>8.2f}G {fits} {seconds:>7.1f}s", flush=True)
   return 0
 
+def run_inference(args: argparse.Namespace) -> int:
+  import json
+
+  from llada_jax.inference.memory import DecodeShape, decode_memory
+  from llada_jax.train import config as config_lib
+
+  base = config_lib.load(args.config, args.overrides)
+  shape = DecodeShape(batch=args.batch, prompt_len=args.prompt_len,
+                      response_len=base.data.response_len)
+  rows = [("bfloat16", "none"), ("bfloat16", "int8")]
+  if not args.json:
+    print(f"config {args.config}: decoding {shape.batch} × 30 s on one device; sequence "
+          f"{shape.prompt_len} prompt + audio + {shape.response_len} response tokens\n")
+    budgets = " ".join(f"{n + ' ' + str(g) + 'G':>12}" for n, g in BUDGETS)
+    header = (f"{'weights':>16} {'LM':>7} {'encoder':>8} {'Q-Former':>8} {'total':>7} "
+              f"{'KV cache':>8} {'enc phase':>9} {'LM phase':>8} {'peak':>7} {budgets}")
+    print(header)
+    print("-" * len(header))
+  for dtype, mode in rows:
+    m = decode_memory(base.model, shape, dtype=dtype, mode=mode)
+    if args.json:
+      print(json.dumps({"config": args.config, "dtype": dtype, "quantize": mode,
+                        "batch": shape.batch, **m}), flush=True)
+      continue
+    g = {k: v / GiB for k, v in m.items()}
+    fits = " ".join(f"{('yes' if m['peak'] <= b * GiB else 'no'):>12}" for _, b in BUDGETS)
+    name = dtype if mode == "none" else f"{mode} ({dtype})"
+    print(f"{name:>16} {g['weights_lm']:>6.2f}G {g['weights_encoder']:>7.2f}G "
+          f"{g['weights_projector']:>7.2f}G {g['weights']:>6.2f}G {g['kv_cache']:>7.2f}G "
+          f"{g['encoder_phase']:>8.2f}G {g['lm_phase']:>7.2f}G {g['peak']:>6.2f}G {fits}",
+          flush=True)
+  return 0
 
 
 def main(argv: tp.Sequence[str] | None = None) -> int:

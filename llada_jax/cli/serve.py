@@ -132,7 +132,8 @@ def build(args: argparse.Namespace, what: dict):
   from llada_jax.serve.engine import Engine
 
   kw = dict(batch_size=args.max_batch, mesh=args.placement, dtype=args.dtype,
-            attention=args.attention, merge_lora=not args.no_merge_lora)
+            attention=args.attention, merge_lora=not args.no_merge_lora,
+            quantize=args.quantize)
   stride = options.chunk_stride(args)
   cascades, served = {}, []
   opened = {}

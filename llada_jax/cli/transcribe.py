@@ -237,7 +237,8 @@ def _transcribe(args: argparse.Namespace, first, delib, todo: list[str],
 
   try:
     kw = dict(batch_size=args.batch_size, mesh=args.placement, dtype=args.dtype,
-              attention=args.attention, merge_lora=not args.no_merge_lora)
+              attention=args.attention, merge_lora=not args.no_merge_lora,
+              quantize=args.quantize)
     first_t = inference.open(args.checkpoint, first, **kw)
     delib_t = None if delib is None else inference.open(args.deliberate, delib, **kw)
     cascade = Cascade(first_t, delib_t, chunk_stride=options.chunk_stride(args))

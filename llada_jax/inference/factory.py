@@ -37,7 +37,7 @@ def local_checkpoint(spec: str | os.PathLike) -> Path:
 def open(checkpoint: str | os.PathLike, settings: WhisperSettings | LLaDASettings | None = None,
          *, batch_size: int = 16, per_device_batch: int | None = None, mesh=None,
          rules="full_fsdp", dtype="auto", attention: str | None = None,
-         merge_lora: bool = True) -> Transcriber:
+         merge_lora: bool = True, quantize: str = "none") -> Transcriber:
   """The transcriber the settings ask for: Whisper (`WhisperSettings`) or a Whisper-LLaDA /
   Whisper-LLaMA (`LLaDASettings`); a checkpoint of another kind is a ModelError naming it.
   `settings=None` takes the defaults for the checkpoint's kind.
@@ -48,11 +48,16 @@ def open(checkpoint: str | os.PathLike, settings: WhisperSettings | LLaDASetting
   mesh, or `per_device_batch` × the data-parallel ways. `dtype`: compute dtype ("auto": bfloat16
   on accelerators, the checkpoint's own on CPU). `attention`: the attention kernel
   (configs.ATTENTION; None: the checkpoint's). `merge_lora`: fold LoRA adapters into their kernels
-  once at load. A mesh or batch that does not fit is a PlacementError naming the numbers, raised
-  before the checkpoint is read.
+  once at load. `quantize`: "int8" stores every linear kernel and token table as int8 with one
+  scale per output channel (weight-only, `models.quantize`; needs `merge_lora`). A mesh or batch
+  that does not fit is a PlacementError naming the numbers, raised before the checkpoint is
+  read.
 
   `checkpoint` may be a Hub id of a Whisper (`openai/whisper-large-v3[@REVISION]`): it is
   converted once into a local cache and loaded from there (`convert.converted`)."""
+  from llada_jax.models.quantize import check_quantize
+
+  quantize = check_quantize(quantize)
   placement = mesh if isinstance(mesh, Placement) else Placement.create(mesh, rules)
   batch_size = placement.global_batch(batch_size, per_device_batch)
   checkpoint = local_checkpoint(checkpoint)
@@ -60,7 +65,7 @@ def open(checkpoint: str | os.PathLike, settings: WhisperSettings | LLaDASetting
     whisper = isinstance(ckpt.read_config(checkpoint), WhisperConfig)
     settings = WhisperSettings() if whisper else LLaDASettings()
   kw = dict(batch_size=batch_size, placement=placement, dtype=dtype, attention=attention,
-            merge_lora=merge_lora)
+            merge_lora=merge_lora, quantize=quantize)
   if isinstance(settings, WhisperSettings):
     return WhisperTranscriber(checkpoint, settings, **kw)
   return LLaDATranscriber(checkpoint, settings, **kw)

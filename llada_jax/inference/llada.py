@@ -120,7 +120,7 @@ class LLaDATranscriber(Transcriber):
 
   def __init__(self, checkpoint: str | os.PathLike, settings: LLaDASettings | None = None,
                *, batch_size: int = 16, placement: Placement | None = None, dtype: str = "auto",
-               attention: str | None = None, merge_lora: bool = True):
+               attention: str | None = None, merge_lora: bool = True, quantize: str = "none"):
     super().__init__(batch_size, placement or Placement.create())
     s = self.settings = settings or LLaDASettings()
     self.name = s.strategy
@@ -165,7 +165,8 @@ class LLaDATranscriber(Transcriber):
     self.max_seconds = self.mel_frames / 100.0
     self.too_long = s.too_long
     try:
-      self._load(checkpoint, dtype=dtype, attention=attention, merge_lora=merge_lora)
+      self._load(checkpoint, dtype=dtype, attention=attention, merge_lora=merge_lora,
+                 quantize=quantize)
     except (ckpt.CheckpointError, OSError, ValueError) as e:
       raise ModelError(f"checkpoint {checkpoint}: {e}") from e
     dual = getattr(d, "dual_cache", False)

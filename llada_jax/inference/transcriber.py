@@ -112,19 +112,27 @@ class Transcriber(abc.ABC):
         self.batch_size)
 
   def _load(self, checkpoint: str | os.PathLike, *, dtype: str | None, attention: str | None,
-            merge_lora: bool) -> None:
+            merge_lora: bool, quantize: str = "none") -> None:
     """The model on the placement's mesh, split for the compiled functions; its placement in
-    `info`."""
+    `info`. `quantize` ("int8") needs the LoRA adapters merged: a ValueError otherwise."""
     from flax import nnx
 
-    from llada_jax.parallel.placement import has_lora, load_model, resolve_dtype, state_shardings
+    from llada_jax.models.quantize import check_quantize
+    from llada_jax.parallel.placement import (
+      has_lora,
+      load_model,
+      quantized,
+      resolve_dtype,
+      state_shardings,
+    )
 
+    quantize = check_quantize(quantize)
     placement = tp.cast(Placement, self.placement)
     # Transcribers of one checkpoint on one placement (a served model and the deliberation of a
     # served cascade) share its weights: they are never written to.
     stat = os.stat(checkpoint)  # a checkpoint written again in its place is another one
     key = (os.path.realpath(checkpoint), stat.st_ino, stat.st_mtime_ns, placement, dtype,
-           attention, merge_lora)
+           attention, merge_lora, quantize)
     self._weights = _LOADED.get(key)
     if self._weights is None:
       model = load_model(checkpoint, placement, dtype=dtype, attention=attention,
@@ -134,6 +142,10 @@ class Transcriber(abc.ABC):
         from llada_jax.parallel.placement import merged_lora
 
         model = merged_lora(model, placement)
+      if quantize != "none" and lora and not merge_lora:
+        raise ValueError(f"quantize={quantize!r} needs merge_lora=True: an int8 kernel cannot "
+                         f"take the adapters' float update")
+      model = quantized(model, placement, quantize)
       self._weights = _LOADED[key] = _Weights(model, lora)
     self.model, lora = self._weights.model, self._weights.lora
     self._graphdef, self._state = nnx.split(self.model)
@@ -141,7 +153,7 @@ class Transcriber(abc.ABC):
     self.placement_info = {**placement.info(), "batch_size": self.batch_size,
                            "per_device_batch": self.batch_size // placement.ways,
                            "dtype": resolve_dtype(dtype) or "checkpoint",
-                           "attention": attention or "checkpoint",
+                           "attention": attention or "checkpoint", "quantize": quantize,
                            "lora": None if not lora else ("merged" if merge_lora else "adapters")}
 
   @property

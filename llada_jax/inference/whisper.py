@@ -69,7 +69,7 @@ class WhisperTranscriber(Transcriber):
 
   def __init__(self, checkpoint: str | os.PathLike, settings: WhisperSettings = WhisperSettings(),
                *, batch_size: int = 16, placement: Placement | None = None, dtype: str = "auto",
-               attention: str | None = None, merge_lora: bool = True):
+               attention: str | None = None, merge_lora: bool = True, quantize: str = "none"):
     from tokenizers import Tokenizer
 
     super().__init__(batch_size, placement or Placement.create())
@@ -110,7 +110,8 @@ class WhisperTranscriber(Transcriber):
     # alone (built here: it checks the stride before any weights are read).
     self.long_audio = Cascade(self, chunk_stride=float(s.chunk_stride))
     try:
-      self._load(checkpoint, dtype=dtype, attention=attention, merge_lora=merge_lora)
+      self._load(checkpoint, dtype=dtype, attention=attention, merge_lora=merge_lora,
+                 quantize=quantize)
     except (ckpt.CheckpointError, OSError, ValueError) as e:
       raise ModelError(f"checkpoint {checkpoint}: {e}") from e
     self.config = config

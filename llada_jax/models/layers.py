@@ -24,6 +24,22 @@ class Buffer(nnx.Variable):
   """A checkpoint-loaded array that is not trained (torch's `requires_grad_(False)` weight)."""
 
 
+class Quantized(nnx.Variable):
+  """A weight-only quantized array (int8 values, or their float scales): inference only, never
+  trained or checkpointed (`models.quantize`)."""
+
+
+def quantize_int8(w: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+  """Symmetric absmax int8 of `w` with one float32 scale per slice along every axis but `axis`
+  (the one the scale is reduced over) → (int8 values, scales with `axis` dropped)."""
+  w32 = w.astype(jnp.float32)
+  absmax = jnp.max(jnp.abs(w32), axis=axis, keepdims=True)
+  # An all-zero channel (a padded vocabulary row) gets scale 1, not a 0/0.
+  scale = jnp.where(absmax > 0, absmax / 127.0, 1.0)
+  q = jnp.clip(jnp.round(w32 / scale), -127, 127).astype(jnp.int8)
+  return q, jnp.squeeze(scale, axis)
+
+
 def dtype_of(name: str) -> jnp.dtype:
   return jnp.dtype(name)
 
@@ -70,6 +86,7 @@ class Linear(nnx.Module):
     self.bias = (param(rngs, nnx.initializers.zeros, (out_features,), dtype_of(param_dtype),
                        (axes[1],)) if use_bias else None)
     self.lora: LoRA | None = nnx.data(None)
+    self.kernel_scale: Quantized | None = nnx.data(None)
 
   def add_lora(self, config: LoRAConfig, rngs: nnx.Rngs) -> None:
     self.lora = nnx.data(LoRA(self.in_features, self.out_features, config, axes=self.axes,
@@ -83,9 +100,26 @@ class Linear(nnx.Module):
     self.kernel[...] = (kernel.astype(jnp.float32) + self.lora.delta()).astype(kernel.dtype)
     self.lora = nnx.data(None)
 
+  def quantize(self) -> None:
+    """int8 kernel with one scale per output channel (weight-only: activations stay float)."""
+    if self.lora is not None:
+      raise ValueError("Linear.quantize: LoRA adapters must be merged into the kernel first "
+                       "(merge_lora=True)")
+    if self.kernel_scale is not None:
+      return
+    axes = self.kernel.get_metadata().get("logical_axes")
+    q, scale = quantize_int8(self.kernel[...], axis=-2)  # [..., in, out] → scale [..., out]
+    self.kernel = Quantized(q, logical_axes=axes)
+    self.kernel_scale = Quantized(scale, logical_axes=None if axes is None else
+                                  (*axes[:-2], axes[-1]))
+
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype = dtype_of(self.dtype)
+    # Dequantize-in-matmul: the int8 → float convert fuses into the dot, and the per-output-channel
+    # scale commutes with the contraction, so it is applied once to the output.
     y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
+    if self.kernel_scale is not None:
+      y = y * self.kernel_scale[...].astype(dtype)
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     if self.lora is not None:
@@ -100,14 +134,32 @@ class Embed(nnx.Module):
                dtype: str = "float32", param_dtype: str = "float32", rngs: nnx.Rngs,
                init=default_kernel_init):
     self.embedding = param(rngs, init, (num, features), dtype_of(param_dtype), axes)
+    self.embedding_scale: Quantized | None = nnx.data(None)
     self.dtype = dtype
 
+  def quantize(self) -> None:
+    """int8 table with one scale per row: a looked-up token's vector, and for the tied head
+    (`attend`) one output channel's."""
+    if self.embedding_scale is not None:
+      return
+    axes = self.embedding.get_metadata().get("logical_axes")
+    q, scale = quantize_int8(self.embedding[...], axis=-1)
+    self.embedding = Quantized(q, logical_axes=axes)
+    self.embedding_scale = Quantized(scale, logical_axes=None if axes is None else axes[:1])
+
   def __call__(self, ids: jax.Array) -> jax.Array:
-    return jnp.take(self.embedding[...], ids, axis=0).astype(dtype_of(self.dtype))
+    dtype = dtype_of(self.dtype)
+    rows = jnp.take(self.embedding[...], ids, axis=0).astype(dtype)
+    if self.embedding_scale is not None:
+      rows = rows * jnp.take(self.embedding_scale[...], ids, axis=0)[..., None].astype(dtype)
+    return rows
 
   def attend(self, x: jax.Array) -> jax.Array:
     dtype = dtype_of(self.dtype)
-    return jnp.dot(x.astype(dtype), self.embedding[...].astype(dtype).T)
+    y = jnp.dot(x.astype(dtype), self.embedding[...].astype(dtype).T)
+    if self.embedding_scale is not None:
+      y = y * self.embedding_scale[...].astype(dtype)
+    return y
 
 
 class LayerNorm(nnx.Module):

@@ -174,16 +174,21 @@ def resolve_dtype(dtype: str | None) -> str | None:
 
 
 def load_model(checkpoint: str | os.PathLike, placement: Placement, *, dtype: str | None = None,
-               attention: str | None = None, merge_lora: bool = True) -> nnx.Module:
+               attention: str | None = None, merge_lora: bool = True,
+               quantize: str = "none") -> nnx.Module:
   """A checkpoint's model on `placement`'s mesh (each weight restored straight into its shards),
   in compute `dtype` (`resolve_dtype`), with any LoRA adapters folded into their base kernels
   (`merge_lora=True`): one matmul per projection when decoding instead of three. `attention`
-  overrides the checkpoint's attention kernel (configs.ATTENTION; None keeps it)."""
+  overrides the checkpoint's attention kernel (configs.ATTENTION; None keeps it). `quantize`
+  ("int8", `models.quantize`) quantizes the weights after the merge."""
+  from llada_jax.models.quantize import check_quantize
+
+  quantize = check_quantize(quantize)
   model = ckpt.load(checkpoint, mesh=placement.mesh, rules=placement.rules,
                     dtype=resolve_dtype(dtype), attention=attention)
   if merge_lora:
     model = merged_lora(model, placement)
-  return model
+  return quantized(model, placement, quantize)
 
 
 def has_lora(model: nnx.Module) -> bool:
@@ -212,6 +217,32 @@ def merged_lora(model: nnx.Module, placement: Placement) -> nnx.Module:
     new_state = jax.jit(merged, in_shardings=(state_shardings(state),),
                         out_shardings=shardings)(state)
   return nnx.merge(merged_graphdef[0], new_state)
+
+
+def quantized(model: nnx.Module, placement: Placement, mode: str = "int8") -> nnx.Module:
+  """`models.quantize` as one compiled function whose int8 weights and scales land on the
+  shardings their logical axes give (a kernel's scale is split as its output axis); the model
+  itself for mode "none". The float weights are freed once the quantized ones exist, so loading
+  peaks at float + int8 bytes: a stored quantized checkpoint would avoid that (not written yet)."""
+  from llada_jax.models.quantize import check_quantize, quantize
+
+  if check_quantize(mode) == "none":
+    return model
+  graphdef, state = nnx.split(model)
+  new_graphdef = []
+
+  def run(state):
+    out = quantize(nnx.merge(graphdef, state), mode)
+    g, new_state = nnx.split(out)
+    new_graphdef[:] = [g]  # static: the same on every trace
+    return new_state
+
+  shardings = sharding.state_shardings(jax.eval_shape(run, state), placement.mesh,
+                                       placement.rules)
+  with placement.tracing():
+    new_state = jax.jit(run, in_shardings=(state_shardings(state),),
+                        out_shardings=shardings)(state)
+  return nnx.merge(new_graphdef[0], new_state)
 
 
 def state_shardings(state: nnx.State):
