@@ -93,8 +93,10 @@ def _parse_safetensors_header(path: Path) -> dict[str, _Entry]:
                             "bytes)")
     try:
       header = json.loads(f.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
       raise ConversionError(f"{path}: corrupt safetensors header: {e}") from None
+  if not isinstance(header, dict):
+    raise ConversionError(f"{path}: corrupt safetensors header: not a JSON object")
   base = 8 + n
   entries = {}
   for name, info in header.items():
@@ -183,6 +185,10 @@ class HFSource(Source):
     weight_map = read_json(path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
       raise ConversionError(f"{path}: no 'weight_map' in the index")
+    bad = [(k, f) for k, f in weight_map.items() if not isinstance(f, str) or not f.strip()]
+    if bad:
+      raise ConversionError(f"{path}: 'weight_map' places {bad[0][0]!r} in {bad[0][1]!r}, not a "
+                            "file name")
     by_file: dict[str, int] = {}
     for f in weight_map.values():
       by_file[f] = by_file.get(f, 0) + 1

@@ -158,7 +158,7 @@ def _jsonl(path: str) -> Listing:
     at = f"{path}:{n}"
     try:
       row = json.loads(line)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
       errors.append(ErrorRecord(None, at, f"{at}: not JSON ({e})"))
       continue
     audio = row.get("path") if isinstance(row, dict) else None
