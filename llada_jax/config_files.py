@@ -106,7 +106,8 @@ def coerce(value, annotation, key: str):
   if isinstance(value, str):
     try:
       value = json.loads(value)
-    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
+    except (ValueError, RecursionError):
+      # ValueError: bad JSON, or an int of over 4300 digits; RecursionError: deep nesting
       if origin is not tuple:
         raise ConfigError(f"{key}={raw!r}: expected {_type_name(annotation)}") from None
       value = [v.strip() for v in value.strip("()[]").split(",") if v.strip()]
@@ -204,10 +205,10 @@ def resolve(spec: str | os.PathLike) -> Path:
   """A config name (`paper` → configs/paper.py) or a .py / .json path."""
   path = Path(spec)
   if path.suffix in (".py", ".json"):
-    if not path.is_file():
+    if not os.path.isfile(path):  # not Path.is_file: a name too long for it is an OSError
       raise ConfigError(f"config {spec}: no such file")
     return path
-  if path.name == str(spec) and (CONFIG_DIR / f"{spec}.py").is_file():
+  if path.name == str(spec) and os.path.isfile(CONFIG_DIR / f"{spec}.py"):
     return CONFIG_DIR / f"{spec}.py"
   raise ConfigError(f"config {spec!r}: not a config name ({', '.join(names())} in "
                     f"{CONFIG_DIR}) nor a .py / .json file")
@@ -228,8 +229,8 @@ def _load(path: Path, cls: type[T], overrides: tp.Sequence[str], chain: tuple[Pa
     if path.suffix == ".json":
       try:
         data = json.loads(path.read_text(encoding="utf-8"))
-      except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        # RecursionError: arrays nested deeper than the JSON decoder recurses
+      except (ValueError, RecursionError) as e:
+        # ValueError: bad JSON or UTF-8, or an int of over 4300 digits; RecursionError: deep nesting
         raise ConfigError(f"not valid JSON: {e}") from None
       if not isinstance(data, dict):
         raise ConfigError("expected a JSON object")

@@ -102,7 +102,8 @@ def read_first_pass(path: str | Path) -> dict[str, str]:
   for n, line in enumerate(lines, 1):
     try:
       row = json.loads(line)
-    except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
+    except (ValueError, RecursionError) as e:
+      # ValueError: bad JSON, or an int of over 4300 digits; RecursionError: deep nesting
       raise EvalError(f"first pass {path}:{n}: not JSON ({e})") from None
     if not isinstance(row, dict):
       raise EvalError(f"first pass {path}:{n}: expected an object, got {line:.80}")

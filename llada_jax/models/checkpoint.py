@@ -134,8 +134,8 @@ def save(out: str | Path, config, items: tp.Iterable[tuple[str, np.ndarray]], *,
 def _read_json(file: Path) -> tp.Any:
   try:
     return json.loads(file.read_text(encoding="utf-8"))
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-    # RecursionError: arrays nested deeper than the JSON decoder recurses
+  except (OSError, ValueError, RecursionError) as e:
+    # ValueError: bad JSON or UTF-8, or an int of over 4300 digits; RecursionError: deep nesting
     raise CheckpointError(f"{file}: unreadable JSON: {e}") from None
 
 

@@ -342,7 +342,7 @@ def load_json(path):
   try:
     with open(path, encoding="utf-8") as f:
       data = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-    # RecursionError: arrays nested deeper than the JSON decoder recurses
+  except (OSError, ValueError, RecursionError) as e:
+    # ValueError: bad JSON or UTF-8, or an int of over 4300 digits; RecursionError: deep nesting
     raise ConfigError(f"{path}: unreadable JSON: {e}") from None
   return from_dict(data, where=str(path))

@@ -260,7 +260,7 @@ def _config_names(folder: Path, case: Case) -> list[str]:
   out = [str(_file(folder, case))]
   for item in case.args:
     key = item.partition("=")[0].strip() or item
-    out += [key, repr(key)[1:-1]]
+    out += [key, repr(key)[1:-1], repr(item)]
     if key.count(".") >= 2:
       out.append(key.rsplit(".", 1)[0])
   return out
