@@ -4,6 +4,7 @@ target (`llada_jax.testing.fuzz_targets`) finds nothing."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -44,6 +45,24 @@ def test_flac_with_a_forged_frame_count_is_not_a_256_gib_allocation(tmp_path):
   (tmp_path / "b.flac").write_bytes(data)
   assert sf.info(tmp_path / "b.flac").frames > 1 << 35
   _raises(AudioError, tmp_path / "b.flac", load_audio, tmp_path / "b.flac")
+
+
+# tools/fuzz.py audio_pyav, minimised: an mp3 (unreadable by libsndfile) whose frames switch from
+# mono to stereo; FFmpeg's parts did not concatenate (numpy ValueError).
+MP3_MONO_THEN_STEREO = base64.b64decode(
+  "SUQzBAAAAAAAI1RTU0UAAAAPAAADTGF2ZjYyLjEyLjEwMgAAAAAAAAAAAAAAAPNYwAAAAAAAAAAAAEluZm8AAAAP"
+  "AAAACAAABBQARkZGRkZGRkZGRkZGYWFhYWFhYWFhYWFhe3t7e3t7e3t7e3t7e5aWlpaWlpaWlpaWlrCwsLCwsLCw"
+  "sLCwsLDLy8vLy8vLy8vLy8vl5eXl5eXl5eXl5eXl////////////////AAAAAExhdmYAAAAAAAAAAAAAAAAAAAAA"
+  "ACQDQAAAAAAAAAQUY/zBCAAAAAAAAAAAAAAA//M4xAAUqIKQH08YADG25IDTNM0zTNM00PQ9RnIQQegyEyEPAE4A"
+  "WA5g3A1AhhCC4IYrHkR3AwMDB8PqBAEHYP+GJT38p5/lPP9Hv6OCAPg/E4EBB0MA+H6wICHB/o96gCkYDAgEAYEA"
+  "oAAl//M4xAAAAAAAAAAADBhZPsUfmaACT/f//DUz938VKTOGUUNAFpQmGBUCG2igQMMpBQGaAYR0G/GoxwsoVsTP"
+  "+QUgJkTxFv/JkipATIixFv/zEul0yLxeR/gqIgqCv/LBUFREeDX/5YKhotX///epAA==")
+
+
+def test_mp3_switching_channels_mid_stream(tmp_path):
+  (tmp_path / "a.mp3").write_bytes(MP3_MONO_THEN_STEREO)
+  error = _raises(AudioError, tmp_path / "a.mp3", load_audio, tmp_path / "a.mp3")
+  assert "changes from 1 channel(s)" in str(error)
 
 
 # -- path lists, first passes, Diffusion-ASR data files -------------------------------------------

@@ -104,9 +104,19 @@ def _decode_ffmpeg(path: str, libsndfile_error: Exception) -> tuple[np.ndarray, 
       # float planar at the stream's own layout and rate: [channels, n] per frame, whatever the
       # codec's sample format
       to_float = av.AudioResampler(format="fltp")
-      parts = [g.to_ndarray() for f in container.decode(stream) for g in to_float.resample(f)]
+      parts, shape = [], None
+      for frame in container.decode(stream):
+        # A corrupt mp3 can switch channel count or rate mid-stream; the resampler passes such
+        # frames through unchanged once its first frame needed no conversion.
+        if shape is None:
+          shape = (len(frame.layout.channels), frame.sample_rate)
+        elif (len(frame.layout.channels), frame.sample_rate) != shape:
+          raise AudioError(f"{path}: corrupt: the audio stream changes from {shape[0]} channel(s) "
+                           f"at {shape[1]} Hz to {len(frame.layout.channels)} at "
+                           f"{frame.sample_rate} Hz")
+        parts += [g.to_ndarray() for g in to_float.resample(frame)]
       parts += [g.to_ndarray() for g in to_float.resample(None)]
-      rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+      rate = shape[1] if shape else 0
   except (av.FFmpegError, OSError, ValueError, EOFError) as e:
     if isinstance(e, AudioError):
       raise

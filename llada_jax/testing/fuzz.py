@@ -323,8 +323,8 @@ def fuzz(target: Target, work: Path, seconds: float, *, chunk: int = 200,
       run()
     except _Found as e:
       shrunk.add(e.key)
-    except HypothesisException:  # a flaky input (e.g. a timeout near the bound): already recorded
-      pass
+    except HypothesisException:  # a flaky input (e.g. a timeout near the bound): recorded
+      shrunk.update(report.failures)  # unshrunk; from now on only counted
     if budget is not None:
       budget -= n
     if derandomize and not report.failures:
