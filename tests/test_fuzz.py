@@ -175,6 +175,17 @@ def test_checkpoint_folder_with_a_broken_file(model_dir, tmp_path, name, body, e
   _raises(error, path, load, path)
 
 
+def test_checkpoint_index_naming_a_missing_part(model_dir, tmp_path):
+  """tools/fuzz.py checkpoint: a part the index names but the folder lacks reached orbax, whose
+  FileNotFoundError named the part, not as the checkpoint's error."""
+  index = json.loads((model_dir / "params" / "index.json").read_text())
+  index["parts"] += 1
+  next(iter(index["params"].values()))["part"] = index["parts"] - 1
+  path = _with(model_dir, tmp_path, "params/index.json", json.dumps(index).encode())
+  error = _raises(CheckpointError, path, checkpoint.load, path)
+  assert f"part-{index['parts'] - 1:05d} is missing" in str(error)
+
+
 # -- CTranslate2, safetensors ---------------------------------------------------------------------
 
 def _ct2_dir(tmp: Path, config: bytes = b"{}", tokenizer: bytes | None = None) -> Path:

@@ -157,6 +157,10 @@ def read_index(path: str | Path) -> dict:
             and isinstance(meta.get("dtype"), str)):
       raise CheckpointError(f"{index}: parameter {name!r}: expected {{\"part\": 0..{parts - 1}, "
                             f"\"shape\": [dims], \"dtype\": …}}, got {json.dumps(meta)[:80]}")
+  for part in sorted({meta["part"] for meta in params.values()}):
+    if not (index.parent / f"part-{part:05d}").is_dir():  # else orbax's FileNotFoundError
+      raise CheckpointError(f"{path}: incomplete checkpoint: params/index.json places parameters "
+                            f"in part {part}, but params/part-{part:05d} is missing")
   return data
 
 
