@@ -269,6 +269,15 @@ def test_gguf_forged_model_size_is_refused_before_transformers_builds_it(tmp_pat
   assert key.decode() in str(error)
 
 
+def test_gguf_without_its_block_count_is_refused(tmp_path):
+  """tools/fuzz.py gguf, minimised: a NUL over the key's first letter; transformers then built
+  LLaMA's default (32 layers of width 4096) and ran past the time bound."""
+  path, data = _gguf(tmp_path)
+  path.write_bytes(data.replace(b"llama.block_count", b"\x00lama.block_count"))
+  error = _raises(ConversionError, path, open_source, path)
+  assert "lacks llama.block_count" in str(error)
+
+
 # -- a short fuzz run per target ------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(fuzz_targets.TARGETS))

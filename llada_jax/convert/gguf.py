@@ -26,6 +26,7 @@ _MAX_NESTING = 4  # arrays of arrays: real files use none
 # tensors: a forged block count of 3.7e9 built layers until memory ran out. Each must fit what the
 # file stores: the block count at most its blk.N tensors, a width its largest tensor dimension.
 _BLOCK_COUNT = b".block_count"
+_REQUIRED = (_BLOCK_COUNT, b".embedding_length")
 _WIDTHS = (b".embedding_length", b".feed_forward_length", b".vocab_size", b".attention.head_count",
            b".attention.head_count_kv", b".expert_count")
 
@@ -65,8 +66,7 @@ class _Header:
     if kind in _SCALARS:
       return self.unpack(_SCALARS[kind], what)
     if kind == _STRING:
-      self.string(what)
-      return None
+      return self.string(what)
     if kind != _ARRAY or depth >= _MAX_NESTING:
       raise self.fail(f"{what} has unknown value type {kind}")
     item, count = self.unpack("I", f"{what} element type"), self.unpack("Q", f"{what} count")
@@ -96,13 +96,15 @@ def check_header(path: Path) -> None:
     if version not in (2, 3):
       raise ConversionError(f"{path}: GGUF version {version}: expected 2 or 3")
     tensors, kvs = h.unpack("Q", "tensor count"), h.unpack("Q", "metadata count")
-    alignment, sizes = 32, {}
+    alignment, sizes, arch = 32, {}, None
     for i in range(kvs):
       key = h.string(f"metadata key {i}")
       kind = h.unpack("I", f"type of {key!r}")
       value = h.value(kind, repr(key))
       if key == b"general.alignment":
         alignment = value if kind == 4 else 0
+      if key == b"general.architecture" and isinstance(value, bytes):
+        arch = value
       if key.endswith((_BLOCK_COUNT, *_WIDTHS)) and isinstance(value, int):
         sizes[key] = value
     if not alignment or alignment & (alignment - 1):
@@ -126,10 +128,16 @@ def check_header(path: Path) -> None:
     if start + offset + nbytes > h.size:
       raise ConversionError(f"{path}: GGUF tensor {name!r}: {nbytes} bytes at offset {offset} run "
                             f"past the end of the file ({h.size} bytes): truncated or corrupt")
-  _check_sizes(path, sizes, extents)
+  _check_sizes(path, arch, sizes, extents)
 
 
-def _check_sizes(path: Path, sizes: dict[bytes, int], extents: list) -> None:
+def _check_sizes(path: Path, arch: bytes | None, sizes: dict[bytes, int], extents: list) -> None:
+  if arch is None:
+    raise ConversionError(f"{path}: GGUF metadata lacks general.architecture")
+  # Without them transformers builds its config's default: LLaMA's is 32 layers of width 4096.
+  for key in (arch + k for k in _REQUIRED):
+    if key not in sizes:
+      raise ConversionError(f"{path}: GGUF metadata lacks {key.decode(errors='replace')}")
   blocks = {m.group(1) for name, *_ in extents if (m := re.match(rb"blk\.(\d+)\.", name))}
   widest = max((max(dims, default=0) for *_, dims in extents), default=0)
   for key, value in sizes.items():
