@@ -176,10 +176,10 @@ class GGUFSource(TorchDictSource):
   model.layers.{i}.self_attn...)."""
 
   def __init__(self, path: Path):
+    check_header(path)  # before importing transformers: a corrupt file fails in milliseconds
     import torch
     from transformers import AutoModelForCausalLM
     self.path = path
-    check_header(path)
     try:
       model, info = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32, output_loading_info=True)
