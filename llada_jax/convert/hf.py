@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import typing as tp
 from pathlib import Path
 
@@ -93,8 +94,11 @@ def _parse_safetensors_header(path: Path) -> dict[str, _Entry]:
                             "bytes)")
     try:
       header = json.loads(f.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:
+      # ValueError: bad JSON or UTF-8, or an int of over 4300 digits; RecursionError: deep nesting
       raise ConversionError(f"{path}: corrupt safetensors header: {e}") from None
+  if not isinstance(header, dict):
+    raise ConversionError(f"{path}: corrupt safetensors header: not a JSON object")
   base = 8 + n
   entries = {}
   for name, info in header.items():
@@ -183,11 +187,16 @@ class HFSource(Source):
     weight_map = read_json(path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
       raise ConversionError(f"{path}: no 'weight_map' in the index")
+    bad = [(k, f) for k, f in weight_map.items() if not isinstance(f, str) or not f.strip()]
+    if bad:
+      raise ConversionError(f"{path}: 'weight_map' places {bad[0][0]!r} in {bad[0][1]!r}, not a "
+                            "file name")
     by_file: dict[str, int] = {}
     for f in weight_map.values():
       by_file[f] = by_file.get(f, 0) + 1
     for f, count in by_file.items():
-      if not (self.path / f).is_file():
+      # os.path.isfile, not Path.is_file: a name too long for the file system is False, not OSError
+      if not os.path.isfile(self.path / f):
         raise ConversionError(f"{path}: names shard {f!r} ({count} tensors), which is missing from "
                               f"{self.path}")
     return weight_map

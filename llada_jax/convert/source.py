@@ -118,7 +118,8 @@ def read_json(path: Path) -> dict:
       data = json.load(f)
   except FileNotFoundError:
     raise ConversionError(f"{path}: file not found") from None
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+  except (OSError, ValueError, RecursionError) as e:
+    # ValueError: bad JSON or UTF-8, or an int of over 4300 digits; RecursionError: deep nesting
     raise ConversionError(f"{path}: unreadable JSON: {e}") from None
   if not isinstance(data, dict):
     raise ConversionError(f"{path}: expected a JSON object, got {type(data).__name__}")

@@ -17,6 +17,8 @@ import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 16000
+# Samples (all channels) that libsndfile decodes per read: 16 MiB of float32.
+BLOCK_SAMPLES = 1 << 22
 # libsndfile's own formats: a file of these that it cannot read is broken, and FFmpeg would guess
 # at its bytes rather than say so.
 LIBSNDFILE_ONLY = (".wav", ".flac", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf", ".w64",
@@ -46,8 +48,7 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
   path = os.fspath(path)
   _check_file(path)
   try:
-    header = sf.info(path)
-    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    data, rate, frames = _read_sndfile(path)
   except (sf.LibsndfileError, RuntimeError, OSError) as e:
     if not _ffmpeg_may_read(path):
       # libsndfile says "Format not recognised" both for non-audio bytes and for a FLAC holding
@@ -57,9 +58,9 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     data, rate = _decode_ffmpeg(path, libsndfile_error=e)
   else:
     # A truncated FLAC/wav/mp3 decodes its intact part without an error; the header still has
-    # the full count.
-    if header.frames > 0 and data.shape[0] < header.frames:
-      raise AudioError(f"{path}: truncated: header says {header.frames} frames, decoded "
+    # the full count (a FLAC with an unknown count reads back 2**63 - 1).
+    if 0 < frames < 2**40 and data.shape[0] < frames:
+      raise AudioError(f"{path}: truncated: header says {frames} frames, decoded "
                        f"{data.shape[0]}")
   if data.shape[0] == 0:
     raise AudioError(f"{path}: no samples")
@@ -67,6 +68,24 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     raise AudioError(f"{path}: non-finite samples (NaN or inf)")
   mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
   return resample(mono, rate, sr)
+
+
+def _read_sndfile(path: str) -> tuple[np.ndarray, int, int]:
+  """(float32 [n, channels], sample rate, the header's frame count) through libsndfile.
+
+  Read in blocks until the data ends, not in one array of the header's size: `sf.read` allocates
+  what the header claims, so a forged FLAC frame count (36 bits) asked for 256 GiB."""
+  with sf.SoundFile(path) as f:
+    block = max(1, BLOCK_SAMPLES // f.channels)
+    parts = []
+    while True:
+      part = f.read(block, dtype="float32", always_2d=True)
+      if part.shape[0]:
+        parts.append(part)
+      if part.shape[0] < block:
+        break
+    data = np.concatenate(parts) if parts else np.zeros((0, f.channels), np.float32)
+    return data, f.samplerate, f.frames
 
 
 def _decode_ffmpeg(path: str, libsndfile_error: Exception) -> tuple[np.ndarray, int]:
@@ -85,9 +104,19 @@ def _decode_ffmpeg(path: str, libsndfile_error: Exception) -> tuple[np.ndarray, 
       # float planar at the stream's own layout and rate: [channels, n] per frame, whatever the
       # codec's sample format
       to_float = av.AudioResampler(format="fltp")
-      parts = [g.to_ndarray() for f in container.decode(stream) for g in to_float.resample(f)]
+      parts, shape = [], None
+      for frame in container.decode(stream):
+        # A corrupt mp3 can switch channel count or rate mid-stream; the resampler passes such
+        # frames through unchanged once its first frame needed no conversion.
+        if shape is None:
+          shape = (len(frame.layout.channels), frame.sample_rate)
+        elif (len(frame.layout.channels), frame.sample_rate) != shape:
+          raise AudioError(f"{path}: corrupt: the audio stream changes from {shape[0]} channel(s) "
+                           f"at {shape[1]} Hz to {len(frame.layout.channels)} at "
+                           f"{frame.sample_rate} Hz")
+        parts += [g.to_ndarray() for g in to_float.resample(frame)]
       parts += [g.to_ndarray() for g in to_float.resample(None)]
-      rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+      rate = shape[1] if shape else 0
   except (av.FFmpegError, OSError, ValueError, EOFError) as e:
     if isinstance(e, AudioError):
       raise

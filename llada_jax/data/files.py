@@ -158,7 +158,8 @@ def _jsonl(path: str) -> Listing:
     at = f"{path}:{n}"
     try:
       row = json.loads(line)
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:
+      # ValueError: bad JSON, or an int of over 4300 digits; RecursionError: deep nesting
       errors.append(ErrorRecord(None, at, f"{at}: not JSON ({e})"))
       continue
     audio = row.get("path") if isinstance(row, dict) else None

@@ -55,7 +55,8 @@ def _annotation(path: str) -> list:
   try:
     with open(path, encoding="utf-8") as f:
       data = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+  except (OSError, ValueError, RecursionError) as e:
+    # ValueError: bad JSON or UTF-8, or an int of over 4300 digits; RecursionError: deep nesting
     raise ManifestError(f"{path}: not readable as JSON: {e}") from e
   entries = data.get("annotation") if isinstance(data, dict) else None
   if not isinstance(entries, list):

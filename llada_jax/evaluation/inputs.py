@@ -94,14 +94,25 @@ def read_first_pass(path: str | Path) -> dict[str, str]:
   path = Path(path)
   if not path.is_file():
     raise EvalError(f"first pass {path}: no such file")
+  try:
+    lines = path.read_text(encoding="utf-8").splitlines()
+  except (OSError, UnicodeDecodeError) as e:
+    raise EvalError(f"first pass {path}: not readable: {e}") from e
   out: dict[str, str] = {}
-  for n, line in enumerate(path.read_text().splitlines(), 1):
+  for n, line in enumerate(lines, 1):
     try:
       row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise EvalError(f"first pass {path}:{n}: not JSON ({e})") from e
-    if "hyp" in row and "id" in row:
-      out[row["id"]] = row["hyp"]
+    except (ValueError, RecursionError) as e:
+      # ValueError: bad JSON, or an int of over 4300 digits; RecursionError: deep nesting
+      raise EvalError(f"first pass {path}:{n}: not JSON ({e})") from None
+    if not isinstance(row, dict):
+      raise EvalError(f"first pass {path}:{n}: expected an object, got {line:.80}")
+    if row.get("hyp") is None or "id" not in row:
+      continue  # an error record (hyp null), or not an utterance
+    if not isinstance(row["id"], str) or not isinstance(row["hyp"], str):
+      raise EvalError(f"first pass {path}:{n}: \"id\" and \"hyp\" must be strings, got "
+                      f"{line:.80}")
+    out[row["id"]] = row["hyp"]
   return out
 
 

@@ -131,12 +131,42 @@ def save(out: str | Path, config, items: tp.Iterable[tuple[str, np.ndarray]], *,
   return Path(out)
 
 
+def _read_json(file: Path) -> tp.Any:
+  try:
+    return json.loads(file.read_text(encoding="utf-8"))
+  except (OSError, ValueError, RecursionError) as e:
+    # ValueError: bad JSON or UTF-8, or an int of over 4300 digits; RecursionError: deep nesting
+    raise CheckpointError(f"{file}: unreadable JSON: {e}") from None
+
+
 def read_index(path: str | Path) -> dict:
+  """params/index.json, checked: {"parts": N, "params": {name: {"part": 0..N-1, "shape": [dims],
+  "dtype": str}}}."""
   index = Path(path) / "params" / "index.json"
   if not index.is_file():
     raise CheckpointError(f"{path}: not a converted llada-jax checkpoint (no params/index.json)")
-  with open(index) as f:
-    return json.load(f)
+  data = _read_json(index)
+  parts = data.get("parts") if isinstance(data, dict) else None
+  params = data.get("params") if isinstance(data, dict) else None
+  if not _count(parts) or not isinstance(params, dict):
+    raise CheckpointError(f"{index}: expected {{\"parts\": N, \"params\": {{name: {{\"part\", "
+                          f"\"shape\", \"dtype\"}}}}}}, got {json.dumps(data)[:80]}")
+  for name, meta in params.items():
+    if not (isinstance(meta, dict) and _count(meta.get("part")) and meta["part"] < parts
+            and isinstance(meta.get("shape"), list) and all(map(_count, meta["shape"]))
+            and isinstance(meta.get("dtype"), str)):
+      raise CheckpointError(f"{index}: parameter {name!r}: expected {{\"part\": 0..{parts - 1}, "
+                            f"\"shape\": [dims], \"dtype\": …}}, got {json.dumps(meta)[:80]}")
+  for part in sorted({meta["part"] for meta in params.values()}):
+    if not (index.parent / f"part-{part:05d}").is_dir():  # else orbax's FileNotFoundError
+      raise CheckpointError(f"{path}: incomplete checkpoint: params/index.json places parameters "
+                            f"in part {part}, but params/part-{part:05d} is missing")
+  return data
+
+
+def _count(value) -> bool:
+  """Whether `value` is a JSON int >= 0 (not a bool)."""
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_config(path: str | Path):
@@ -148,7 +178,12 @@ def read_config(path: str | Path):
 
 def read_source_info(path: str | Path) -> dict:
   file = Path(path) / "source.json"
-  return json.loads(file.read_text()) if file.is_file() else {}
+  if not file.is_file():
+    return {}
+  info = _read_json(file)
+  if not isinstance(info, dict):
+    raise CheckpointError(f"{file}: expected a JSON object, got {type(info).__name__}")
+  return info
 
 
 def iter_params(path: str | Path, targets: dict[str, tp.Any] | None = None, *,

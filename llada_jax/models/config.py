@@ -339,5 +339,10 @@ def save_json(cfg, path) -> None:
 
 
 def load_json(path):
-  with open(path) as f:
-    return from_dict(json.load(f), where=str(path))
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, ValueError, RecursionError) as e:
+    # ValueError: bad JSON or UTF-8, or an int of over 4300 digits; RecursionError: deep nesting
+    raise ConfigError(f"{path}: unreadable JSON: {e}") from None
+  return from_dict(data, where=str(path))
