@@ -31,6 +31,7 @@ from llada_jax.models.config import WhisperConfig, WhisperLLaDAConfig
 from llada_jax.models.whisper import Whisper
 from llada_jax.models.whisper_llada import WhisperLLaDA
 from llada_jax.testing import llada_tokenizer
+from llada_jax.testing.encode import encode_pcm16
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(transformers.__file__).parents[1]
@@ -141,15 +142,8 @@ def convert_cli(*args) -> int:
 
 def encode(wav: Path, out: Path, codec: str, container: str | None = None) -> None:
   """Encode with FFmpeg through PyAV (16-bit mono in, `codec` out)."""
-  import av
-
   data, rate = sf.read(wav, dtype="int16")
-  with av.open(str(out), "w", format=container) as c:
-    stream = c.add_stream(codec, rate=rate, layout="mono")
-    frame = av.AudioFrame.from_ndarray(data[None, :], format="s16", layout="mono")
-    frame.sample_rate = rate
-    for packet in [*stream.encode(frame), *stream.encode(None)]:
-      c.mux(packet)
+  encode_pcm16(data, rate, out, codec, container)
 
 
 def mp3_encoder() -> str | None:

@@ -40,6 +40,15 @@ GiB = 1 << 30
 BUDGETS = (("TPU v5e", 16), ("H100", 80))
 
 
+def _budget_columns() -> str:
+  return " ".join(f"{n + ' ' + str(g) + 'G':>12}" for n, g in BUDGETS)
+
+
+def _fits(peak: float) -> str:
+  """yes/no per device budget for a peak of `peak` bytes, in the columns of `_budget_columns`."""
+  return " ".join(f"{('yes' if peak <= g * GiB else 'no'):>12}" for _, g in BUDGETS)
+
+
 def parse_mesh(text: str) -> tuple[int, int, int]:
   parts = tuple(int(p) for p in text.replace("x", ",").split(","))
   if len(parts) != 3 or any(p <= 0 for p in parts):
@@ -108,9 +117,8 @@ def run(args: argparse.Namespace) -> int:
         f"{base.master_dtype}, remat {base.remat}; sequence {args.prompt_len} + {base.audio_len} + "
         f"{base.data.response_len}; {args.per_device_batch} rows per data shard; sharding "
         f"{base.sharding}; layers {'unrolled' if args.unrolled else 'scanned'}\n")
-  budgets = " ".join(f"{n + ' ' + str(g) + 'G':>12}" for n, g in BUDGETS)
   header = (f"{'mesh (d,f,t)':>14} {'devices':>7} {'batch':>5} {'args':>8} {'temp':>8} "
-            f"{'out-alias':>9} {'peak/dev':>9} {budgets} {'compile':>8}")
+            f"{'out-alias':>9} {'peak/dev':>9} {_budget_columns()} {'compile':>8}")
   say(header)
   say("-" * len(header))
   for shape in args.meshes:
@@ -138,10 +146,11 @@ def run(args: argparse.Namespace) -> int:
           "alias_bytes": alias, "temp_bytes": temp, "peak_bytes": peak,
           "collectives": hlo.summary(hlo.collectives(compiled.as_text()))}), flush=True)
       continue
-    fits = " ".join(f"{('yes' if peak <= g * GiB else 'no'):>12}" for _, g in BUDGETS)
+    fits = _fits(peak)
     print(f"{str(shape):>14} {n:>7} {cfg.batch_size:>5} {arg / GiB:>7.2f}G {temp / GiB:>7.2f}G "
           f"{(out - alias) / GiB:>8.2f}G {peak / GiB:>8.2f}G {fits} {seconds:>7.1f}s", flush=True)
   return 0
+
 
 def run_inference(args: argparse.Namespace) -> int:
   import json
@@ -156,9 +165,8 @@ def run_inference(args: argparse.Namespace) -> int:
   if not args.json:
     print(f"config {args.config}: decoding {shape.batch} × 30 s on one device; sequence "
           f"{shape.prompt_len} prompt + audio + {shape.response_len} response tokens\n")
-    budgets = " ".join(f"{n + ' ' + str(g) + 'G':>12}" for n, g in BUDGETS)
     header = (f"{'weights':>16} {'LM':>7} {'encoder':>8} {'Q-Former':>8} {'total':>7} "
-              f"{'KV cache':>8} {'enc phase':>9} {'LM phase':>8} {'peak':>7} {budgets}")
+              f"{'KV cache':>8} {'enc phase':>9} {'LM phase':>8} {'peak':>7} {_budget_columns()}")
     print(header)
     print("-" * len(header))
   for dtype, mode in rows:
@@ -168,7 +176,7 @@ def run_inference(args: argparse.Namespace) -> int:
                         "batch": shape.batch, **m}), flush=True)
       continue
     g = {k: v / GiB for k, v in m.items()}
-    fits = " ".join(f"{('yes' if m['peak'] <= b * GiB else 'no'):>12}" for _, b in BUDGETS)
+    fits = _fits(m["peak"])
     name = dtype if mode == "none" else f"{mode} ({dtype})"
     print(f"{name:>16} {g['weights_lm']:>6.2f}G {g['weights_encoder']:>7.2f}G "
           f"{g['weights_projector']:>7.2f}G {g['weights']:>6.2f}G {g['kv_cache']:>7.2f}G "

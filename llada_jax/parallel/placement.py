@@ -174,21 +174,16 @@ def resolve_dtype(dtype: str | None) -> str | None:
 
 
 def load_model(checkpoint: str | os.PathLike, placement: Placement, *, dtype: str | None = None,
-               attention: str | None = None, merge_lora: bool = True,
-               quantize: str = "none") -> nnx.Module:
+               attention: str | None = None, merge_lora: bool = True) -> nnx.Module:
   """A checkpoint's model on `placement`'s mesh (each weight restored straight into its shards),
   in compute `dtype` (`resolve_dtype`), with any LoRA adapters folded into their base kernels
   (`merge_lora=True`): one matmul per projection when decoding instead of three. `attention`
-  overrides the checkpoint's attention kernel (configs.ATTENTION; None keeps it). `quantize`
-  ("int8", `models.quantize`) quantizes the weights after the merge."""
-  from llada_jax.models.quantize import check_quantize
-
-  quantize = check_quantize(quantize)
+  overrides the checkpoint's attention kernel (configs.ATTENTION; None keeps it)."""
   model = ckpt.load(checkpoint, mesh=placement.mesh, rules=placement.rules,
                     dtype=resolve_dtype(dtype), attention=attention)
   if merge_lora:
     model = merged_lora(model, placement)
-  return quantized(model, placement, quantize)
+  return model
 
 
 def has_lora(model: nnx.Module) -> bool:
@@ -202,21 +197,27 @@ def merged_lora(model: nnx.Module, placement: Placement) -> nnx.Module:
 
   if not has_lora(model):
     return model
-  graphdef, state = nnx.split(model)
-  merged_graphdef = []
+  return _transformed(model, placement, merge_lora)
 
-  def merged(state):
-    out = merge_lora(nnx.merge(graphdef, state))
-    new_graphdef, new_state = nnx.split(out)
-    merged_graphdef[:] = [new_graphdef]  # static: the same on every trace
+
+def _transformed(model: nnx.Module, placement: Placement,
+                 transform: tp.Callable[[nnx.Module], nnx.Module]) -> nnx.Module:
+  """`transform(model)` as one compiled function whose outputs land on the shardings the new
+  state's logical axes give (the old arrays are freed once the new ones exist)."""
+  graphdef, state = nnx.split(model)
+  new_graphdef = []
+
+  def run(state):
+    g, new_state = nnx.split(transform(nnx.merge(graphdef, state)))
+    new_graphdef[:] = [g]  # static: the same on every trace
     return new_state
 
-  shardings = sharding.state_shardings(jax.eval_shape(merged, state), placement.mesh,
+  shardings = sharding.state_shardings(jax.eval_shape(run, state), placement.mesh,
                                        placement.rules)
   with placement.tracing():
-    new_state = jax.jit(merged, in_shardings=(state_shardings(state),),
+    new_state = jax.jit(run, in_shardings=(state_shardings(state),),
                         out_shardings=shardings)(state)
-  return nnx.merge(merged_graphdef[0], new_state)
+  return nnx.merge(new_graphdef[0], new_state)
 
 
 def quantized(model: nnx.Module, placement: Placement, mode: str = "int8") -> nnx.Module:
@@ -228,21 +229,7 @@ def quantized(model: nnx.Module, placement: Placement, mode: str = "int8") -> nn
 
   if check_quantize(mode) == "none":
     return model
-  graphdef, state = nnx.split(model)
-  new_graphdef = []
-
-  def run(state):
-    out = quantize(nnx.merge(graphdef, state), mode)
-    g, new_state = nnx.split(out)
-    new_graphdef[:] = [g]  # static: the same on every trace
-    return new_state
-
-  shardings = sharding.state_shardings(jax.eval_shape(run, state), placement.mesh,
-                                       placement.rules)
-  with placement.tracing():
-    new_state = jax.jit(run, in_shardings=(state_shardings(state),),
-                        out_shardings=shardings)(state)
-  return nnx.merge(new_graphdef[0], new_state)
+  return _transformed(model, placement, lambda m: quantize(m, mode))
 
 
 def state_shardings(state: nnx.State):

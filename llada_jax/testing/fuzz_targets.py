@@ -23,6 +23,7 @@ from llada_jax.evaluation.inputs import EvalError, read_first_pass
 from llada_jax.models import checkpoint, stacked
 from llada_jax.models.checkpoint import CheckpointError
 from llada_jax.models.config import LMConfig, WhisperLLaDAConfig
+from llada_jax.testing.encode import encode_pcm16
 from llada_jax.testing.fuzz import (
   INTERESTING_INTS,
   Case,
@@ -112,16 +113,8 @@ def _setup_sndfile(seeds: Path) -> st.SearchStrategy[Case]:
 
 
 def _encode(path: Path, codec: str, container: str | None = None) -> None:
-  import av
-
   rate = 16000
-  data = (_tone(0.2, rate) * 32767).astype(np.int16)
-  with av.open(str(path), "w", format=container) as c:
-    stream = c.add_stream(codec, rate=rate, layout="mono")
-    frame = av.AudioFrame.from_ndarray(data[None, :], format="s16", layout="mono")
-    frame.sample_rate = rate
-    for packet in [*stream.encode(frame), *stream.encode(None)]:
-      c.mux(packet)
+  encode_pcm16((_tone(0.2, rate) * 32767).astype(np.int16), rate, path, codec, container)
 
 
 def _setup_pyav(seeds: Path) -> st.SearchStrategy[Case]:
