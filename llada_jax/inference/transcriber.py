@@ -53,6 +53,11 @@ class _Weights:
 _LOADED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
+def _has_lora(config) -> bool:
+  """Whether a checkpoint's model carries LoRA adapters (its LM's config names them)."""
+  return getattr(getattr(config, "lm", config), "lora", None) is not None
+
+
 # What a transcriber with a window (`max_seconds`) does with longer audio: "trim" cuts it to the
 # window, as Diffusion-ASR's inference.py cuts every utterance (`audio[:sr*30]`, and their WER
 # counts those utterances); "error" refuses it (an error record in eval.py).
@@ -117,14 +122,9 @@ class Transcriber(abc.ABC):
     `info`. `quantize` ("int8") needs the LoRA adapters merged: a ValueError otherwise."""
     from flax import nnx
 
+    from llada_jax.models.checkpoint import read_config
     from llada_jax.models.quantize import check_quantize
-    from llada_jax.parallel.placement import (
-      has_lora,
-      load_model,
-      quantized,
-      resolve_dtype,
-      state_shardings,
-    )
+    from llada_jax.parallel.placement import load_model, resolve_dtype, state_shardings
 
     quantize = check_quantize(quantize)
     placement = tp.cast(Placement, self.placement)
@@ -136,17 +136,8 @@ class Transcriber(abc.ABC):
     self._weights = _LOADED.get(key)
     if self._weights is None:
       model = load_model(checkpoint, placement, dtype=dtype, attention=attention,
-                         merge_lora=False)
-      lora = has_lora(model)
-      if merge_lora and lora:
-        from llada_jax.parallel.placement import merged_lora
-
-        model = merged_lora(model, placement)
-      if quantize != "none" and lora and not merge_lora:
-        raise ValueError(f"quantize={quantize!r} needs merge_lora=True: an int8 kernel cannot "
-                         f"take the adapters' float update")
-      model = quantized(model, placement, quantize)
-      self._weights = _LOADED[key] = _Weights(model, lora)
+                         merge_lora=merge_lora, quantize=quantize)
+      self._weights = _LOADED[key] = _Weights(model, _has_lora(read_config(checkpoint)))
     self.model, lora = self._weights.model, self._weights.lora
     self._graphdef, self._state = nnx.split(self.model)
     self._state_shardings = state_shardings(self._state)

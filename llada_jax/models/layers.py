@@ -29,15 +29,43 @@ class Quantized(nnx.Variable):
   trained or checkpointed (`models.quantize`)."""
 
 
-def quantize_int8(w: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-  """Symmetric absmax int8 of `w` with one float32 scale per slice along every axis but `axis`
-  (the one the scale is reduced over) → (int8 values, scales with `axis` dropped)."""
-  w32 = w.astype(jnp.float32)
-  absmax = jnp.max(jnp.abs(w32), axis=axis, keepdims=True)
-  # An all-zero channel (a padded vocabulary row) gets scale 1, not a 0/0.
+# int8 scales per this many consecutive input features (the GPTQ/AWQ convention): on real SmolLM2
+# per-output-channel scales agree with float on 97.99 % of next tokens, groups of 128 on 98.66 %.
+INT8_GROUP = 128
+
+
+def group_size(features: int, group: int | None) -> int:
+  """The quantization group along an axis of `features` entries: `group` if it divides, else
+  the largest shared divisor if it is still ≥ 32 (SmolLM2's width 576 → 64), else the whole
+  axis (one scale per channel; also `group=None`)."""
+  if group is None:
+    return features
+  g = math.gcd(features, group)
+  return g if g >= min(32, group) else features
+
+
+def quantize_int8(w: jax.Array, axis: int, group: int | None = INT8_GROUP
+                  ) -> tuple[jax.Array, jax.Array]:
+  """Symmetric absmax int8 of `w` with one float32 scale per `group` consecutive entries along
+  `axis` (the contraction axis) → (int8 values shaped like `w`, scales shaped like `w` with
+  `axis` shrunk to the number of groups)."""
+  axis %= w.ndim
+  n = w.shape[axis]
+  g = group_size(n, group)
+  grouped = w.astype(jnp.float32).reshape(*w.shape[:axis], n // g, g, *w.shape[axis + 1:])
+  absmax = jnp.max(jnp.abs(grouped), axis=axis + 1, keepdims=True)
+  # An all-zero group (a padded vocabulary row) gets scale 1, not a 0/0.
   scale = jnp.where(absmax > 0, absmax / 127.0, 1.0)
-  q = jnp.clip(jnp.round(w32 / scale), -127, 127).astype(jnp.int8)
-  return q, jnp.squeeze(scale, axis)
+  q = jnp.clip(jnp.round(grouped / scale), -127, 127).astype(jnp.int8)
+  return q.reshape(w.shape), jnp.squeeze(scale, axis + 1)
+
+
+def dequantize_int8(q: jax.Array, scale: jax.Array, axis: int, dtype) -> jax.Array:
+  """`quantize_int8`'s inverse in `dtype` (the group size is read off the two shapes)."""
+  axis %= q.ndim
+  groups = scale.shape[axis]
+  grouped = q.reshape(*q.shape[:axis], groups, q.shape[axis] // groups, *q.shape[axis + 1:])
+  return (grouped.astype(dtype) * jnp.expand_dims(scale, axis + 1).astype(dtype)).reshape(q.shape)
 
 
 def dtype_of(name: str) -> jnp.dtype:
@@ -100,26 +128,29 @@ class Linear(nnx.Module):
     self.kernel[...] = (kernel.astype(jnp.float32) + self.lora.delta()).astype(kernel.dtype)
     self.lora = nnx.data(None)
 
-  def quantize(self) -> None:
-    """int8 kernel with one scale per output channel (weight-only: activations stay float)."""
+  def quantize(self, group: int | None = INT8_GROUP) -> None:
+    """int8 kernel with a scale per output channel and `group` input features (weight-only:
+    activations stay float)."""
     if self.lora is not None:
       raise ValueError("Linear.quantize: LoRA adapters must be merged into the kernel first "
                        "(merge_lora=True)")
     if self.kernel_scale is not None:
       return
     axes = self.kernel.get_metadata().get("logical_axes")
-    q, scale = quantize_int8(self.kernel[...], axis=-2)  # [..., in, out] → scale [..., out]
+    q, scale = quantize_int8(self.kernel[...], -2, group)  # [..., in, out] → [..., groups, out]
     self.kernel = Quantized(q, logical_axes=axes)
+    # The groups axis stays whole on every mesh: it need not divide by the input's shards.
     self.kernel_scale = Quantized(scale, logical_axes=None if axes is None else
-                                  (*axes[:-2], axes[-1]))
+                                  (*axes[:-2], None, axes[-1]))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype = dtype_of(self.dtype)
-    # Dequantize-in-matmul: the int8 → float convert fuses into the dot, and the per-output-channel
-    # scale commutes with the contraction, so it is applied once to the output.
-    y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype))
-    if self.kernel_scale is not None:
-      y = y * self.kernel_scale[...].astype(dtype)
+    kernel = self.kernel[...]
+    # The int8 → float dequantization is elementwise on the kernel: XLA fuses it into the dot's
+    # operand on GPU/TPU, so the float kernel is never held (one layer's at a time on CPU).
+    kernel = (kernel.astype(dtype) if self.kernel_scale is None else
+              dequantize_int8(kernel, self.kernel_scale[...], -2, dtype))
+    y = jnp.dot(x.astype(dtype), kernel)
     if self.bias is not None:
       y = y + self.bias[...].astype(dtype)
     if self.lora is not None:
@@ -137,29 +168,30 @@ class Embed(nnx.Module):
     self.embedding_scale: Quantized | None = nnx.data(None)
     self.dtype = dtype
 
-  def quantize(self) -> None:
-    """int8 table with one scale per row: a looked-up token's vector, and for the tied head
-    (`attend`) one output channel's."""
+  def quantize(self, group: int | None = INT8_GROUP) -> None:
+    """int8 table with a scale per row and `group` features: a looked-up token's vector, and
+    for the tied head (`attend`) one output channel's."""
     if self.embedding_scale is not None:
       return
     axes = self.embedding.get_metadata().get("logical_axes")
-    q, scale = quantize_int8(self.embedding[...], axis=-1)
+    q, scale = quantize_int8(self.embedding[...], -1, group)  # [num, features] → [num, groups]
     self.embedding = Quantized(q, logical_axes=axes)
-    self.embedding_scale = Quantized(scale, logical_axes=None if axes is None else axes[:1])
+    self.embedding_scale = Quantized(scale, logical_axes=None if axes is None else
+                                     (axes[0], None))
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     dtype = dtype_of(self.dtype)
-    rows = jnp.take(self.embedding[...], ids, axis=0).astype(dtype)
-    if self.embedding_scale is not None:
-      rows = rows * jnp.take(self.embedding_scale[...], ids, axis=0)[..., None].astype(dtype)
-    return rows
+    rows = jnp.take(self.embedding[...], ids, axis=0)
+    if self.embedding_scale is None:
+      return rows.astype(dtype)
+    return dequantize_int8(rows, jnp.take(self.embedding_scale[...], ids, axis=0), -1, dtype)
 
   def attend(self, x: jax.Array) -> jax.Array:
     dtype = dtype_of(self.dtype)
-    y = jnp.dot(x.astype(dtype), self.embedding[...].astype(dtype).T)
-    if self.embedding_scale is not None:
-      y = y * self.embedding_scale[...].astype(dtype)
-    return y
+    table = self.embedding[...]
+    table = (table.astype(dtype) if self.embedding_scale is None else
+             dequantize_int8(table, self.embedding_scale[...], -1, dtype))
+    return jnp.dot(x.astype(dtype), table.T)
 
 
 class LayerNorm(nnx.Module):

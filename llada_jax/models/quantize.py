@@ -1,8 +1,11 @@
 """Weight-only int8 for inference: every `Linear` kernel (LM, Whisper, Q-Former) and the token
-tables become int8 with one float32 scale per output channel; activations stay in the compute
-dtype, and each matmul converts the int8 kernel on the fly (`layers.Linear.__call__`).
+tables become int8 with one float32 scale per output channel and group of 128 input features
+(`layers.INT8_GROUP`; ~3 % more bytes than one scale per channel, and on real SmolLM2 98.66 % vs
+97.99 % next-token agreement with float); activations stay in the compute dtype, and each matmul
+dequantizes its int8 kernel on the fly (`layers.Linear.__call__`).
 
-    model = quantize(model)          # in place, after LoRA is merged; `placement.quantized` jits it
+    model = quantize(model)   # in place, after LoRA is merged (`placement.load_model` does
+                              # both on the host, then places the int8 model)
 
 Why hand-written and not Google's `qwix` (0.1.8, which installs cleanly beside jax 0.10.2 / flax
 0.12.8): its NNX PTQ (`qwix.quantize_model`) quantizes a weight when the intercepted `__call__`
@@ -26,7 +29,7 @@ import math
 import jax
 from flax import nnx
 
-from llada_jax.models.layers import Embed, Linear, Quantized
+from llada_jax.models.layers import INT8_GROUP, Embed, Linear, Quantized
 
 QUANTIZE = ("none", "int8")
 
@@ -39,20 +42,23 @@ def check_quantize(value: str | None) -> str:
   return value
 
 
-def quantize(model: nnx.Module, mode: str = "int8", *, embeddings: bool = True) -> nnx.Module:
+def quantize(model: nnx.Module, mode: str = "int8", *, embeddings: bool = True,
+             group: int | None = INT8_GROUP) -> nnx.Module:
   """Quantize `model`'s weights in place (mode "none": unchanged) and return it.
 
   Every `Linear` kernel; with `embeddings`, also the token tables (`embed_tokens`: the LM's input
   table, Whisper's tied input/output table). Position tables, convolutions, norms and biases stay
   float: they are a small share of the bytes. A Linear still holding LoRA adapters is a
-  ValueError (merge them first: the int8 kernel cannot take a float update)."""
+  ValueError (merge them first: the int8 kernel cannot take a float update). `group`: input
+  features per scale (None: one scale per output channel; `layers.group_size` says what a width
+  it does not divide gets)."""
   if check_quantize(mode) == "none":
     return model
   for path, module in list(nnx.iter_graph(model)):
     if isinstance(module, Linear):
-      module.quantize()
+      module.quantize(group)
     elif embeddings and isinstance(module, Embed) and path and path[-1] == "embed_tokens":
-      module.quantize()
+      module.quantize(group)
   return model
 
 

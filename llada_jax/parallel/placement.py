@@ -174,16 +174,32 @@ def resolve_dtype(dtype: str | None) -> str | None:
 
 
 def load_model(checkpoint: str | os.PathLike, placement: Placement, *, dtype: str | None = None,
-               attention: str | None = None, merge_lora: bool = True) -> nnx.Module:
+               attention: str | None = None, merge_lora: bool = True,
+               quantize: str = "none") -> nnx.Module:
   """A checkpoint's model on `placement`'s mesh (each weight restored straight into its shards),
   in compute `dtype` (`resolve_dtype`), with any LoRA adapters folded into their base kernels
   (`merge_lora=True`): one matmul per projection when decoding instead of three. `attention`
-  overrides the checkpoint's attention kernel (configs.ATTENTION; None keeps it)."""
-  model = ckpt.load(checkpoint, mesh=placement.mesh, rules=placement.rules,
-                    dtype=resolve_dtype(dtype), attention=attention)
-  if merge_lora:
-    model = merged_lora(model, placement)
-  return model
+  overrides the checkpoint's attention kernel (configs.ATTENTION; None keeps it).
+
+  `quantize="int8"` (`models.quantize`) merges and quantizes on the host and then places the
+  int8 model, so the devices never hold the float weights: LLaDA-8B's 16 GiB of bf16 would not
+  fit the 16 GiB device its 8 GiB of int8 fit. It needs the adapters merged (a ValueError names
+  `merge_lora` otherwise)."""
+  from llada_jax.models.quantize import check_quantize
+  from llada_jax.models.quantize import quantize as quantize_model
+  from llada_jax.models.transformer import merge_lora as merge
+
+  if check_quantize(quantize) == "none":
+    model = ckpt.load(checkpoint, mesh=placement.mesh, rules=placement.rules,
+                      dtype=resolve_dtype(dtype), attention=attention)
+    return merged_lora(model, placement) if merge_lora else model
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    model = ckpt.load(checkpoint, dtype=resolve_dtype(dtype), attention=attention)
+    if has_lora(model) and not merge_lora:
+      raise ValueError(f"quantize={quantize!r} needs merge_lora=True: an int8 kernel cannot take "
+                       f"the adapters' float update")
+    model = quantize_model(merge(model), quantize)
+  return sharding.shard_model(model, placement.mesh, placement.rules)
 
 
 def has_lora(model: nnx.Module) -> bool:
@@ -218,18 +234,6 @@ def _transformed(model: nnx.Module, placement: Placement,
     new_state = jax.jit(run, in_shardings=(state_shardings(state),),
                         out_shardings=shardings)(state)
   return nnx.merge(new_graphdef[0], new_state)
-
-
-def quantized(model: nnx.Module, placement: Placement, mode: str = "int8") -> nnx.Module:
-  """`models.quantize` as one compiled function whose int8 weights and scales land on the
-  shardings their logical axes give (a kernel's scale is split as its output axis); the model
-  itself for mode "none". The float weights are freed once the quantized ones exist, so loading
-  peaks at float + int8 bytes: a stored quantized checkpoint would avoid that (not written yet)."""
-  from llada_jax.models.quantize import check_quantize, quantize
-
-  if check_quantize(mode) == "none":
-    return model
-  return _transformed(model, placement, lambda m: quantize(m, mode))
 
 
 def state_shardings(state: nnx.State):
