@@ -164,7 +164,12 @@ def main(argv=None) -> int:
       if code:
         return code
     shared = shared or sub
-  print(seeds.table(seeds.summarize(out, args.seeds)))
+  try:
+    summary = seeds.summarize(out, args.seeds)
+  except ValueError as e:
+    print(f"demo --seeds: {e}", file=sys.stderr)
+    return 2
+  print(seeds.table(summary))
   print(f"per seed: {out}/seed<N>/results.json; across seeds: {out / 'seeds.md'}")
   return 0
 

@@ -63,14 +63,15 @@ def verdict(cells: list[dict]) -> str:
 
 def summarize(root: Path, seeds: list[int]) -> dict:
   """Read OUT/seed<N>/results.json and eval/ of every seed, write OUT/seeds.json and
-  OUT/seeds.md (the table) and return the summary."""
+  OUT/seeds.md (the table) and return the summary. A seed without a readable results.json is a
+  ValueError naming the file."""
   runs = {}
   for seed in seeds:
     out = root / f"seed{seed}"
     try:
       systems = json.loads((out / "results.json").read_text())["systems"]
     except (OSError, ValueError, KeyError) as e:
-      raise SystemExit(f"demo --seeds: {out / 'results.json'}: {e}") from None
+      raise ValueError(f"{out / 'results.json'}: {e}") from None
     runs[seed] = (systems, report.rescore(out, systems))
   ratios = sorted({v["mask_ratio"] for systems, _ in runs.values() for v in systems.values()
                    if v.get("mask_ratio") is not None})
