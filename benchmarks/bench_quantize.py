@@ -3,7 +3,8 @@
   python benchmarks/bench_quantize.py [--workdir /tmp/bench_quantize] [--utts 24]
 
 - weight bytes of real SmolLM2-135M and Whisper tiny.en (float32 as converted, bf16 = the float
-  arrays at 2 bytes, int8 with and without the token tables) and of the paper model (abstract);
+  arrays at 2 bytes, int8 with the output head float (the default) and int8 too) and of the
+  paper model (abstract);
 - SmolLM2-135M: top-1 agreement and max |Δ logit| of int8 vs float32 over `texts.ENGLISH`
   (and of bf16 compute, for scale);
 - Whisper tiny.en: eval.py WER on an espeak-ng corpus (tools/make_corpus.py), float32 vs int8;
@@ -33,13 +34,13 @@ def _package(name: str) -> Path:
   return Path(next(iter(importlib.util.find_spec(name).submodule_search_locations)))
 
 
-def _bytes(model, embeddings=True) -> dict:
+def _bytes(model, output=False) -> dict:
   from flax import nnx
 
   from llada_jax.models import quantize as q
 
   f32 = q.weight_bytes(model)["total"]
-  int8 = q.weight_bytes(q.quantize(nnx.clone(model), embeddings=embeddings))
+  int8 = q.weight_bytes(q.quantize(nnx.clone(model), output=output))
   return {"float32": f32, "bfloat16": f32 // 2, "int8": int8["total"],
           "int8_quantized_part": int8["quantized"], "int8_float_part": int8["float"]}
 
@@ -78,7 +79,7 @@ def smollm2(work: Path) -> dict:
   quant = q.quantize(nnx.clone(model))
   want = np.asarray(model(tokens))
   res = {"tokens": int(tokens.shape[1]), "bytes": _bytes(model),
-         "bytes_kernels_only": _bytes(model, embeddings=False),
+         "bytes_head_int8_too": _bytes(model, output=True),
          "int8": compare(want, np.asarray(quant(tokens))),
          "bf16_compute": compare(want, np.asarray(checkpoint.load(out, dtype="bfloat16")(tokens)))}
   speed = {}
@@ -106,7 +107,8 @@ def tiny_en(work: Path, utts: int) -> dict:
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_corpus.py"), "--out", str(corpus),
                     "--num-train", "0", "--num-dev", "0", "--num-test", str(utts), "--seed", "1",
                     "--jobs", "2"], check=True, capture_output=True)
-  res = {"utterances": utts, "bytes": _bytes(checkpoint.load(out))}
+  tiny = checkpoint.load(out)
+  res = {"utterances": utts, "bytes": _bytes(tiny), "bytes_head_int8_too": _bytes(tiny, True)}
   for mode in ("none", "int8"):
     o = work / f"eval-{mode}"
     assert cli.main(["--quiet", "--checkpoint", str(out), "--data", str(corpus / "test-clean"),

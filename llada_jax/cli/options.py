@@ -123,10 +123,10 @@ def add_devices(p: argparse.ArgumentParser) -> None:
                       "the weights once at load (the same up to float rounding)")
   g.add_argument("--quantize", choices=QUANTIZE, default="none",
                  help="int8: weight-only int8, one scale per output channel and 128 "
-                      "inputs, for every linear layer and token table (LM, Whisper, Q-Former), "
-                      "computed at load from the float checkpoint; ~1/4 of float32's weight "
-                      "bytes, ~1/2 of bfloat16's. Needs the LoRA adapters merged (not with "
-                      "--no-merge-lora)")
+                      "inputs, for every linear layer and input token table (LM, Whisper, "
+                      "Q-Former; the output head stays float), computed at load from the float "
+                      "checkpoint; ~1/4-1/3 of float32's weight bytes. Needs the LoRA adapters "
+                      "merged (not with --no-merge-lora)")
 
 
 # -- decoding options ------------------------------------------------------------------------------

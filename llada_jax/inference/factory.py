@@ -48,10 +48,10 @@ def open(checkpoint: str | os.PathLike, settings: WhisperSettings | LLaDASetting
   mesh, or `per_device_batch` × the data-parallel ways. `dtype`: compute dtype ("auto": bfloat16
   on accelerators, the checkpoint's own on CPU). `attention`: the attention kernel
   (configs.ATTENTION; None: the checkpoint's). `merge_lora`: fold LoRA adapters into their kernels
-  once at load. `quantize`: "int8" stores every linear kernel and token table as int8 with one
-  scale per output channel and 128 inputs (weight-only, `models.quantize`; needs
-  `merge_lora`). A mesh or batch that does not fit is a PlacementError naming the numbers,
-  raised before the checkpoint is read.
+  once at load. `quantize`: "int8" stores every linear kernel and input token table as int8
+  with one scale per output channel and 128 inputs, the output head left float (weight-only,
+  `models.quantize`; needs `merge_lora`). A mesh or batch that does not fit is a
+  PlacementError naming the numbers, raised before the checkpoint is read.
 
   `checkpoint` may be a Hub id of a Whisper (`openai/whisper-large-v3[@REVISION]`): it is
   converted once into a local cache and loaded from there (`convert.converted`)."""
