@@ -162,6 +162,8 @@ def test_seed_verdicts():
   assert verdict([cell(0.1, 0.02, 0.2), cell(0.05, -0.01, 0.1)]) == "same sign"
   assert verdict([cell(0.1, 0.02, 0.2), cell(-0.05, -0.1, 0.01)]) == "depends on the seed"
   assert verdict([cell(0.1, 0.02, 0.2), cell(0.0, -0.1, 0.1)]) == "depends on the seed"
+  assert verdict([cell(0.0, 0.0, 0.0), cell(0.0, 0.0, 0.0)]) == "no seed significant"
+  assert verdict([cell(0.05, -0.1, 0.2), cell(-0.02, -0.1, 0.1)]) == "no seed significant"
 
 
 def test_demo_seeds_command_reports_existing_runs_and_refuses_a_repeated_seed(tmp_path, capsys):

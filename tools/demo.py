@@ -206,6 +206,12 @@ def run_demo(cfg: DemoConfig, config_name: str, out: Path, *, report_only: bool 
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1")
   os.environ.update({k: env[k] for k in ("JAX_COMPILATION_CACHE_DIR",
                                          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")})
+  # The evaluations run in this process, whose JAX read its variables at import: set the cache
+  # here too, or they compile every program afresh (and each seed of --seeds again).
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", env["JAX_COMPILATION_CACHE_DIR"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   start = time.time()
   site = site_packages()
   ckpt = out / "ckpt"

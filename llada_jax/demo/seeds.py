@@ -51,14 +51,19 @@ def findings(ratios: tuple[float, ...]) -> tuple[Finding, ...]:
 
 def verdict(cells: list[dict]) -> str:
   """`holds` (every seed's interval above 0), `reversed` (every one below), `same sign` (every
-  seed's change on one side, not all significant) or `depends on the seed`."""
+  seed's change on one side, not all significant), `no seed significant` (every interval holds
+  0, the changes of mixed sign or none) or `depends on the seed` (significant in some seeds
+  only, or with opposite signs)."""
   if all(c["ci95"][0] > 0 for c in cells):
     return "holds"
   if all(c["ci95"][1] < 0 for c in cells):
     return "reversed"
   gains = [c["relative_gain"] for c in cells]
-  return ("same sign" if all(g > 0 for g in gains) or all(g < 0 for g in gains) else
-          "depends on the seed")
+  if all(g > 0 for g in gains) or all(g < 0 for g in gains):
+    return "same sign"
+  if all(c["ci95"][0] <= 0 <= c["ci95"][1] for c in cells):
+    return "no seed significant"
+  return "depends on the seed"
 
 
 def summarize(root: Path, seeds: list[int]) -> dict:
