@@ -259,6 +259,16 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
   response positions (others are key-masked and never change); length [B] = valid.sum(1);
   prefix_mask [B, P] bool (default all True): prefix positions that are keys (False: padding,
   key-masked in every forward and, through the cache's key mask, in every cached step)."""
+  return _run(lm, prefix, tokens, valid, length, keys, sched, prefix_mask).tokens
+
+
+def _run(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.Array,
+         length: jax.Array, keys: jax.Array, sched: Schedule,
+         prefix_mask: jax.Array | None = None, *, block: jax.Array | None = None,
+         count: jax.Array | None = None, one_block: bool = False) -> _State:
+  """`_denoise`'s engine → its final state. To resume a run (`slots`): `block` [] the block to
+  enter (default 0), `count` [B] the forwards each row already took (its noise index goes on
+  from there). `one_block`: stop once the batch has left the block it starts in, or is done."""
   b, r = tokens.shape
   p = prefix.shape[1]
   rules = sched.rules
@@ -353,16 +363,20 @@ def _denoise(lm: Transformer, prefix: jax.Array, tokens: jax.Array, valid: jax.A
     return _settle(sched, st, length, valid)
 
   anchor = tokens
-  tokens, base, rem, limit = _enter(sched, tokens, jnp.int32(0), length, valid)
+  block = jnp.int32(0) if block is None else block
+  tokens, base, rem, limit = _enter(sched, tokens, block, length, valid)
   cache = None
   if rules.cache:
     cache = init_cache(lm.config, prefix.shape[0], cache_len)
-  st = _State(tokens=tokens, block=jnp.int32(0), step=jnp.int32(0), base=base, rem=rem,
-              limit=limit, count=jnp.zeros((b,), jnp.int32), done=jnp.zeros((b,), bool),
-              anchor=anchor, keys=keys, cache=cache)
+  count = jnp.zeros((b,), jnp.int32) if count is None else count
+  st = _State(tokens=tokens, block=block, step=jnp.int32(0), base=base, rem=rem,
+              limit=limit, count=count, done=jnp.zeros((b,), bool), anchor=anchor, keys=keys,
+              cache=cache)
   st = _settle(sched, st, length, valid)
-  st = jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, st)
-  return st.tokens
+  if one_block:
+    start = st.block
+    return jax.lax.while_loop(lambda s: ~jnp.all(s.done) & (s.block == start), body, st)
+  return jax.lax.while_loop(lambda s: ~jnp.all(s.done), body, st)
 
 
 # --- entry points -----------------------------------------------------------------------------

@@ -1,0 +1,198 @@
+"""Iteration-level scheduling of semi-autoregressive decoding: rows that join at block boundaries.
+
+`decode` runs a batch until its slowest row is done: a row whose block committed an EOS (the
+Diffusion-ASR rule) sits idle, committing nothing, while the others fill their later blocks. Here
+each of the batch's `rows` slots moves through its own blocks: `advance` runs one block for every
+busy slot (one jitted call, rows at different blocks), then the host retires the rows that are
+done and hands their slots to waiting utterances, whose prompt + audio embeddings `admit` computes
+(compiled for 1, 2, 4 … rows, so a few newcomers do not pay for a whole batch's encoder pass).
+
+A row's tokens equal `decode`'s for the same utterance: the same steps, with its noise indexed by
+its own count of forwards (`diffusion._run`), so neither its neighbours nor when it joined matter
+(tests/test_slots.py). Each row is its own program under `jax.vmap`, so a prefix cache's
+`lax.cond` (refresh or reuse) becomes a select that runs both branches: the Fast-dLLM cache modes
+would lose their saving here, and are refused. benchmarks/bench_block_scheduling.py measures
+whether this beats whole-batch scheduling on mixed audio lengths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+import typing as tp
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llada_jax.decoding.diffusion import DiffusionSettings, StepRules, _eos_eot_inf, _run
+from llada_jax.decoding.schedules import Blocks
+from llada_jax.models import features
+
+
+def schedule(settings: DiffusionSettings, lm_config) -> Blocks:
+  s = settings
+  if s.cache or s.dual_cache:
+    raise ValueError("slots: DiffusionSettings.cache / dual_cache: a cached block step is a "
+                     "`lax.cond` that per-row programs turn into both branches; use `decode`")
+  if s.threshold is not None:
+    raise ValueError("slots: DiffusionSettings.threshold is not supported; use `decode`")
+  if None in (s.gen_length, s.steps, s.block_length):
+    raise ValueError("slots: DiffusionSettings.gen_length, steps and block_length must be set")
+  rules = StepRules(remasking=s.remasking, temperature=float(s.temperature), threshold=None,
+                    cache=False, mask_id=lm_config.mask_id,
+                    eos_id=lm_config.eos_id if s.eos_rule else None,
+                    **_eos_eot_inf(lm_config.eos_id, lm_config.eot_id, s.temperature,
+                                   s.logits_eos_inf, s.confidence_eos_eot_inf))
+  return Blocks.from_lengths(rules, gen_length=s.gen_length, block_length=s.block_length,
+                             steps=s.steps)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sched"))
+def _advance(graphdef, state, prefix, tokens, block, count, keys, sched: Blocks):
+  """One block for every row: prefix [B, P, D], tokens [B, R], each row's block and count [B]
+  → tokens, block, count, done."""
+  lm = nnx.merge(graphdef, state).lm
+  r = tokens.shape[1]
+  valid, length = jnp.ones((1, r), bool), jnp.full((1,), r, jnp.int32)
+
+  def row(prefix, tokens, block, count, key):
+    # A row resumes at its own block, not at its first block with masks: a mask the model
+    # proposed itself in an earlier block stays a candidate later (`Blocks`), as in `decode`.
+    st = _run(lm, prefix[None], tokens[None], valid, length, key[None], sched, block=block,
+              count=count[None], one_block=True)
+    return st.tokens[0], st.block, st.count[0], st.done[0]
+
+  return jax.vmap(row)(prefix, tokens, block, count, keys)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n_mels", "frames"))
+def _prefix(graphdef, state, audio, prompt, n_mels: int, frames: int):
+  model = nnx.merge(graphdef, state)
+  return model.prefix_embeds(prompt, features.log_mel(audio, n_mels=n_mels, frames=frames))
+
+
+@jax.jit
+def _place(prefix, tokens, block, count, keys, slots, new_prefix, new_keys, mask_id):
+  """Newcomers into `slots` [N] (−1: padding rows, dropped): fresh masks, block and count 0."""
+  n = slots.shape[0]
+  at = jnp.where(slots >= 0, slots, prefix.shape[0])  # out of range: `drop`
+  prefix = prefix.at[at].set(new_prefix[:n], mode="drop")
+  tokens = tokens.at[at].set(jnp.full((n, tokens.shape[1]), mask_id, tokens.dtype), mode="drop")
+  block = block.at[at].set(0, mode="drop")
+  count = count.at[at].set(0, mode="drop")
+  keys = keys.at[at].set(new_keys[:n], mode="drop")
+  return prefix, tokens, block, count, keys
+
+
+@dataclasses.dataclass
+class Finished:
+  id: str
+  tokens: np.ndarray  # [R] int32
+  blocks: int  # blocks this row took
+  admitted_s: float  # seconds from `run`'s start
+  finished_s: float
+
+
+class SlotDecoder:
+  """`rows` slots over a Whisper-LLaDA (`graphdef`, `state` from `nnx.split`), fed one block at a
+  time. `run(requests)` decodes an iterable of (id, audio [S] float32, seed) in arrival order."""
+
+  def __init__(self, graphdef, state, config, prompt: np.ndarray, settings: DiffusionSettings,
+               *, rows: int, mel_frames: int, seed: int = 0):
+    self.graphdef, self.state, self.config = graphdef, state, config
+    self.sched = schedule(settings, config.lm)
+    self.prompt = np.asarray(prompt, np.int32).reshape(1, -1)
+    self.rows, self.frames, self.seed = rows, mel_frames, seed
+    self.samples = mel_frames * features.HOP
+    self.gen_length = int(settings.gen_length)
+    self.sizes = [1 << i for i in range(rows.bit_length()) if 1 << i < rows] + [rows]
+
+  def _encode(self, audio: np.ndarray):
+    n = next(s for s in self.sizes if s >= len(audio))
+    batch = np.zeros((n, self.samples), np.float32)
+    batch[: len(audio)] = audio
+    return _prefix(self.graphdef, self.state, jnp.asarray(batch),
+                   jnp.asarray(np.repeat(self.prompt, n, 0)), n_mels=self.config.whisper.n_mels,
+                   frames=self.frames)
+
+  def _keys(self, seeds: list[int]):
+    return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(self.seed), s))(
+        jnp.asarray(seeds, jnp.int32))
+
+  def warm_up(self) -> None:
+    """Compile every program `run` may call (each encoder size, the block step)."""
+    for n in self.sizes:
+      self._run_once([(f"warm{i}", np.zeros(self.samples // 2, np.float32), 0)
+                      for i in range(n)])
+
+  def _run_once(self, requests):
+    for _ in self.run(iter(requests)):
+      pass
+
+  def run(self, requests: tp.Iterable[tuple[str, np.ndarray, int]]) -> tp.Iterator[Finished]:
+    """Yield each utterance as it finishes. Waiting utterances take free slots at every block
+    boundary, in order."""
+    pending = iter(requests)
+    b, r, mask_id = self.rows, self.gen_length, self.config.lm.mask_id
+    prefix = None  # [B, P, D], shaped by the first newcomers' embeddings
+    # Idle slots hold an EOS response: `_run` leaves them done without a forward of their own.
+    eos = self.config.lm.eos_id
+    tokens = jnp.full((b, r), eos, jnp.int32)
+    count = block = jnp.zeros((b,), jnp.int32)
+    keys = self._keys([0] * b)
+    owner: list[tuple[str, float] | None] = [None] * b
+    blocks = np.zeros(b, int)
+    start, exhausted = time.perf_counter(), False
+    self.advances = 0
+    while True:
+      free = [i for i in range(b) if owner[i] is None]
+      new = []
+      while free and not exhausted:
+        item = next(pending, None)
+        if item is None:
+          exhausted = True
+          break
+        new.append((free.pop(0), item))
+      if new:
+        enc = self._encode(np.stack([_fit(a, self.samples) for _, (_, a, _) in new]))
+        if prefix is None:
+          prefix = jnp.zeros((b, *enc.shape[1:]), enc.dtype)
+        slots = np.full(enc.shape[0], -1, np.int32)
+        slots[: len(new)] = [i for i, _ in new]
+        seeds = [s for _, (_, _, s) in new] + [0] * (enc.shape[0] - len(new))
+        prefix, tokens, block, count, keys = _place(
+            prefix, tokens, block, count, keys, jnp.asarray(slots), enc, self._keys(seeds),
+            mask_id)
+        now = time.perf_counter() - start
+        for i, (utt, _, _) in new:
+          owner[i], blocks[i] = (utt, now), 0
+      if all(o is None for o in owner):
+        return
+      self.advances += 1
+      tokens, block, count, done = _advance(self.graphdef, self.state, prefix, tokens, block,
+                                            count, keys, sched=self.sched)
+      done = np.asarray(done)
+      now = time.perf_counter() - start
+      out = None
+      for i in range(b):
+        if owner[i] is None:
+          continue
+        blocks[i] += 1
+        if done[i]:
+          out = np.asarray(tokens) if out is None else out
+          utt, admitted = owner[i]
+          owner[i] = None
+          yield Finished(utt, out[i].copy(), int(blocks[i]), admitted, now)
+      if any(o is None for o in owner):  # freed slots: idle until a newcomer takes them
+        idle = np.asarray([o is None for o in owner])
+        tokens = jnp.where(jnp.asarray(idle)[:, None], eos, tokens)
+
+
+def _fit(audio: np.ndarray, samples: int) -> np.ndarray:
+  out = np.zeros(samples, np.float32)
+  audio = np.asarray(audio, np.float32)[:samples]
+  out[: len(audio)] = audio
+  return out
