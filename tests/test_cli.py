@@ -60,6 +60,8 @@ def test_every_decoding_option_of_eval_is_the_commands_with_the_same_meaning(mod
     (["--model", "w=CKPT_W", "--mask-ratio", "0.5"], "--mask-ratio: only with --cascade"),
     (["--model", "w=CKPT_W", "--max-batch", "0"], "--max-batch 0: expected > 0"),
     (["--model", "w=CKPT_W", "--mesh", "64,1,1"], "--mesh / --max-batch"),
+    (["--model", "w=CKPT_W", "--schedule", "block"],
+     "--schedule block: no --model is a Whisper-LLaDA"),
 ])
 def test_serve_usage_errors_exit_2_naming_the_option(argv, words, eval_checkpoints, capsys):
   argv = [a.replace("CKPT_W", str(eval_checkpoints["models"]["whisper"])) for a in argv]

@@ -70,6 +70,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   g.add_argument("--max-wait-ms", type=float, default=10.0,
                  help="how long a window waits for others to fill its batch (default: "
                       "%(default)s)")
+  g.add_argument("--schedule", choices=("batch", "block"), default="batch",
+                 help="batch: each compiled batch runs to its end (every model); block: each "
+                      "Whisper-LLaDA served on its own (--strategy semi_ar / diffusion) runs "
+                      "--max-batch slots fed at block boundaries: a finished window leaves after "
+                      "its block and a waiting one takes the slot, same transcripts (default: "
+                      "%(default)s; docs/serve.md)")
   g.add_argument("--max-queue", type=int, default=256,
                  help="requests in flight before new ones get 503 (default: %(default)s)")
   g.add_argument("--max-upload-mb", type=float, default=25.0,
@@ -119,6 +125,9 @@ def plan(args: argparse.Namespace) -> dict[str, tp.Any]:
   if not cascades and options.given(args, options.DELIBERATION_OPTIONS):
     raise UsageError(f"{', '.join(options.given(args, options.DELIBERATION_OPTIONS))}: only "
                      f"with --cascade")
+  if args.schedule == "block" and not any(k == "whisper_llada" for k, _, _ in models.values()):
+    raise UsageError("--schedule block: no --model is a Whisper-LLaDA to decode on its own "
+                     "(Whisper, Whisper-LLaMA and cascades are scheduled by batch)")
   return {"models": models, "cascades": cascades,
           "deliberation": options.llada_settings(args, "deliberation") if cascades else None}
 
@@ -153,7 +162,15 @@ def build(args: argparse.Namespace, what: dict):
     raise UsageError(str(e)) from e
   except ValueError as e:  # a stride leaving no step
     raise UsageError(f"--chunk-stride {stride}: {e}") from e
-  return Engine(cascades, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue), served
+  slots = {}
+  for name, (kind, _, _) in what["models"].items() if args.schedule == "block" else ():
+    if kind == "whisper_llada":
+      try:
+        slots[name] = opened[name].slot_decoder()
+      except ValueError as e:
+        raise UsageError(f"--schedule block: --model {name}: {e}") from e
+  return Engine(cascades, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                slots=slots), served
 
 
 def run(args: argparse.Namespace) -> int:

@@ -89,16 +89,17 @@ def _place(prefix, tokens, block, count, keys, slots, new_prefix, new_keys, mask
 
 @dataclasses.dataclass
 class Finished:
-  id: str
+  id: tp.Any  # what `admit` was given for the row (an utterance id, a server's window)
   tokens: np.ndarray  # [R] int32
   blocks: int  # blocks this row took
-  admitted_s: float  # seconds from `run`'s start
+  admitted_s: float  # seconds from the decoder's creation (or `run`'s start)
   finished_s: float
 
 
 class SlotDecoder:
   """`rows` slots over a Whisper-LLaDA (`graphdef`, `state` from `nnx.split`), fed one block at a
-  time. `run(requests)` decodes an iterable of (id, audio [S] float32, seed) in arrival order."""
+  time: `admit` newcomers into free slots, `step` one block, which returns the rows it finished.
+  `run(requests)` drives both over an iterable of (id, audio [S] float32, seed) in order."""
 
   def __init__(self, graphdef, state, config, prompt: np.ndarray, settings: DiffusionSettings,
                *, rows: int, mel_frames: int, seed: int = 0):
@@ -109,6 +110,32 @@ class SlotDecoder:
     self.samples = mel_frames * features.HOP
     self.gen_length = int(settings.gen_length)
     self.sizes = [1 << i for i in range(rows.bit_length()) if 1 << i < rows] + [rows]
+    self.reset()
+
+  def reset(self) -> None:
+    """Empty every slot (after a failed step: its rows are lost, the decoder goes on)."""
+    b = self.rows
+    self._prefix = None  # [B, P, D], shaped by the first newcomers' embeddings
+    # Idle slots hold an EOS response: `_run` leaves them done without a forward of their own.
+    self._tokens = jnp.full((b, self.gen_length), self.config.lm.eos_id, jnp.int32)
+    self._block = self._count = jnp.zeros((b,), jnp.int32)
+    self._keys = self._row_keys([0] * b)
+    self._owner: list[tuple[tp.Any, float] | None] = [None] * b
+    self._blocks = [0] * b
+    self._start = time.perf_counter()
+    self.advances = 0  # `step` calls since
+
+  def owners(self) -> list[tp.Any]:
+    """The ids of the rows in the slots now."""
+    return [o[0] for o in self._owner if o is not None]
+
+  @property
+  def free(self) -> int:
+    return sum(o is None for o in self._owner)
+
+  @property
+  def busy(self) -> int:
+    return self.rows - self.free
 
   def _encode(self, audio: np.ndarray):
     n = next(s for s in self.sizes if s >= len(audio))
@@ -118,77 +145,80 @@ class SlotDecoder:
                    jnp.asarray(np.repeat(self.prompt, n, 0)), n_mels=self.config.whisper.n_mels,
                    frames=self.frames)
 
-  def _keys(self, seeds: list[int]):
+  def _row_keys(self, seeds: list[int]):
     return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(self.seed), s))(
         jnp.asarray(seeds, jnp.int32))
 
-  def warm_up(self) -> None:
-    """Compile every program `run` may call (each encoder size, the block step)."""
-    for n in self.sizes:
-      self._run_once([(f"warm{i}", np.zeros(self.samples // 2, np.float32), 0)
-                      for i in range(n)])
+  def admit(self, items: tp.Sequence[tuple[tp.Any, np.ndarray, int]]) -> None:
+    """(id, audio [S] float32 16 kHz, seed) per newcomer, at most `free` of them: each takes a
+    free slot and starts at its first block with the next `step`. Audio past the decoder's
+    window is cut (a server cuts long files into windows first)."""
+    if len(items) > self.free:
+      raise ValueError(f"SlotDecoder.admit: {len(items)} rows for {self.free} free slots")
+    if not items:
+      return
+    enc = self._encode(np.stack([_fit(a, self.samples) for _, a, _ in items]))
+    if self._prefix is None:
+      self._prefix = jnp.zeros((self.rows, *enc.shape[1:]), enc.dtype)
+    free = [i for i, o in enumerate(self._owner) if o is None]
+    slots = np.full(enc.shape[0], -1, np.int32)
+    slots[: len(items)] = free[: len(items)]
+    seeds = [int(s) for _, _, s in items] + [0] * (enc.shape[0] - len(items))
+    self._prefix, self._tokens, self._block, self._count, self._keys = _place(
+        self._prefix, self._tokens, self._block, self._count, self._keys, jnp.asarray(slots), enc,
+        self._row_keys(seeds), self.config.lm.mask_id)
+    now = time.perf_counter() - self._start
+    for slot, (ident, _, _) in zip(free, items):
+      self._owner[slot], self._blocks[slot] = (ident, now), 0
 
-  def _run_once(self, requests):
-    for _ in self.run(iter(requests)):
-      pass
+  def step(self) -> list[Finished]:
+    """One block for every busy slot; the rows that are done leave (their slots are free)."""
+    if not self.busy:
+      return []
+    self.advances += 1
+    self._tokens, self._block, self._count, done = _advance(
+        self.graphdef, self.state, self._prefix, self._tokens, self._block, self._count,
+        self._keys, sched=self.sched)
+    done = np.asarray(done)
+    now = time.perf_counter() - self._start
+    out, tokens = [], None
+    for i, owner in enumerate(self._owner):
+      if owner is None:
+        continue
+      self._blocks[i] += 1
+      if done[i]:
+        tokens = np.asarray(self._tokens) if tokens is None else tokens
+        out.append(Finished(owner[0], tokens[i].copy(), self._blocks[i], owner[1], now))
+        self._owner[i] = None
+    if out:  # freed slots idle (EOS rows) until a newcomer takes them
+      idle = jnp.asarray([o is None for o in self._owner])
+      self._tokens = jnp.where(idle[:, None], self.config.lm.eos_id, self._tokens)
+    return out
 
-  def run(self, requests: tp.Iterable[tuple[str, np.ndarray, int]]) -> tp.Iterator[Finished]:
+  def run(self, requests: tp.Iterable[tuple[tp.Any, np.ndarray, int]]) -> tp.Iterator[Finished]:
     """Yield each utterance as it finishes. Waiting utterances take free slots at every block
     boundary, in order."""
-    pending = iter(requests)
-    b, r, mask_id = self.rows, self.gen_length, self.config.lm.mask_id
-    prefix = None  # [B, P, D], shaped by the first newcomers' embeddings
-    # Idle slots hold an EOS response: `_run` leaves them done without a forward of their own.
-    eos = self.config.lm.eos_id
-    tokens = jnp.full((b, r), eos, jnp.int32)
-    count = block = jnp.zeros((b,), jnp.int32)
-    keys = self._keys([0] * b)
-    owner: list[tuple[str, float] | None] = [None] * b
-    blocks = np.zeros(b, int)
-    start, exhausted = time.perf_counter(), False
-    self.advances = 0
+    pending, exhausted = iter(requests), False
+    self.reset()
     while True:
-      free = [i for i in range(b) if owner[i] is None]
       new = []
-      while free and not exhausted:
+      while len(new) < self.free and not exhausted:
         item = next(pending, None)
         if item is None:
           exhausted = True
-          break
-        new.append((free.pop(0), item))
-      if new:
-        enc = self._encode(np.stack([_fit(a, self.samples) for _, (_, a, _) in new]))
-        if prefix is None:
-          prefix = jnp.zeros((b, *enc.shape[1:]), enc.dtype)
-        slots = np.full(enc.shape[0], -1, np.int32)
-        slots[: len(new)] = [i for i, _ in new]
-        seeds = [s for _, (_, _, s) in new] + [0] * (enc.shape[0] - len(new))
-        prefix, tokens, block, count, keys = _place(
-            prefix, tokens, block, count, keys, jnp.asarray(slots), enc, self._keys(seeds),
-            mask_id)
-        now = time.perf_counter() - start
-        for i, (utt, _, _) in new:
-          owner[i], blocks[i] = (utt, now), 0
-      if all(o is None for o in owner):
+        else:
+          new.append(item)
+      self.admit(new)
+      if not self.busy:
         return
-      self.advances += 1
-      tokens, block, count, done = _advance(self.graphdef, self.state, prefix, tokens, block,
-                                            count, keys, sched=self.sched)
-      done = np.asarray(done)
-      now = time.perf_counter() - start
-      out = None
-      for i in range(b):
-        if owner[i] is None:
-          continue
-        blocks[i] += 1
-        if done[i]:
-          out = np.asarray(tokens) if out is None else out
-          utt, admitted = owner[i]
-          owner[i] = None
-          yield Finished(utt, out[i].copy(), int(blocks[i]), admitted, now)
-      if any(o is None for o in owner):  # freed slots: idle until a newcomer takes them
-        idle = np.asarray([o is None for o in owner])
-        tokens = jnp.where(jnp.asarray(idle)[:, None], eos, tokens)
+      yield from self.step()
+
+  def warm_up(self) -> None:
+    """Compile every program `run` / `step` may call (each encoder size, the block step)."""
+    for n in self.sizes:
+      for _ in self.run([(i, np.zeros(self.samples // 2, np.float32), 0) for i in range(n)]):
+        pass
+    self.reset()
 
 
 def _fit(audio: np.ndarray, samples: int) -> np.ndarray:

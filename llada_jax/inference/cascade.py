@@ -120,19 +120,26 @@ class Queues:
         del self._queues[key]
     return dropped
 
-  def full(self, size: int | tp.Callable[[tp.Hashable], int]) -> tp.Hashable | None:
-    """A key with at least `size` (of the key) items, the one whose oldest came first; or None."""
+  def keys(self) -> list[tp.Hashable]:
+    return list(self._queues)
+
+  def full(self, size: int | tp.Callable[[tp.Hashable], int],
+           among: tp.Callable[[tp.Hashable], bool] = lambda k: True) -> tp.Hashable | None:
+    """A key (of those `among` accepts) with at least `size` (of the key) items, the one whose
+    oldest came first; or None."""
     at = size if callable(size) else (lambda k: size)
-    keys = [k for k, q in self._queues.items() if len(q) >= at(k)]
+    keys = [k for k, q in self._queues.items() if among(k) and len(q) >= at(k)]
     return min(keys, key=lambda k: self._queues[k][0][1]) if keys else None
 
-  def first(self, rank: tp.Callable[[tp.Hashable], tp.Any] = lambda k: 0
+  def first(self, rank: tp.Callable[[tp.Hashable], tp.Any] = lambda k: 0,
+            among: tp.Callable[[tp.Hashable], bool] = lambda k: True
             ) -> tuple[tp.Hashable, float] | None:
-    """(key, arrival time of its oldest item) of the queue to run next when none is full: the
-    lowest `rank`, then the oldest; None when empty."""
-    if not self._queues:
+    """(key, arrival time of its oldest item) of the queue to run next when none is full, of
+    those `among` accepts: the lowest `rank`, then the oldest; None when there is none."""
+    keys = [k for k in self._queues if among(k)]
+    if not keys:
       return None
-    key = min(self._queues, key=lambda k: (rank(k), self._queues[k][0][1]))
+    key = min(keys, key=lambda k: (rank(k), self._queues[k][0][1]))
     return key, self._queues[key][0][0]
 
 
@@ -192,21 +199,28 @@ class Cascade:
   def run(self, windows: list[Window]) -> tuple[list[Window], list[Job]]:
     """One batch of windows of one key (at most `batch_size`) through their pass: (the windows
     that go on to deliberation, the jobs this batch finished; `result` gives their results)."""
-    stage = windows[0].stage
-    results = self._pass(self.stages[stage], windows)
+    results = self._pass(self.stages[windows[0].stage], windows)
     onward, done = [], []
     for w, r in zip(windows, results):
-      if stage == 0:
-        w.job.first[w.k] = r
-      if stage + 1 < len(self.stages) and not isinstance(r, Exception):
-        w.stage, w.hypothesis = stage + 1, r[0]
+      goes_on, job = self.record(w, r)
+      if goes_on:
         onward.append(w)
-        continue
-      w.job.final[w.k] = r
-      w.job.left -= 1
-      if not w.job.left:
-        done.append(w.job)
+      elif job is not None:
+        done.append(job)
     return onward, done
+
+  def record(self, w: Window, r: Result | Exception) -> tuple[bool, Job | None]:
+    """A window's result from its pass → (whether it goes on to deliberation, its job if that
+    was the job's last window)."""
+    stage = w.stage
+    if stage == 0:
+      w.job.first[w.k] = r
+    if stage + 1 < len(self.stages) and not isinstance(r, Exception):
+      w.stage, w.hypothesis = stage + 1, r[0]
+      return True, None
+    w.job.final[w.k] = r
+    w.job.left -= 1
+    return False, None if w.job.left else w.job
 
   def result(self, job: Job) -> FileResult:
     windows, delib = len(job.first), self.deliberation is not None

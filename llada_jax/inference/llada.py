@@ -27,6 +27,7 @@ from flax import nnx
 
 from llada_jax import decoding
 from llada_jax.data.audio import SAMPLE_RATE
+from llada_jax.decoding.slots import SlotDecoder
 from llada_jax.inference.batch import AudioBatch
 from llada_jax.inference.errors import ModelError, UtteranceError
 from llada_jax.inference.transcriber import TOO_LONG, Result, Transcriber
@@ -115,6 +116,12 @@ class LLaDASettings:
     return cls(decoding=by_strategy[strategy], **fields)
 
 
+def utterance_seed(utterance_id: str) -> int:
+  """The key of an utterance's random streams (random masking / remasking, temperature): from
+  its id, so they do not depend on the batch or the slot it is decoded in."""
+  return zlib.crc32(str(utterance_id).encode()) & 0x7FFFFFFF
+
+
 class LLaDATranscriber(Transcriber):
   max_seconds: float | None = 30.0
 
@@ -192,7 +199,7 @@ class LLaDATranscriber(Transcriber):
 
   def _seeds(self, batch: AudioBatch) -> np.ndarray:
     # Per-utterance keys (from the id), so random modes do not depend on batch composition.
-    return np.asarray([zlib.crc32(str(i).encode()) & 0x7FFFFFFF for i in batch.ids], np.int32)
+    return np.asarray([utterance_seed(i) for i in batch.ids], np.int32)
 
   def _gen_length(self, batch: AudioBatch, multiple_of: int = 1) -> int:
     if not self.settings.adaptive_length:
@@ -243,6 +250,31 @@ class LLaDATranscriber(Transcriber):
     for n in range(HOP, window + 1, HOP):  # each gen-length bucket that audio of a window reaches
       out.setdefault(self.batch_key(n), (n, None))
     return list(out.values())
+
+  # -- block-boundary scheduling (a server's `--schedule block`) ---------------------------------
+
+  def slot_decoder(self) -> SlotDecoder:
+    """This transcriber's standalone decoding with `batch_size` slots fed at block boundaries
+    (`decoding.slots`): a row's tokens are what `transcribe` gives it. ValueError naming the
+    setting where that is not possible."""
+    s, d = self.settings, self.settings.decoding
+    if s.strategy not in ("diffusion", "semi_ar"):
+      raise ValueError(f"block scheduling runs standalone diffusion / semi-AR decoding, not "
+                       f"LLaDASettings.strategy={s.strategy!r}")
+    if s.adaptive_length:
+      raise ValueError("block scheduling needs one response length: LLaDASettings."
+                       "adaptive_length must be off")
+    if self.placement.mesh.size != 1:
+      raise ValueError(f"block scheduling runs on one device; this transcriber's mesh is "
+                       f"{dict(self.placement.mesh.shape)}")
+    settings = dataclasses.replace(d, gen_length=self.gen_length, steps=self.steps,
+                                   block_length=d.block_length or self.gen_length)
+    return SlotDecoder(self._graphdef, self._state, self.config, self.prompt, settings,
+                       rows=self.batch_size, mel_frames=self.mel_frames, seed=s.seed)
+
+  def text_of(self, tokens: np.ndarray) -> Result:
+    """A `slot_decoder` row's response tokens → its result, as `transcribe` gives it."""
+    return self._texts(np.asarray(tokens)[None])[0]
 
   def _texts(self, ids) -> list[Result]:
     eos = self.config.lm.eos_id

@@ -11,6 +11,13 @@ next instead of two half-full batches taking turns; padding rows fill the rest o
 batch. Every shape a model can run is compiled by `warm_up` before the server says it is
 ready. A batch that raises fails the requests it carried (their futures get the exception) and
 the thread goes on.
+
+A model given a `SlotDecoder` (`--schedule block`: standalone semi-AR / diffusion decoding) is
+scheduled at block boundaries instead: its windows take free slots at once, each turn runs one
+block for every busy slot, and a window leaves as soon as its EOS block is done, so a short
+utterance is not held for the longest one of its batch and a newcomer does not wait for the batch
+to end (benchmarks/RESULTS.md). A row's tokens are those of the whole-batch path. While both kinds
+of model have work, turns alternate between them.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import typing as tp
 
 import numpy as np
 
+from llada_jax.decoding.slots import SlotDecoder
 from llada_jax.inference.cascade import Cascade, Job, Queues, Window
+from llada_jax.inference.llada import utterance_seed
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +76,17 @@ class Engine:
   """Requests → `FileResult`s through the served cascades (see the module docstring)."""
 
   def __init__(self, models: tp.Mapping[str, Cascade], *, max_wait_ms: float = 10.0,
-               max_queue: int = 256, observer: Observer | None = None):
+               max_queue: int = 256, observer: Observer | None = None,
+               slots: tp.Mapping[str, SlotDecoder] | None = None):
     if not models:
       raise ValueError("Engine: no model to serve")
     self.models = dict(models)
+    self.slots = dict(slots or {})  # model → its block-boundary scheduler
+    for name in self.slots:
+      if name not in self.models or self.models[name].deliberation is not None:
+        raise ValueError(f"Engine: slots for {name!r}: expected a served model without "
+                         f"deliberation")
+    self._slot_turn = False  # alternates block turns with batches while both have work
     self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
     self.max_queue = int(max_queue)
     self.observer = observer or _Silent()
@@ -90,6 +106,11 @@ class Engine:
     several models compiles once."""
     start, done = time.perf_counter(), set()
     for name, cascade in self.models.items():
+      if name in self.slots:
+        self.slots[name].warm_up()
+        log.info("%s: block-scheduled %s ready, %d slots", name, cascade.first.name,
+                 self.slots[name].rows)
+        continue
       for stage, (t, shapes) in enumerate(zip(cascade.stages, cascade.warm_up(done))):
         log.info("%s: pass %d (%s) ready, %d shape(s)", name, stage + 1, t.name, shapes)
     self.compile_seconds = time.perf_counter() - start
@@ -154,15 +175,38 @@ class Engine:
   def _report(self) -> None:
     self.observer.depth(len(self._queues), len(self._tickets))
 
-  def _next(self) -> tuple[str, list[Window]] | None:
-    """The batch to run now, waiting until one is due; None when stopped and drained."""
+  def _slot_work(self) -> tuple[str, list[Window]] | None:
+    """A block-scheduled model with work (busy slots or windows waiting) and the windows that
+    take its free slots now; None if there is none. (Under the lock.)"""
+    for model, dec in self.slots.items():
+      keys = [k for k in self._queues.keys() if k[0] == model]
+      if dec.busy or keys:
+        windows: list[Window] = []
+        for k in keys:
+          windows += self._queues.take(k, dec.free - len(windows))
+        return model, windows
+    return None
+
+  def _next(self) -> tuple[str, list[Window], bool] | None:
+    """What to run now, waiting until something is due: (model, windows, whether it is a block
+    turn of a block-scheduled model); None when stopped and drained."""
     size = lambda key: self.models[key[0]].batch_size  # noqa: E731
+    batched = lambda key: key[0] not in self.slots  # noqa: E731
     with self._cond:
       while True:
-        key = self._queues.full(size)
+        blocks = self._slot_work() if self._slot_turn or not self._queues.first(
+            among=batched) else None
+        self._slot_turn = not self._slot_turn
+        if blocks is not None:
+          self._report()
+          return *blocks, True
+        key = self._queues.full(size, among=batched)
         if key is None:
-          head = self._queues.first()
+          head = self._queues.first(among=batched)
           if head is None:
+            if any(d.busy for d in self.slots.values()) or any(
+                k[0] in self.slots for k in self._queues.keys()):
+              continue  # only block turns are left
             if self._stopping:
               return None
             self._cond.wait()
@@ -176,11 +220,14 @@ class Engine:
             continue
         windows = self._queues.take(key, size(key))
         self._report()
-        return key[0], windows
+        return key[0], windows, False
 
   def _loop(self) -> None:
     while (item := self._next()) is not None:
-      model, windows = item
+      model, windows, block_turn = item
+      if block_turn:
+        self._block(model, windows)
+        continue
       cascade, stage = self.models[model], windows[0].stage
       start = time.perf_counter()
       try:
@@ -204,6 +251,37 @@ class Engine:
       for ticket, result in zip(finished, results):
         if ticket is not None and not ticket.future.done():
           ticket.future.set_result(result)
+
+  def _block(self, model: str, newcomers: list[Window]) -> None:
+    """One block turn of a block-scheduled model: `newcomers` take free slots, every busy slot
+    runs one block, the windows that are done finish (their jobs, when it was the last)."""
+    dec, cascade = self.slots[model], self.models[model]
+    t = cascade.first
+    start = time.perf_counter()
+    try:
+      dec.admit([(w, w.audio, utterance_seed(w.id)) for w in newcomers])
+      rows = dec.busy
+      finished = [(f.id, t.text_of(f.tokens)) for f in dec.step()]
+    except Exception as e:  # noqa: BLE001 (the rows in the slots fail; the decoder starts empty)
+      log.exception("%s: a block step of %d row(s) failed", model, dec.busy)
+      windows = list({id(w): w for w in [*dec.owners(), *newcomers]}.values())
+      dec.reset()
+      self._fail(windows, e)
+      self._idle_since = time.monotonic()
+      return
+    self.observer.batch(model, 0, rows, dec.rows, time.perf_counter() - start)
+    done_jobs = []
+    with self._cond:
+      self._idle_since = time.monotonic()
+      for w, result in finished:
+        _, job = cascade.record(w, result)
+        if job is not None:
+          done_jobs.append(job)
+      tickets = [self._tickets.pop(id(job), None) for job in done_jobs]
+      self._report()
+    for ticket, job in zip(tickets, done_jobs):
+      if ticket is not None and not ticket.future.done():
+        ticket.future.set_result(cascade.result(job))
 
   def _fail(self, windows: list[Window], error: Exception) -> None:
     with self._cond:
