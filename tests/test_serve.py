@@ -339,3 +339,33 @@ def _post_plain(server, path: Path):
   with open(path, "rb") as fh:
     return requests.post(server.url + "/v1/audio/transcriptions",
                          files={"file": (path.name, fh)}, data={"model": "llada"}, timeout=300)
+
+
+BLOCKS = [*LLADA, "--strategy", "semi_ar", "--block-length", "4"]
+
+
+def test_block_schedule_streams_deltas_and_answers_as_transcribe(eval_checkpoints, clips,
+                                                                 tmp_path):
+  """`--schedule block`: the official client's `stream=True` gets `transcript.text.delta` events
+  as blocks complete words, then the whole text; streamed, plain and 8 concurrent requests all
+  answer what `llada-jax transcribe` writes with the same decoding options."""
+  llada = str(eval_checkpoints["models"]["llada"])
+  files = clips[:8]
+  want = transcribe_cli(tmp_path, files, "--checkpoint", llada, *BLOCKS)
+  with Server(["--model", f"llada={llada}", "--schedule", "block", "--max-batch", str(BATCH),
+               *BLOCKS], tmp_path / "serve") as s:
+    client = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0, timeout=300)
+    deltas = {}
+    for f in files[:3]:
+      with open(f, "rb") as fh:
+        events = list(client.audio.transcriptions.create(model="llada", file=fh, stream=True))
+      assert [e.type for e in events][-1] == "transcript.text.done"
+      assert {e.type for e in events[:-1]} <= {"transcript.text.delta"}
+      deltas[f] = [e.delta for e in events[:-1]]
+      assert "".join(deltas[f]) == events[-1].text == want[str(f)], f
+    assert max(len(d) for d in deltas.values()) > 1, deltas  # the text came in pieces
+    with concurrent.futures.ThreadPoolExecutor(len(files)) as pool:
+      burst = list(pool.map(lambda f: _post(s, f, "llada"), files))
+    assert [r.json()["text"] for r in burst] == [want[str(f)] for f in files]
+    bad = _post(s, files[0], "llada", stream="true", response_format="srt")
+    assert bad.status_code == 400 and "does not stream" in bad.json()["error"]["message"]

@@ -125,6 +125,17 @@ class SlotDecoder:
     self._start = time.perf_counter()
     self.advances = 0  # `step` calls since
 
+  def committed(self) -> list[tuple[tp.Any, np.ndarray]]:
+    """(id, the committed start of its response) for every busy row: its tokens up to the first
+    position still masked. Committed tokens never change (no remasking), so this only grows."""
+    tokens, mask = np.asarray(self._tokens), self.config.lm.mask_id
+    out = []
+    for i, owner in enumerate(self._owner):
+      if owner is not None:
+        masked = np.flatnonzero(tokens[i] == mask)
+        out.append((owner[0], tokens[i, : masked[0] if masked.size else tokens.shape[1]]))
+    return out
+
   def owners(self) -> list[tp.Any]:
     """The ids of the rows in the slots now."""
     return [o[0] for o in self._owner if o is not None]

@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hmac
+import json
 import logging
 import os
 import re
@@ -32,7 +33,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from llada_jax.data.audio import SAMPLE_RATE, AudioError, load_audio
@@ -147,7 +148,7 @@ def create_app(engine: Engine, models: tp.Sequence[ServedModel], *, limits: Limi
                         headers={"Retry-After": "5"})
       form = await _form(request)
       try:
-        model, fmt, language = _check(form, served)
+        model, fmt, language, stream = _check(form, served, set(engine.slots))
         upload = form["file"]
         path = await asyncio.to_thread(_save, upload, temp)
       finally:
@@ -161,6 +162,13 @@ def create_app(engine: Engine, models: tp.Sequence[ServedModel], *, limits: Limi
         raise HTTPError(413, f"file: {seconds:.1f} s of audio is over the server's limit of "
                              f"{limits.max_audio_seconds:g} s", param="file")
       t0 = time.perf_counter()
+      if stream:
+        status = 200
+        return StreamingResponse(
+            _stream(request, engine, model, audio, upload.filename or "file", limits,
+                    lambda: (metrics.latency.labels(model).observe(time.perf_counter() - t0),
+                             metrics.audio.labels(model).observe(seconds))),
+            media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
       result = await _wait(request, engine, model, audio, upload.filename or "file", limits)
       if result is None:
         status = 499  # the client left; nobody reads this response
@@ -250,8 +258,10 @@ async def _form(request: Request):
     raise HTTPError(400, f"unreadable multipart body: {e}") from e
 
 
-def _check(form, served: tp.Mapping[str, ServedModel]) -> tuple[str, str, str | None]:
-  """(model, response_format, language) of a request, or the HTTPError naming what is wrong."""
+def _check(form, served: tp.Mapping[str, ServedModel], streams: tp.Collection[str] = ()
+           ) -> tuple[str, str, str | None, bool]:
+  """(model, response_format, language, stream) of a request, or the HTTPError naming what is
+  wrong. `streams`: the models that can stream (block-scheduled)."""
   unknown = sorted(set(form.keys()) - set(FIELDS))
   if unknown:
     raise HTTPError(400, f"{unknown[0]}: not a field of this API (fields: {', '.join(FIELDS)})",
@@ -292,15 +302,24 @@ def _check(form, served: tp.Mapping[str, ServedModel]) -> tuple[str, str, str | 
       if value != "segment":
         raise HTTPError(400, f"{name} {value!r}: only 'segment' timestamps (the windows of long "
                              f"audio)", param=name)
-  if (form.get("stream") or "false").lower() not in ("false", "0"):
-    raise HTTPError(400, "stream: not supported (the transcript comes whole)", param="stream")
+  stream = (form.get("stream") or "false").lower()
+  if stream not in ("false", "0", "true", "1"):
+    raise HTTPError(400, f"stream {stream!r}: expected true or false", param="stream")
+  stream_on = stream in ("true", "1")
+  if stream_on and model not in streams:
+    raise HTTPError(400, f"stream: model {model!r} gives its transcript whole; only a "
+                         f"Whisper-LLaDA served with --schedule block streams it block by block",
+                    param="stream")
+  if stream_on and fmt not in ("json", "text"):
+    raise HTTPError(400, f"stream: response_format {fmt!r} does not stream (json or text)",
+                    param="response_format")
   if form.get("chunking_strategy") not in (None, "", "auto"):
     raise HTTPError(400, f"chunking_strategy {form.get('chunking_strategy')!r}: only 'auto' "
                          f"(the server's own windows)", param="chunking_strategy")
   for name in ("include[]", "include"):
     if form.getlist(name):
       raise HTTPError(400, f"{name}: not supported (no logprobs)", param=name)
-  return model, fmt, language
+  return model, fmt, language, stream_on
 
 
 
@@ -323,6 +342,62 @@ def _decode(path: Path, filename: str):
   except AudioError as e:
     # the message names our temporary file: name the client's instead
     raise HTTPError(400, f"file {str(e).replace(str(path), filename)}", param="file") from None
+
+
+def _event(kind: str, **fields) -> bytes:
+  return f"data: {json.dumps({'type': kind, **fields})}\n\n".encode()
+
+
+async def _stream(request: Request, engine: Engine, model: str, audio, name: str,
+                  limits: Limits, on_done: tp.Callable[[], tp.Any]):
+  """The OpenAI transcription stream: a `transcript.text.delta` event per block that completes
+  words (a partial last word waits for the next block), then `transcript.text.done` with the
+  whole text; a failure is an `error` event. A client that leaves frees its row."""
+  loop = asyncio.get_running_loop()
+  texts: asyncio.Queue = asyncio.Queue()
+  try:
+    ticket = engine.submit(model, audio, name,
+                           on_text=lambda t: loop.call_soon_threadsafe(texts.put_nowait, t))
+  except (QueueFull, Stopped) as e:
+    yield _event("error", error={"message": str(e), "type": "server_error"})
+    return
+  waiting = asyncio.wrap_future(ticket.future)
+  sent = ""
+  try:
+    while not waiting.done():
+      getter = asyncio.ensure_future(texts.get())
+      done, _ = await asyncio.wait({waiting, getter}, timeout=limits.poll_seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)
+      if getter in done:
+        partial = getter.result()
+        words = partial[: partial.rfind(" ") + 1]  # whole words: the last may still grow
+        if words.startswith(sent) and len(words) > len(sent):
+          yield _event("transcript.text.delta", delta=words[len(sent):])
+          sent = words
+      else:
+        getter.cancel()
+      if not done and await request.is_disconnected():
+        return
+    try:
+      result = waiting.result()
+    except Exception as e:  # noqa: BLE001 (its block failed: this stream ends, the server goes on)
+      error_id = uuid.uuid4().hex[:12]
+      log.error("request %s (model %s) failed in its block: %s: %s", error_id, model,
+                type(e).__name__, e)
+      yield _event("error", error={"message": f"transcription failed (error id {error_id}, in "
+                                             f"the server's log)", "type": "server_error"})
+      return
+    if result.error is not None:
+      yield _event("error", error={"message": f"file {name}: {result.error}",
+                                   "type": "invalid_request_error"})
+      return
+    on_done()
+    if result.text.startswith(sent) and len(result.text) > len(sent):
+      yield _event("transcript.text.delta", delta=result.text[len(sent):])
+    yield _event("transcript.text.done", text=result.text)
+  finally:
+    if not ticket.future.done():
+      engine.cancel(ticket)
 
 
 async def _wait(request: Request, engine: Engine, model: str, audio, name: str, limits: Limits):

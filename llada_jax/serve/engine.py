@@ -54,6 +54,9 @@ class Ticket:
   job: Job
   future: concurrent.futures.Future  # FileResult, or the exception of a failed batch
   arrived: float
+  # Block-scheduled models: called (on the engine's thread) with the text committed so far
+  # after each block, for a one-window request.
+  on_text: tp.Callable[[str], None] | None = None
 
 
 class Observer(tp.Protocol):
@@ -134,10 +137,14 @@ class Engine:
 
   # -- requests ----------------------------------------------------------------------------------
 
-  def submit(self, model: str, audio: np.ndarray, name: str = "audio") -> Ticket:
+  def submit(self, model: str, audio: np.ndarray, name: str = "audio",
+             on_text: tp.Callable[[str], None] | None = None) -> Ticket:
     """Queue one file's audio (float32 [n], 16 kHz) for `model`; KeyError for a model not
-    served, QueueFull / Stopped when it cannot take more."""
+    served, QueueFull / Stopped when it cannot take more. `on_text`: see `Ticket` (ValueError
+    for a model that is not block-scheduled)."""
     cascade = self.models[model]
+    if on_text is not None and model not in self.slots:
+      raise ValueError(f"{model}: partial texts come from block-scheduled models only")
     windows = cascade.start(0, name, audio)
     with self._cond:
       if self._stopping:
@@ -145,7 +152,7 @@ class Engine:
       if len(self._tickets) >= self.max_queue:
         raise QueueFull(f"{len(self._tickets)} requests in flight (the server's max_queue)")
       now = time.monotonic()
-      ticket = Ticket(model, windows[0].job, concurrent.futures.Future(), now)
+      ticket = Ticket(model, windows[0].job, concurrent.futures.Future(), now, on_text)
       ticket.future.set_running_or_notify_cancel()
       self._tickets[id(ticket.job)] = ticket
       for w in windows:
@@ -270,6 +277,7 @@ class Engine:
       self._idle_since = time.monotonic()
       return
     self.observer.batch(model, 0, rows, dec.rows, time.perf_counter() - start)
+    self._partial(dec, t)
     done_jobs = []
     with self._cond:
       self._idle_since = time.monotonic()
@@ -282,6 +290,18 @@ class Engine:
     for ticket, job in zip(tickets, done_jobs):
       if ticket is not None and not ticket.future.done():
         ticket.future.set_result(cascade.result(job))
+
+  def _partial(self, dec: SlotDecoder, t) -> None:
+    """The committed text of each busy one-window request that asked for it."""
+    with self._cond:
+      want = {id(w.job) for w in dec.owners() if len(w.job.first) == 1 and getattr(
+          self._tickets.get(id(w.job)), "on_text", None)}
+    if not want:
+      return
+    for w, tokens in dec.committed():
+      ticket = self._tickets.get(id(w.job))
+      if id(w.job) in want and ticket is not None:
+        ticket.on_text(t.text_of(tokens)[0])
 
   def _fail(self, windows: list[Window], error: Exception) -> None:
     with self._cond:
