@@ -308,7 +308,7 @@ def _check(form, served: tp.Mapping[str, ServedModel], streams: tp.Collection[st
   stream_on = stream in ("true", "1")
   if stream_on and model not in streams:
     raise HTTPError(400, f"stream: model {model!r} gives its transcript whole; only a "
-                         f"Whisper-LLaDA served with --schedule block streams it block by block",
+                         f"block-scheduled Whisper-LLaDA streams it block by block",
                     param="stream")
   if stream_on and fmt not in ("json", "text"):
     raise HTTPError(400, f"stream: response_format {fmt!r} does not stream (json or text)",
