@@ -55,6 +55,10 @@ def test_queues_by_key_full_first_and_drop():
     q.add("a" if i % 2 else "b", i, now=float(i))
   assert len(q) == 5 and q.full(3) == "b" and q.full(4) is None
   assert q.first() == ("b", 0.0) and q.first(rank=lambda k: k != "a") == ("a", 1.0)
+  # `among`: the engine's batch path skips the queues of block-scheduled models
+  assert q.full(2, among=lambda k: k == "a") == "a" and q.full(3, among=lambda k: k == "a") is None
+  assert q.first(among=lambda k: k == "a") == ("a", 1.0) and q.first(among=lambda k: 0) is None
+  assert sorted(q.keys()) == ["a", "b"]
   assert q.take("b", 2) == [0, 2] and q.drop(lambda i: i != 3) == 1
   assert q.take("a", 9) == [1] and q.take("b", 9) == [4] and q.first() is None
 
