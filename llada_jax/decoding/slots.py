@@ -2,9 +2,9 @@
 
 `decode` runs a batch until its slowest row is done: a row whose block committed an EOS (the
 Diffusion-ASR rule) sits idle, committing nothing, while the others fill their later blocks. Here
-each of the batch's `rows` slots moves through its own blocks: `advance` runs one block for every
-busy slot (one jitted call, rows at different blocks), then the host retires the rows that are
-done and hands their slots to waiting utterances, whose prompt + audio embeddings `admit` computes
+each of the batch's `rows` slots moves through its own blocks: `SlotDecoder.step` runs one block
+for every busy slot (one jitted call, rows at different blocks) and retires the rows that are
+done; `admit` hands free slots to waiting utterances, whose prompt + audio embeddings it computes
 (compiled for 1, 2, 4 … rows, so a few newcomers do not pay for a whole batch's encoder pass).
 
 A row's tokens equal `decode`'s for the same utterance: the same steps, with its noise indexed by
@@ -33,6 +33,7 @@ from llada_jax.models import features
 
 
 def schedule(settings: DiffusionSettings, lm_config) -> Blocks:
+  """`decode`'s block schedule for `settings`; ValueError for what slots cannot run."""
   s = settings
   if s.cache or s.dual_cache:
     raise ValueError("slots: DiffusionSettings.cache / dual_cache: a cached block step is a "
