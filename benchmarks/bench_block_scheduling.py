@@ -15,6 +15,11 @@ of 8, one step per token), all utterances waiting at the start (an offline queue
 Prints wall time, utterances/s, mean and p90 latency from the start, rows × blocks run (idle
 slots included) and whether every transcript is identical. Mixed audio lengths are the point: on
 one batch the rows' responses end in different blocks.
+
+With `--concurrency N`, then also served: `llada-jax serve --schedule batch` and `--schedule
+block` (`--max-batch` = `--batch-size`, `--max-wait-ms 10`) as loopback subprocesses, one after
+the other, N closed-loop clients sending the utterances until each was answered once:
+requests/s, mean and p90 latency, and whether both servers gave the offline texts.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ def main(argv=None) -> int:
   ap.add_argument("--steps", type=int)
   ap.add_argument("--block-length", type=int, default=8)
   ap.add_argument("--repeat", type=int, default=2, help="timed passes of each (best kept)")
+  ap.add_argument("--concurrency", type=int, help="also measure both schedules served (above)")
   ap.add_argument("--out", help="write the results as JSON here")
   args = ap.parse_args(argv)
 
@@ -137,9 +143,67 @@ def main(argv=None) -> int:
   print("\n".join(table))
   print(f"slots / batch throughput: {out['speedup']:.2f}×; identical transcripts: {same}"
         + ("" if same else f" (differ: {diff[:5]})"))
+  if args.concurrency:
+    want = {u.path: rows["batch"][1][u.id] for u in utts}
+    served = ["| served | concurrency | requests/s | mean latency s | p90 latency s | "
+              "offline texts |", "|---|---|---|---|---|---|"]
+    for schedule in ("batch", "block"):
+      rate, lat, texts = serve(args, gen, schedule, [u.path for u in utts])
+      ok = texts == want
+      same = same and ok
+      lat.sort()
+      p90 = lat[min(len(lat) - 1, int(0.9 * len(lat)))]
+      served.append(f"| {schedule} | {args.concurrency} | {rate:.2f} | "
+                    f"{statistics.mean(lat):.2f} | {p90:.2f} | {'identical' if ok else 'DIFFER'} |")
+      out[f"serve_{schedule}"] = {"requests_per_s": round(rate, 3),
+                                  "mean_latency_s": round(statistics.mean(lat), 3),
+                                  "p90_latency_s": round(p90, 3), "identical_texts": ok}
+    print("\n".join(served))
   if args.out:
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
   return 0 if same else 1
+
+
+def serve(args, gen: int, schedule: str, paths: list[str]):
+  """One loopback server with `schedule`, `--concurrency` closed-loop clients over `paths`
+  (each sent once) → (requests/s, latencies, {path: text})."""
+  import concurrent.futures
+  import threading
+
+  import requests
+
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  from bench_serve import Server
+
+  argv = ["--model", f"m={args.checkpoint}", "--strategy", "semi_ar", "--gen-length", str(gen),
+          "--steps", str(args.steps or gen), "--block-length", str(args.block_length),
+          "--max-batch", str(args.batch_size), "--max-wait-ms", "10", "--schedule", schedule]
+  server = Server(argv, Path(args.out or "bench").with_suffix(f".{schedule}.log"))
+  lock, todo, lat, texts = threading.Lock(), list(reversed(paths)), [], {}
+
+  def client(_):
+    while True:
+      with lock:
+        if not todo:
+          return
+        path = todo.pop()
+      t0 = time.perf_counter()
+      with open(path, "rb") as fh:
+        r = requests.post(server.url + "/v1/audio/transcriptions", data={"model": "m"},
+                          files={"file": (Path(path).name, fh)}, timeout=600)
+      r.raise_for_status()
+      with lock:
+        lat.append(time.perf_counter() - t0)
+        texts[path] = r.json()["text"]
+
+  try:
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
+      list(pool.map(client, range(args.concurrency)))
+    rate = len(paths) / (time.perf_counter() - start)
+  finally:
+    server.stop()
+  return rate, lat, texts
 
 
 if __name__ == "__main__":
