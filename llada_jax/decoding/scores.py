@@ -26,6 +26,12 @@ def batch_uniform(keys, counts, stream, positions, tail=()):
   return jax.vmap(one)(keys, counts)
 
 
+def utterance_keys(seed: int, seeds: jax.Array) -> jax.Array:
+  """[B] row keys from one run seed and each utterance's own seed (a transcriber's, from its
+  id): the same row gets the same key in any batch or slot."""
+  return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(seeds)
+
+
 def row_keys(key: jax.Array | None, batch: int) -> jax.Array:
   """One key per row: `key` may be a single key (split per row) or already [B] keys."""
   if key is None:

@@ -29,6 +29,7 @@ from flax import nnx
 
 from llada_jax.decoding.diffusion import DiffusionSettings, StepRules, _eos_eot_inf, _run
 from llada_jax.decoding.schedules import Blocks
+from llada_jax.decoding.scores import utterance_keys
 from llada_jax.models import features
 
 
@@ -93,8 +94,7 @@ class Finished:
   id: tp.Any  # what `admit` was given for the row (an utterance id, a server's window)
   tokens: np.ndarray  # [R] int32
   blocks: int  # blocks this row took
-  admitted_s: float  # seconds from the decoder's creation (or `run`'s start)
-  finished_s: float
+  finished_s: float  # seconds from the decoder's creation (or `run`'s start)
 
 
 class SlotDecoder:
@@ -117,11 +117,12 @@ class SlotDecoder:
     """Empty every slot (after a failed step: its rows are lost, the decoder goes on)."""
     b = self.rows
     self._prefix = None  # [B, P, D], shaped by the first newcomers' embeddings
-    # Idle slots hold an EOS response: `_run` leaves them done without a forward of their own.
+    # A free slot holds a response with nothing left to fill (EOS rows at first, then the last
+    # finished row's): `_run` leaves it done, committing nothing.
     self._tokens = jnp.full((b, self.gen_length), self.config.lm.eos_id, jnp.int32)
     self._block = self._count = jnp.zeros((b,), jnp.int32)
-    self._keys = self._row_keys([0] * b)
-    self._owner: list[tuple[tp.Any, float] | None] = [None] * b
+    self._keys = utterance_keys(self.seed, jnp.zeros((b,), jnp.int32))
+    self._owner: list[tp.Any] = [None] * b  # each slot's row id; None: free
     self._blocks = [0] * b
     self._start = time.perf_counter()
     self.advances = 0  # `step` calls since
@@ -134,12 +135,12 @@ class SlotDecoder:
     for i, owner in enumerate(self._owner):
       if owner is not None:
         masked = np.flatnonzero(tokens[i] == mask)
-        out.append((owner[0], tokens[i, : masked[0] if masked.size else tokens.shape[1]]))
+        out.append((owner, tokens[i, : masked[0] if masked.size else tokens.shape[1]]))
     return out
 
   def owners(self) -> list[tp.Any]:
     """The ids of the rows in the slots now."""
-    return [o[0] for o in self._owner if o is not None]
+    return [o for o in self._owner if o is not None]
 
   @property
   def free(self) -> int:
@@ -149,27 +150,25 @@ class SlotDecoder:
   def busy(self) -> int:
     return self.rows - self.free
 
-  def _encode(self, audio: np.ndarray):
+  def _encode(self, audio: list[np.ndarray]):
+    """Prompt + audio embeddings of the newcomers, in the smallest compiled size that holds
+    them (padding rows of silence)."""
     n = next(s for s in self.sizes if s >= len(audio))
-    batch = np.zeros((n, self.samples), np.float32)
-    batch[: len(audio)] = audio
+    batch, _ = features.pad_or_trim([*audio, *[np.zeros(0, np.float32)] * (n - len(audio))],
+                                    self.samples)
     return _prefix(self.graphdef, self.state, jnp.asarray(batch),
                    jnp.asarray(np.repeat(self.prompt, n, 0)), n_mels=self.config.whisper.n_mels,
                    frames=self.frames)
 
-  def _row_keys(self, seeds: list[int]):
-    return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(self.seed), s))(
-        jnp.asarray(seeds, jnp.int32))
-
   def admit(self, items: tp.Sequence[tuple[tp.Any, np.ndarray, int]]) -> None:
-    """(id, audio [S] float32 16 kHz, seed) per newcomer, at most `free` of them: each takes a
-    free slot and starts at its first block with the next `step`. Audio past the decoder's
-    window is cut (a server cuts long files into windows first)."""
+    """(id, audio [S] float32 16 kHz, seed) per newcomer (any id but None), at most `free` of
+    them: each takes a free slot and starts at its first block with the next `step`. Audio past
+    the decoder's window is cut (a server cuts long files into windows first)."""
     if len(items) > self.free:
       raise ValueError(f"SlotDecoder.admit: {len(items)} rows for {self.free} free slots")
     if not items:
       return
-    enc = self._encode(np.stack([_fit(a, self.samples) for _, a, _ in items]))
+    enc = self._encode([a for _, a, _ in items])
     if self._prefix is None:
       self._prefix = jnp.zeros((self.rows, *enc.shape[1:]), enc.dtype)
     free = [i for i, o in enumerate(self._owner) if o is None]
@@ -178,10 +177,9 @@ class SlotDecoder:
     seeds = [int(s) for _, _, s in items] + [0] * (enc.shape[0] - len(items))
     self._prefix, self._tokens, self._block, self._count, self._keys = _place(
         self._prefix, self._tokens, self._block, self._count, self._keys, jnp.asarray(slots), enc,
-        self._row_keys(seeds), self.config.lm.mask_id)
-    now = time.perf_counter() - self._start
+        utterance_keys(self.seed, jnp.asarray(seeds, jnp.int32)), self.config.lm.mask_id)
     for slot, (ident, _, _) in zip(free, items):
-      self._owner[slot], self._blocks[slot] = (ident, now), 0
+      self._owner[slot], self._blocks[slot] = ident, 0
 
   def step(self) -> list[Finished]:
     """One block for every busy slot; the rows that are done leave (their slots are free)."""
@@ -200,11 +198,8 @@ class SlotDecoder:
       self._blocks[i] += 1
       if done[i]:
         tokens = np.asarray(self._tokens) if tokens is None else tokens
-        out.append(Finished(owner[0], tokens[i].copy(), self._blocks[i], owner[1], now))
+        out.append(Finished(owner, tokens[i].copy(), self._blocks[i], now))
         self._owner[i] = None
-    if out:  # freed slots idle (EOS rows) until a newcomer takes them
-      idle = jnp.asarray([o is None for o in self._owner])
-      self._tokens = jnp.where(idle[:, None], self.config.lm.eos_id, self._tokens)
     return out
 
   def run(self, requests: tp.Iterable[tuple[tp.Any, np.ndarray, int]]) -> tp.Iterator[Finished]:
@@ -232,9 +227,3 @@ class SlotDecoder:
         pass
     self.reset()
 
-
-def _fit(audio: np.ndarray, samples: int) -> np.ndarray:
-  out = np.zeros(samples, np.float32)
-  audio = np.asarray(audio, np.float32)[:samples]
-  out[: len(audio)] = audio
-  return out

@@ -21,12 +21,12 @@ import os
 import typing as tp
 import zlib
 
-import jax
 import numpy as np
 from flax import nnx
 
 from llada_jax import decoding
 from llada_jax.data.audio import SAMPLE_RATE
+from llada_jax.decoding.scores import utterance_keys
 from llada_jax.decoding.slots import SlotDecoder
 from llada_jax.inference.batch import AudioBatch
 from llada_jax.inference.errors import ModelError, UtteranceError
@@ -289,7 +289,7 @@ class LLaDATranscriber(Transcriber):
 
     def call(state, audio, seeds, *rows):
       mel = None if audio is None else features.log_mel(audio, n_mels=n_mels, frames=frames)
-      keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(seeds)
+      keys = utterance_keys(seed, seeds)
       return fn(nnx.merge(graphdef, state), mel, *rows, keys)
 
     p = tp.cast(Placement, self.placement)

@@ -294,14 +294,12 @@ class Engine:
   def _partial(self, dec: SlotDecoder, t) -> None:
     """The committed text of each busy one-window request that asked for it."""
     with self._cond:
-      want = {id(w.job) for w in dec.owners() if len(w.job.first) == 1 and getattr(
-          self._tickets.get(id(w.job)), "on_text", None)}
-    if not want:
-      return
-    for w, tokens in dec.committed():
-      ticket = self._tickets.get(id(w.job))
-      if id(w.job) in want and ticket is not None:
-        ticket.on_text(t.text_of(tokens)[0])
+      streams = {id(w): ticket for w in dec.owners() if len(w.job.first) == 1 and (
+          ticket := self._tickets.get(id(w.job))) is not None and ticket.on_text is not None}
+    if streams:
+      for w, tokens in dec.committed():
+        if id(w) in streams:
+          streams[id(w)].on_text(t.text_of(tokens)[0])
 
   def _fail(self, windows: list[Window], error: Exception) -> None:
     with self._cond:
