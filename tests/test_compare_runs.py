@@ -4,6 +4,7 @@ checkpoint step or a missing file is named."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -22,9 +23,10 @@ spec.loader.exec_module(compare_runs)
 
 def make_run(root: Path, *, seconds: float = 1.0, hyp: str = "a cat",
              loss: float = 0.5, scale: float = 1.0, steps=(2, 4), audio: bytes = b"RIFF-1",
-             extra: bool = False) -> Path:
+             encoded: bytes = b"NUMPY-1", extra: bool = False) -> Path:
   """A run's shape in miniature: eval hypotheses and summary, training metrics, checkpoint
-  steps, an exported model (a few weights × `scale`), an audio file and a log."""
+  steps, an exported model (a few weights × `scale`), an audio file, an encoder cache whose
+  folder is named by a hash of the run's own path (as train.py names it), and a log."""
   (root / "eval" / "x").mkdir(parents=True)
   (root / "eval" / "x" / "hyps.jsonl").write_text(json.dumps(
       {"id": "u1", "ref": "A CAT", "hyp": hyp, "confidences": [0.5, 0.25],
@@ -40,6 +42,9 @@ def make_run(root: Path, *, seconds: float = 1.0, hyp: str = "a cat",
     (root / "train" / "checkpoints" / str(s)).mkdir(parents=True)
   (root / "train" / "train.log").write_text(f"step 1 took {seconds} s\n")
   (root / "corpus.flac").write_bytes(audio)
+  key = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+  (root / "encoder_cache" / key).mkdir(parents=True)
+  (root / "encoder_cache" / key / "u1.npy").write_bytes(encoded)
   if extra:
     (root / "extra.txt").write_text("x")
   rng = np.random.default_rng(0)
@@ -68,6 +73,7 @@ def test_runs_that_differ_only_in_times_are_the_same(runs, capsys):
     ({"scale": 1.0 + 1e-6}, "train/model: 3 of 3 tensors differ"),
     ({"steps": (2,)}, "train/checkpoints: steps ['2', '4'] vs ['2']"),
     ({"audio": b"RIFF-2"}, "corpus.flac: the bytes differ"),
+    ({"encoded": b"NUMPY-2"}, "encoder_cache/<key>/u1.npy: the bytes differ"),
     ({"extra": True}, "extra.txt: only in B"),
 ])
 def test_each_difference_is_named(runs, change, named, capsys):

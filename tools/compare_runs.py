@@ -9,7 +9,8 @@ What is compared:
   weight folders     (config.json + params/: converted and exported checkpoints) tensor by
                      tensor: name, dtype, shape and every byte;
   checkpoints/       a training run's checkpoint steps (their weights are what its export holds);
-  everything else    byte for byte (audio, transcripts, tokenizers, encoder caches).
+  everything else    byte for byte (audio, transcripts, tokenizers, encoder caches: a cache's
+                     folder named by a hash of the run's own paths is matched to the other's).
 Not compared: logs, TensorBoard events, plots, compilation caches and orbax's own files (they hold
 write times and hashes of them).
 
@@ -33,6 +34,7 @@ TIME_KEYS = {"seconds", "rtf", "mfu", "date", "machine", "tokens_per_s", "step_s
 # What this process had to compile: it depends on the compilation caches, not on the results.
 CACHE_KEYS = {"compiled_shapes"}
 SKIPPED_DIRS = {"jax_cache", "logs", "tb", "xla"}
+HASHED_DIRS = {"encoder_cache"}
 SKIPPED_SUFFIXES = {".log", ".png", ".pdf", ".svg"}
 
 
@@ -118,17 +120,34 @@ def files(run: Path) -> tuple[set[Path], set[Path], set[Path]]:
   return plain, weights, checkpoints
 
 
+def unhashed(run: Path, plain: set[Path]) -> dict[Path, Path]:
+  """{name to compare by: file}: a folder that HASHED_DIRS names holds one folder per key, and
+  the key hashes, among others, paths inside the run (the encoder cache's the converted Whisper's
+  folder), so two runs' keys differ; with one key each, its files are compared as <key>/…"""
+  out = {rel: rel for rel in plain}
+  for rel in plain:
+    for i, part in enumerate(rel.parts[:-2]):
+      if part in HASHED_DIRS and len(list((run / Path(*rel.parts[:i + 1])).iterdir())) == 1:
+        out.pop(rel)
+        out[Path(*rel.parts[:i + 1], "<key>", *rel.parts[i + 2:])] = rel
+        break
+  return out
+
+
 def compare(a: Path, b: Path) -> tuple[list[str], int]:
   """(differences, number of things compared)."""
   (pa, wa, ca), (pb, wb, cb) = files(a), files(b)
+  names_a, names_b = unhashed(a, pa), unhashed(b, pb)
+  pa, pb = set(names_a), set(names_b)
   diffs = [f"{p}: only in {'A' if p in x else 'B'}"
            for x, y in ((pa, pb), (wa, wb), (ca, cb)) for p in sorted(x ^ y)]
   for rel in sorted(pa & pb):
+    fa, fb = a / names_a[rel], b / names_b[rel]
     if rel.suffix in (".json", ".jsonl"):
-      d = first_difference(read_json(a / rel, str(a)), read_json(b / rel, str(b)))
+      d = first_difference(read_json(fa, str(a)), read_json(fb, str(b)))
       if d is not None:
         diffs.append(f"{rel}: {d}")
-    elif (a / rel).read_bytes() != (b / rel).read_bytes():
+    elif fa.read_bytes() != fb.read_bytes():
       diffs.append(f"{rel}: the bytes differ")
   for rel in sorted(wa & wb):
     ta, tb = tensors(a / rel), tensors(b / rel)
