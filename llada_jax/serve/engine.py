@@ -210,10 +210,7 @@ class Engine:
         key = self._queues.full(size, among=batched)
         if key is None:
           head = self._queues.first(among=batched)
-          if head is None:
-            if any(d.busy for d in self.slots.values()) or any(
-                k[0] in self.slots for k in self._queues.keys()):
-              continue  # only block turns are left
+          if head is None:  # and no block turn is due: `_slot_work` found none just now
             if self._stopping:
               return None
             self._cond.wait()
@@ -247,49 +244,47 @@ class Engine:
         continue
       self.observer.batch(model, stage, len(windows), cascade.batch_size,
                           time.perf_counter() - start)
-      with self._cond:
-        self._idle_since = time.monotonic()
-        for w in onward:  # the next pass: due as soon as the devices are free
-          ticket = self._tickets.get(id(w.job))
-          if ticket is not None:
-            self._queues.add((model, cascade.key(w)), w, ticket.arrived)
-        finished = [self._tickets.pop(id(job), None) for job in done]
-        self._report()
-      for ticket, result in zip(finished, results):
-        if ticket is not None and not ticket.future.done():
-          ticket.future.set_result(result)
+      self._finish(model, onward, done, results)
+
+  def _finish(self, model: str, onward: list[Window], done: list[Job], results: list) -> None:
+    """After a batch or block turn: `onward` windows queue for their next pass, each job in
+    `done` answers its ticket with its result."""
+    cascade = self.models[model]
+    with self._cond:
+      self._idle_since = time.monotonic()
+      for w in onward:  # the next pass: due as soon as the devices are free
+        ticket = self._tickets.get(id(w.job))
+        if ticket is not None:
+          self._queues.add((model, cascade.key(w)), w, ticket.arrived)
+      finished = [self._tickets.pop(id(job), None) for job in done]
+      self._report()
+    for ticket, result in zip(finished, results):
+      if ticket is not None and not ticket.future.done():
+        ticket.future.set_result(result)
 
   def _block(self, model: str, newcomers: list[Window]) -> None:
     """One block turn of a block-scheduled model: `newcomers` take free slots, every busy slot
     runs one block, the windows that are done finish (their jobs, when it was the last)."""
     dec, cascade = self.slots[model], self.models[model]
     t = cascade.first
-    start = time.perf_counter()
+    start, finished = time.perf_counter(), []
     try:
       dec.admit([(w, w.audio, utterance_seed(w.id)) for w in newcomers])
       rows = dec.busy
-      finished = [(f.id, t.text_of(f.tokens)) for f in dec.step()]
+      finished = dec.step()
+      done = [job for f in finished
+              if (job := cascade.record(f.id, t.text_of(f.tokens))[1]) is not None]
+      results = [cascade.result(job) for job in done]
     except Exception as e:  # noqa: BLE001 (the rows in the slots fail; the decoder starts empty)
       log.exception("%s: a block step of %d row(s) failed", model, dec.busy)
-      windows = list({id(w): w for w in [*dec.owners(), *newcomers]}.values())
+      windows = [*dec.owners(), *newcomers, *(f.id for f in finished)]
       dec.reset()
-      self._fail(windows, e)
+      self._fail(list({id(w): w for w in windows}.values()), e)
       self._idle_since = time.monotonic()
       return
     self.observer.batch(model, 0, rows, dec.rows, time.perf_counter() - start)
     self._partial(dec, t)
-    done_jobs = []
-    with self._cond:
-      self._idle_since = time.monotonic()
-      for w, result in finished:
-        _, job = cascade.record(w, result)
-        if job is not None:
-          done_jobs.append(job)
-      tickets = [self._tickets.pop(id(job), None) for job in done_jobs]
-      self._report()
-    for ticket, job in zip(tickets, done_jobs):
-      if ticket is not None and not ticket.future.done():
-        ticket.future.set_result(cascade.result(job))
+    self._finish(model, [], done, results)
 
   def _partial(self, dec: SlotDecoder, t) -> None:
     """The committed text of each busy one-window request that asked for it."""
