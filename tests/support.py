@@ -357,3 +357,23 @@ class Server:
       except subprocess.TimeoutExpired:
         self.proc.kill()
         self.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers (tests/test_text.py, tests/test_sources.py)
+
+def same_as_autotokenizer(folder, paragraph: str) -> None:
+  """text.load_tokenizer(folder) is what AutoTokenizer builds: class, prompt, ids, specials."""
+  from transformers import AutoTokenizer
+
+  from llada_jax.models import text
+
+  ours, auto = text.load_tokenizer(folder), AutoTokenizer.from_pretrained(str(folder))
+  assert type(ours) is type(auto)
+  assert text.prompt_ids(ours) == text.prompt_ids(auto)
+  assert ours(paragraph)["input_ids"] == auto(paragraph)["input_ids"]
+  ids = auto(paragraph, add_special_tokens=False)["input_ids"]
+  assert ours.decode(ids) == auto.decode(ids)
+  assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, ours.chat_template) == \
+      (auto.bos_token_id, auto.eos_token_id, auto.pad_token_id, auto.chat_template)
+

@@ -436,6 +436,13 @@ def test_real_smollm2_on_english_paragraph(smollm2_gguf):
 
 
 @pytest.mark.slow
+def test_converted_smollm2_tokenizer_loads_as_autotokenizer_would(smollm2_gguf):
+  from support import same_as_autotokenizer
+
+  same_as_autotokenizer(smollm2_gguf.ckpt, "Speech recognition turns audio into text, word by word")
+
+
+@pytest.mark.slow
 def test_gguf_tokenizer_is_saved(smollm2, tmp_path):
   from transformers import AutoTokenizer
   written = smollm2.save_tokenizer(tmp_path)

@@ -2,6 +2,7 @@
 template and special tokens (`add_bos_token: false`)."""
 
 import pytest
+from support import same_as_autotokenizer
 
 from llada_jax.models import text
 from llada_jax.testing import llada_tokenizer
@@ -51,3 +52,26 @@ def test_deliberation_output_keeps_words_after_a_mid_response_eos(tok):
   standalone = [hello, world, ids["eos"], ids["eos"]]
   assert text.decode_response(tokenizer, standalone, ids["eos"]) == \
       tokenizer.batch_decode([standalone], skip_special_tokens=True)[0].strip()
+
+
+def test_a_checkpoint_tokenizer_loads_as_autotokenizer_would_without_torch(tmp_path):
+  """The generic fast tokenizer is built directly (AutoTokenizer's import brings in torch where
+  it is installed, seconds per process): the same class, ids and template; a model's own class
+  named in tokenizer_config.json still comes from AutoTokenizer."""
+  import json
+  import subprocess
+  import sys
+
+  llada_tokenizer.build(tmp_path, ["HELLO", "WORLD", "it's", "done"], vocab_size=64)
+  same_as_autotokenizer(tmp_path, "HELLO WORLD it's done, HELLO")
+  probe = ("import sys; from llada_jax.models import text; text.load_tokenizer(sys.argv[1]); "
+           "print(sorted(m for m in ('torch', 'transformers.configuration_utils') "
+           "if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True,
+                       text=True, check=True).stdout
+  assert out.strip() == "[]"
+
+  config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+  config["tokenizer_class"] = "GPT2Tokenizer"
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+  assert type(text.load_tokenizer(tmp_path)).__name__ == "GPT2Tokenizer"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -224,9 +225,19 @@ def model_class(config):
           WhisperLLaDAConfig: WhisperLLaDA}[type(config)]
 
 
-def abstract_model(config) -> nnx.Module:
+@functools.lru_cache(maxsize=8)
+def _abstract_split(config) -> tuple[nnx.GraphDef, nnx.State]:
   cls = model_class(config)
-  return nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+  return nnx.split(nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0))))
+
+
+def abstract_model(config) -> nnx.Module:
+  """The model of `config` with shapes for values (nothing allocated), its own variables each
+  call. Tracing the initialisers is most of a small model's load time (each random-stream step
+  sets a variable to a tracer, and flax asks that tracer for its sharding, which walks the whole
+  trace so far), so it happens once per config in a process."""
+  graphdef, state = _abstract_split(config)
+  return nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf, state))
 
 
 def _with_everywhere(config, field: str, value):

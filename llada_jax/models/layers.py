@@ -83,9 +83,13 @@ class LoRA(nnx.Module):
   def __init__(self, in_features: int, out_features: int, config: LoRAConfig, *, axes: Axes,
                dtype: str, param_dtype: str, rngs: nnx.Rngs):
     bound = 1.0 / math.sqrt(in_features)  # PEFT: kaiming_uniform(a=√5) on A ⇒ U(±1/√fan_in)
-    self.a = param(rngs, nnx.initializers.uniform(2 * bound), (in_features, config.rank),
-                   dtype_of(param_dtype), (axes[0], "lora_rank"), kind=nnx.LoRAParam)
-    self.a[...] = self.a[...] - bound
+    uniform = nnx.initializers.uniform(2 * bound)
+    # The shift happens before the variable exists: assigning a traced value to a variable
+    # (under nnx.eval_shape, as checkpoint loading builds its abstract model) asks the tracer for
+    # its sharding, which walks the whole trace so far, once per adapter.
+    self.a = param(rngs, lambda key, shape, dtype: uniform(key, shape, dtype) - bound,
+                   (in_features, config.rank), dtype_of(param_dtype), (axes[0], "lora_rank"),
+                   kind=nnx.LoRAParam)
     # B = 0, so a fresh adapter leaves the base model's outputs unchanged.
     self.b = param(rngs, nnx.initializers.zeros, (config.rank, out_features),
                    dtype_of(param_dtype), ("lora_rank", axes[1]), kind=nnx.LoRAParam)

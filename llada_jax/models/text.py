@@ -12,6 +12,7 @@ choice). Training targets and deliberation inputs both use the model's form.
 
 from __future__ import annotations
 
+import json
 import re
 import typing as tp
 from pathlib import Path
@@ -19,14 +20,34 @@ from pathlib import Path
 PROMPT = "Transcribe the audio:"
 
 
-def load_tokenizer(path: str | Path):
-  """The LM's own tokenizer from a folder holding tokenizer.json (a converted checkpoint)."""
-  from transformers import AutoTokenizer
+# tokenizer_config.json classes that are transformers' generic fast tokenizer (as our checkpoints
+# and LLaDA-8B-Instruct name it): AutoTokenizer would build that same class from tokenizer.json.
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
+
+def load_tokenizer(path: str | Path):
+  """The LM's own tokenizer from a folder holding tokenizer.json (a converted checkpoint).
+
+  A folder whose tokenizer_config.json names the generic fast tokenizer gets that class directly:
+  importing AutoTokenizer loads transformers' model configs (and torch, where it is installed),
+  seconds of every process that loads a checkpoint. Any other class goes through AutoTokenizer."""
   path = Path(path)
   if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
     raise FileNotFoundError(f"{path}: no tokenizer.json / tokenizer_config.json")
+  if (path / "tokenizer.json").is_file() and _tokenizer_class(path) in GENERIC_TOKENIZERS:
+    from transformers import TokenizersBackend
+
+    return TokenizersBackend.from_pretrained(str(path))
+  from transformers import AutoTokenizer
+
   return AutoTokenizer.from_pretrained(str(path))
+
+
+def _tokenizer_class(path: Path) -> str | None:
+  try:
+    return json.loads((path / "tokenizer_config.json").read_text()).get("tokenizer_class")
+  except (OSError, ValueError, AttributeError):
+    return None  # no or unreadable config: AutoTokenizer decides (and names what is wrong)
 
 
 def prompt_ids(tokenizer, text: str = PROMPT, system: str | None = None) -> list[int]:
