@@ -7,7 +7,7 @@ Outputs under the work dir:
                   where the device's peak is known), and val_loss / dev_wer / val_s on
                   validation steps
   profile/        a jax.profiler trace of `profile_steps`, if set
-  tb/             TensorBoard scalars (tensorboardX)
+  tb/             TensorBoard scalars (train/tensorboard.py)
   checkpoints/    orbax: last `keep_last` + the best by validation loss
   config.json     the resolved TrainConfig
   train.log       the log
@@ -31,7 +31,7 @@ from llada_jax.models import checkpoint, features, text
 from llada_jax.parallel import distributed, sharding
 from llada_jax.train import batches as batches_lib
 from llada_jax.train import config as config_lib
-from llada_jax.train import export
+from llada_jax.train import export, tensorboard
 from llada_jax.train import flops as flops_lib
 from llada_jax.train.checkpoints import Checkpoints
 from llada_jax.train.config import TrainConfig
@@ -208,19 +208,17 @@ class _Outputs:
               if ln.strip() and json.loads(ln).get("step", 0) <= start]
       self.path.write_text("".join(ln + "\n" for ln in keep))
     self.file = open(self.path, "a")
-    from tensorboardX import SummaryWriter
-
-    self.tb = SummaryWriter(str(workdir / "tb"), purge_step=start + 1 if start else None)
+    self.tb = tensorboard.ScalarWriter(workdir / "tb", purge_step=start + 1 if start else None)
 
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
     self.file.write(json.dumps(record) + "\n")
     self.file.flush()
-    for k, v in record.items():
-      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-        self.tb.add_scalar(f"train/{k}" if not k.startswith(("val", "dev")) else f"eval/{k}", v,
-                           record["step"])
+    self.tb.add_scalars(record["step"], {
+        f"train/{k}" if not k.startswith(("val", "dev")) else f"eval/{k}": v
+        for k, v in record.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)})
 
   def close(self) -> None:
     if self.enabled:
