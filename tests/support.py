@@ -376,4 +376,3 @@ def same_as_autotokenizer(folder, paragraph: str) -> None:
   assert ours.decode(ids) == auto.decode(ids)
   assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, ours.chat_template) == \
       (auto.bos_token_id, auto.eos_token_id, auto.pad_token_id, auto.chat_template)
-

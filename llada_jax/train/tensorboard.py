@@ -101,21 +101,19 @@ class ScalarWriter:
     now = time.time()
     self.path = logdir / f"events.out.tfevents.{int(now)}.{socket.gethostname()}"
     self.file = open(self.path, "ab")
-    self._write(event(now, file_version=FILE_VERSION))
+    self._write([event(now, file_version=FILE_VERSION)])
     if purge_step is not None:
-      self._write(event(time.time(), purge_step, file_version=FILE_VERSION))
-      self._write(event(time.time(), purge_step, session_start=True))
+      self._write([event(now, purge_step, file_version=FILE_VERSION),
+                   event(now, purge_step, session_start=True)])
 
-  def _write(self, data: bytes) -> None:
-    self.file.write(record(data))
+  def _write(self, events: list[bytes]) -> None:
+    self.file.write(b"".join(map(record, events)))
     self.file.flush()
 
   def add_scalars(self, step: int, scalars: dict[str, float]) -> None:
     """One event per tag (as TensorBoard's own writers log scalars)."""
     now = time.time()
-    for tag, value in scalars.items():
-      self.file.write(record(event(now, step, scalars={tag: float(value)})))
-    self.file.flush()
+    self._write([event(now, step, scalars={tag: float(value)}) for tag, value in scalars.items()])
 
   def close(self) -> None:
     self.file.close()
