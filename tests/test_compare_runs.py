@@ -87,3 +87,20 @@ def test_each_difference_is_named(runs, change, named, capsys):
 def test_a_missing_folder_exits_2(tmp_path, capsys):
   assert compare_runs.main([str(tmp_path / "nope"), str(tmp_path)]) == 2
   assert "nope: no such folder" in capsys.readouterr().err
+
+
+def test_a_cache_filled_again_under_another_path_s_key_is_the_same(runs, tmp_path, capsys):
+  """A run resumed from (or moved to) another folder holds its encoder cache under a second key
+  with the same files: that is one cache. Keys with different content are still named."""
+  import shutil
+
+  _, a, _ = runs
+  b = make_run(tmp_path / "b")
+  (key,) = (b / "encoder_cache").iterdir()
+  shutil.copytree(key, b / "encoder_cache" / "0123456789ab")
+  assert compare_runs.main([str(a), str(b)]) == 0
+  (b / "encoder_cache" / "0123456789ab" / "u1.npy").write_bytes(b"NUMPY-2")
+  assert compare_runs.main([str(a), str(b)]) == 1
+  out = capsys.readouterr().out
+  assert "encoder_cache/<key>/u1.npy: only in A" in out
+  assert "encoder_cache/0123456789ab/u1.npy: only in B" in out

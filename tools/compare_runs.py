@@ -120,23 +120,41 @@ def files(run: Path) -> tuple[set[Path], set[Path], set[Path]]:
   return plain, weights, checkpoints
 
 
+def one_key(folder: Path) -> Path | None:
+  """The key of a HASHED_DIRS folder holding one, or several with the same files and bytes (a run
+  resumed from, or moved to, another path fills the same cache again under that path's key);
+  None when its keys differ."""
+  keys = sorted(p for p in folder.iterdir())
+  content = lambda key: {p.relative_to(key): p.read_bytes() for p in key.rglob("*") if p.is_file()}
+  first = content(keys[0]) if len(keys) > 1 else None
+  if any(content(k) != first for k in keys[1:]):
+    return None
+  return keys[0]
+
+
 def unhashed(run: Path, plain: set[Path]) -> dict[Path, Path]:
   """{name to compare by: file}: a folder that HASHED_DIRS names holds one folder per key, and
   the key hashes, among others, paths inside the run (the encoder cache's the converted Whisper's
-  folder), so two runs' keys differ; with one key each, its files are compared as <key>/…"""
-  single = {}  # hashed folder → whether it holds one key
+  folder), so two runs' keys differ; with one key each (or keys of equal content), its files are
+  compared as <key>/…"""
+  keys = {}  # hashed folder → its one key (or None)
   out = {}
   for rel in plain:
     name = rel
     for i, part in enumerate(rel.parts[:-2]):
       folder = Path(*rel.parts[:i + 1])
       if part in HASHED_DIRS:
-        if folder not in single:
-          single[folder] = len(list((run / folder).iterdir())) == 1
-        if single[folder]:
-          name = Path(folder, "<key>", *rel.parts[i + 2:])
+        if folder not in keys:
+          key = one_key(run / folder)
+          keys[folder] = key and key.relative_to(run)
+        if keys[folder] is not None:
+          if Path(*rel.parts[:i + 2]) != keys[folder]:
+            name = None  # the same content as the key compared
+          else:
+            name = Path(folder, "<key>", *rel.parts[i + 2:])
           break
-    out[name] = rel
+    if name is not None:
+      out[name] = rel
   return out
 
 
