@@ -21,6 +21,7 @@ folder is missing. docs/training.md says what is bit-identical between two runs 
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import math
 import sys
@@ -124,11 +125,15 @@ def one_key(folder: Path) -> Path | None:
   """The key of a HASHED_DIRS folder holding one, or several with the same files and bytes (a run
   resumed from, or moved to, another path fills the same cache again under that path's key);
   None when its keys differ."""
-  keys = sorted(p for p in folder.iterdir())
-  content = lambda key: {p.relative_to(key): p.read_bytes() for p in key.rglob("*") if p.is_file()}
-  first = content(keys[0]) if len(keys) > 1 else None
-  if any(content(k) != first for k in keys[1:]):
-    return None
+  keys = sorted(folder.iterdir())
+  names = lambda key: sorted(str(p.relative_to(key)) for p in key.rglob("*") if p.is_file())
+  first = names(keys[0])
+  for key in keys[1:]:
+    if names(key) != first:
+      return None
+    _, mismatch, errors = filecmp.cmpfiles(keys[0], key, first, shallow=False)
+    if mismatch or errors:
+      return None
   return keys[0]
 
 
