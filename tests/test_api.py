@@ -1,5 +1,6 @@
-"""The library's shape, checked by reading its source (no model, no JAX): error messages name
-settings fields and arguments, not command-line flags; no module imports itself back."""
+"""The library's shape, checked by reading its source (no model): error messages name
+settings fields and arguments, not command-line flags; no module imports itself back; the package
+root loads its names on first use."""
 
 from __future__ import annotations
 
@@ -105,3 +106,31 @@ def test_no_import_cycle_in_the_package():
   graph = {name: _imports(name, path, modules) for name, path in modules.items()}
   cycle = _cycle(graph)
   assert cycle is None, "import cycle: " + " → ".join(cycle or [])
+
+
+def test_package_root_loads_its_names_on_first_use():
+  """`import llada_jax` (and a light sub-module such as llada_jax.data.audio, which
+  tools/make_corpus.py and its worker processes import) loads no JAX; each public name then
+  resolves to the object its module defines."""
+  import subprocess
+  import sys
+
+  probe = ("import sys, llada_jax, llada_jax.data.audio\n"
+           "heavy = [m for m in ('jax', 'flax', 'orbax', 'transformers') if m in sys.modules]\n"
+           "assert not heavy, heavy\n"
+           "import importlib\n"
+           "for name in llada_jax.__all__:\n"
+           "  where = llada_jax._EXPORTS[name]\n"
+           "  module, attr = (where, name) if isinstance(where, str) else where\n"
+           "  assert getattr(llada_jax, name) is getattr(importlib.import_module(module), attr)\n"
+           "assert sorted(llada_jax.__all__) == sorted(llada_jax._EXPORTS)\n"
+           "assert set(llada_jax.__all__) <= set(dir(llada_jax))\n"
+           "try:\n"
+           "  llada_jax.no_such_name\n"
+           "except AttributeError as e:\n"
+           "  assert 'no_such_name' in str(e)\n"
+           "else:\n"
+           "  raise AssertionError('no error')\n")
+  proc = subprocess.run([sys.executable, "-c", probe], cwd=PACKAGE.parent, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
