@@ -41,7 +41,39 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 
 
+# Lowering a program to StableHLO starts by making a new MLIR context, and JAX's contexts load
+# every dialect linked into jaxlib (LLVM, NVVM, NVGPU, …): ~5 ms to make and about as long to
+# destroy, against ~2 ms for lowering a one-op program. The suite lowers thousands of tiny
+# programs (each eager op on a new shape is one), so the tests share one context per thread and
+# make a fresh one every CONTEXT_USES lowerings (uniqued constants accumulate in a context). The
+# lowered module text is the same either way (a context holds no program state beyond uniqued
+# types and attributes), and so are the compilation cache keys taken from it.
+CONTEXT_USES = 200
+
+
+def _share_mlir_contexts() -> None:
+  import threading
+
+  from jax._src.interpreters import mlir
+
+  make, local = mlir.make_ir_context, threading.local()
+
+  def shared():
+    if getattr(local, "uses", CONTEXT_USES) >= CONTEXT_USES:
+      local.context, local.uses = make(), 0
+    local.uses += 1
+    return local.context
+
+  mlir.make_ir_context = shared
+
+
 def pytest_configure(config):
+  if os.environ.get("LLADA_TEST_SHARED_MLIR", "1") == "1":
+    _share_mlir_contexts()
+  _persistent_cache(config)
+
+
+def _persistent_cache(config):
   """One persistent JAX compilation cache for the whole run, in a fresh temporary folder: the
   suite's tests rebuild the same tiny programs (a new jit wrapper per model or per test), and its
   subprocesses and xdist workers inherit the variable, so each program compiles once per run.
