@@ -128,17 +128,19 @@ def test_real_smollm2_int8_logits_agree_with_float(smollm2_ckpt):
   from llada_jax.models.text import load_tokenizer
 
   tokens = jnp.asarray([load_tokenizer(smollm2_ckpt)(ENGLISH)["input_ids"]], jnp.int32)
+  # Each forward as one program (op by op, every operation of the 30 layers compiles alone).
+  forward = lambda m: np.asarray(nnx.jit(lambda m, t: m(t))(m, tokens))  # noqa: E731
   model = checkpoint.load(smollm2_ckpt)
-  want = np.asarray(model(tokens))
-  bf16 = compare(want, np.asarray(checkpoint.load(smollm2_ckpt, dtype="bfloat16")(tokens)))
-  metrics = compare(want, np.asarray(q.quantize(model)(tokens)))
+  want = forward(model)
+  bf16 = compare(want, forward(checkpoint.load(smollm2_ckpt, dtype="bfloat16")))
+  metrics = compare(want, forward(q.quantize(model)))
   print(f"SmolLM2-135M over {tokens.shape[1]} tokens vs float32: int8 {metrics}; "
         f"bfloat16 compute {bf16}")
   assert tokens.shape[1] >= 290
   # The bar. Groups of 128 (here 64: the width is 576), the tied table (the output
   # projection) float: 98.33 % (5 of 299 differ, where float's top two logits are close); one
   # scale per output channel and the table int8 gave 97.99 %, and bf16 compute of the float
-  # weights agrees less (95.7-96.3 %, by XLA flags).
+  # weights agrees less (95.7-97.0 %, by XLA flags and whether the forward is one program).
   assert metrics["top1_agreement"] >= 0.98, metrics
   assert metrics["top1_agreement"] >= bf16["top1_agreement"], (metrics, bf16)
   assert metrics["kl"] < 0.01, metrics
