@@ -141,13 +141,21 @@ def test_paper_objective_equals_diffusion_asr_forward_with_group_padding():
                               pad_group=group)
   masked = np.asarray(noise.masked)
   assert not masked[~targets].any()  # past a group's longest transcript nothing is a target
-  logits = response_logits(model, batch, noise.tokens, causal=False,
-                           n_mels=cfg.whisper.n_mels, mel_frames=68)
+  # Both sides' forwards run as one program each (op by op, every operation compiles alone).
+  logits = nnx.jit(lambda m, b, t: response_logits(m, b, t, causal=False,
+                                                   n_mels=cfg.whisper.n_mels,
+                                                   mel_frames=68))(model, batch, noise.tokens)
   total, count = losses.diffusion_loss(logits, jnp.asarray(response), noise, jnp.ones(8, bool),
                                        weighting="paper", targets=jnp.asarray(targets))
   ours = float(losses.mean(total, count))
 
   # The reference: each GPU's 4 rows at their own length L (no key mask, nothing beyond L).
+  @nnx.jit
+  def reference_logits(model, enc, prompt, block):
+    audio = model.projector(enc)
+    x = jnp.concatenate([model.lm.embed(prompt), audio, model.lm.embed(block)], axis=1)
+    return model.lm(embeds=x)
+
   gpu_losses = []
   for g in range(2):
     rows = slice(4 * g, 4 * g + 4)
@@ -155,10 +163,8 @@ def test_paper_objective_equals_diffusion_asr_forward_with_group_padding():
     labels = response[rows, :length]
     m = masked[rows, :length]
     block = np.where(m, mask_id, labels)
-    audio = model.projector(jnp.asarray(batch["enc"][rows]))
-    prompt = model.lm.embed(jnp.asarray(batch["prompt"][rows]))
-    x = jnp.concatenate([prompt, audio, model.lm.embed(jnp.asarray(block))], axis=1)
-    full = np.asarray(model.lm(embeds=x))[:, -length:]
+    full = np.asarray(reference_logits(model, batch["enc"][rows], batch["prompt"][rows],
+                                       block))[:, -length:]
     gpu_losses.append(F.cross_entropy(torch.tensor(full)[torch.tensor(m)],
                                       torch.tensor(labels).long()[torch.tensor(m)]))
   theirs = float(torch.stack(gpu_losses).mean())
