@@ -27,11 +27,17 @@ def inputs():
 def test_splice_equals_manual(inputs, causal):
   mel, prompt, response = inputs
   model = WhisperLLaDA(WhisperLLaDAConfig.tiny_test(causal=causal), rngs=nnx.Rngs(0))
-  logits = model(mel, prompt, response)
-  audio = model.projector(model.encoder(mel))
+
+  @nnx.jit  # each side as one program (op by op, every operation compiles alone)
+  def manual(model, mel, prompt, response):
+    audio = model.projector(model.encoder(mel))
+    embeds = jnp.concatenate([model.lm.embed(prompt), audio, model.lm.embed(response)], axis=1)
+    return audio, model.lm(embeds=embeds)
+
+  logits = nnx.jit(lambda m, *x: m(*x))(model, mel, prompt, response)
+  audio, want = manual(model, mel, prompt, response)
   assert audio.shape == (2, model.num_audio_embeddings(MEL_FRAMES), 48) == (2, 20, 48)
-  embeds = jnp.concatenate([model.lm.embed(prompt), audio, model.lm.embed(response)], axis=1)
-  np.testing.assert_allclose(logits, model.lm(embeds=embeds), atol=1e-6)
+  np.testing.assert_allclose(logits, want, atol=1e-6)
   assert logits.shape == (2, 7 + 20 + 9, 128)
 
 
@@ -52,14 +58,15 @@ def test_only_projector_and_lora_are_trained(inputs):
   def loss(m):
     return m(mel, prompt, response).mean()
 
-  grads = nnx.grad(loss, argnums=nnx.DiffState(0, TRAINABLE))(model)
+  # under jit: one program per gradient instead of one per operation
+  grads = nnx.jit(nnx.grad(loss, argnums=nnx.DiffState(0, TRAINABLE)))(model)
   tops = {p[0] for p, _ in nnx.to_flat_state(grads)}
   assert tops == {"projector", "lm"}
   lm_leaves = {p[-2:] for p, _ in nnx.to_flat_state(grads) if p[0] == "lm"}
   assert lm_leaves <= {("lora", "a"), ("lora", "b")}
   assert all(float(jnp.abs(v[...]).max()) > 0 for _, v in nnx.to_flat_state(grads))
   # and the encoder is behind a stop-gradient even when asked for everything
-  full = nnx.grad(loss)(model)
+  full = nnx.jit(nnx.grad(loss))(model)
   enc = nnx.state(full, nnx.PathContains("encoder"))
   assert all(float(jnp.abs(v[...]).max()) == 0 for _, v in nnx.to_flat_state(enc))
 
