@@ -123,17 +123,16 @@ def test_quantize_refuses_unmerged_lora_and_unknown_modes():
 
 @pytest.mark.slow
 def test_real_smollm2_int8_logits_agree_with_float(smollm2_ckpt):
-  from llada_jax.convert.verify import compare
+  from llada_jax.convert.verify import compare, forward_logits
   from llada_jax.models import checkpoint
   from llada_jax.models.text import load_tokenizer
 
   tokens = jnp.asarray([load_tokenizer(smollm2_ckpt)(ENGLISH)["input_ids"]], jnp.int32)
-  # Each forward as one program (op by op, every operation of the 30 layers compiles alone).
-  forward = lambda m: np.asarray(nnx.jit(lambda m, t: m(t))(m, tokens))  # noqa: E731
+  # Each forward as one program, as --verify runs it (op by op, every operation compiles alone).
   model = checkpoint.load(smollm2_ckpt)
-  want = forward(model)
-  bf16 = compare(want, forward(checkpoint.load(smollm2_ckpt, dtype="bfloat16")))
-  metrics = compare(want, forward(q.quantize(model)))
+  want = forward_logits(model, tokens)
+  bf16 = compare(want, forward_logits(checkpoint.load(smollm2_ckpt, dtype="bfloat16"), tokens))
+  metrics = compare(want, forward_logits(q.quantize(model), tokens))
   print(f"SmolLM2-135M over {tokens.shape[1]} tokens vs float32: int8 {metrics}; "
         f"bfloat16 compute {bf16}")
   assert tokens.shape[1] >= 290

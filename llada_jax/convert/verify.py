@@ -86,7 +86,7 @@ def verify_lm(source: Source, table: maps.Mapping, out: str | Path, *,
   mask = None if config.causal else torch.zeros(ids.shape[0], 1, ids.shape[1], ids.shape[1])
   with torch.no_grad():
     want = ref(input_ids=ids, attention_mask=mask).logits.numpy()
-  got = _forward(checkpoint.load(out), jnp.asarray(tokens, jnp.int32))
+  got = forward_logits(checkpoint.load(out), jnp.asarray(tokens, jnp.int32))
   return compare(want, got)
 
 
@@ -116,11 +116,12 @@ def verify_whisper(source: Source, out: str | Path, *, mel: np.ndarray | None = 
   with torch.no_grad():
     want = ref(input_features=torch.from_numpy(np.array(mel, np.float32)),
                decoder_input_ids=torch.as_tensor(decoder_ids)).logits.numpy()
-  got = _forward(checkpoint.load(out), jnp.asarray(mel), jnp.asarray(decoder_ids, jnp.int32))
+  got = forward_logits(checkpoint.load(out), jnp.asarray(mel),
+                       jnp.asarray(decoder_ids, jnp.int32))
   return compare(want, got)
 
 
-def _forward(model: nnx.Module, *inputs) -> np.ndarray:
+def forward_logits(model: nnx.Module, *inputs) -> np.ndarray:
   """The model's logits as one compiled program: op by op, a real checkpoint's forward compiles
   every operation on its own (hundreds of programs for Whisper tiny.en) and holds each
   intermediate, where one program compiles once and lets XLA free them as it goes."""
